@@ -1,0 +1,333 @@
+"""The BUSI folders: file discovery, decoding, the dataset audit, splits and the DataModule."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from busi import CLASS_NAMES
+from busi.duplicates import group_duplicates, perceptual_hash, pixel_digest
+from busi.images import UnreadableImageError, decode_image, is_image_file, is_mask, resize_to_tensor, to_model_input
+from busi.splits import SPLIT_NAMES, assign_groups, read_split_csv, write_split_csv
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The data folder cannot be used as given; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    label: int
+    masks: tuple[Path, ...] = ()
+
+
+@dataclass
+class Catalog:
+    """Every readable image under a root, decoded once and resized to uint8 tensors."""
+
+    root: Path
+    records: list[ImageRecord]
+    pixels: list[torch.Tensor]
+    groups: list[int]
+    audit: dict = field(default_factory=dict)
+
+    def relative(self, index: int) -> str:
+        return self.records[index].path.relative_to(self.root).as_posix()
+
+
+def scan_class_folders(root: Path, class_names: tuple[str, ...] = CLASS_NAMES):
+    """Find images and their masks (`X.png` → `X_mask.png`, `X_mask_1.png`, …) per class folder."""
+    if not root.is_dir():
+        raise DataError(
+            f"{root}: data folder not found; download BUSI (see README) and pass --data.root "
+            "pointing at the folder that holds benign/, malignant/ and normal/"
+        )
+    missing = [name for name in class_names if not (root / name).is_dir()]
+    if missing:
+        raise DataError(
+            f"{root}: class folders {missing} are missing; expected one folder per class {list(class_names)}"
+        )
+    records, orphan_masks, ignored = [], [], []
+    for label, name in enumerate(class_names):
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file())
+        images = [p for p in files if is_image_file(p) and not is_mask(p)]
+        masks_by_stem: dict[tuple[Path, str], list[Path]] = defaultdict(list)
+        for path in files:
+            if is_image_file(path) and is_mask(path):
+                masks_by_stem[(path.parent, path.stem.split("_mask")[0])].append(path)
+        ignored += [p for p in files if not is_image_file(p)]
+        image_keys = {(p.parent, p.stem) for p in images}
+        orphan_masks += [m for key, ms in masks_by_stem.items() if key not in image_keys for m in ms]
+        records += [ImageRecord(p, label, tuple(masks_by_stem.get((p.parent, p.stem), ()))) for p in images]
+    return records, orphan_masks, ignored
+
+
+def read_catalog(
+    root: Path, image_size: int, duplicate_distance: int, class_names: tuple[str, ...] = CLASS_NAMES
+) -> Catalog:
+    """Decode every image once: resized pixels for training, hashes for duplicates, facts for the audit."""
+    candidates, orphan_masks, ignored = scan_class_folders(root, class_names)
+    records, pixels, hashes, digests, sizes, modes, unreadable = [], [], [], [], [], Counter(), []
+    for record in candidates:
+        try:
+            image = decode_image(record.path)
+        except UnreadableImageError as error:
+            rank_zero_warn(f"skipping {error}")
+            unreadable.append({"path": record.path.relative_to(root).as_posix(), "reason": str(error)})
+            continue
+        records.append(record)
+        pixels.append(resize_to_tensor(image, image_size))
+        hashes.append(perceptual_hash(image))
+        digests.append(pixel_digest(image))
+        sizes.append(image.size)
+        modes[image.mode] += 1
+    if not records:
+        raise DataError(f"{root}: no readable images in {list(class_names)}; check the folder and file types")
+    groups = group_duplicates(np.stack(hashes), digests, duplicate_distance)
+    catalog = Catalog(root, records, pixels, groups)
+    catalog.audit = build_audit(catalog, class_names, sizes, modes, digests, unreadable, orphan_masks, ignored)
+    return catalog
+
+
+def build_audit(catalog, class_names, sizes, modes, digests, unreadable, orphan_masks, ignored) -> dict:
+    members: dict[int, list[int]] = defaultdict(list)
+    for index, group in enumerate(catalog.groups):
+        members[group].append(index)
+    duplicate_groups = [indices for indices in members.values() if len(indices) > 1]
+    conflicts = []
+    for indices in duplicate_groups:
+        labels = {catalog.records[i].label for i in indices}
+        if len(labels) > 1:
+            exact = len({digests[i] for i in indices}) < len(indices)
+            conflicts.append(
+                {
+                    "paths": [catalog.relative(i) for i in indices],
+                    "labels": [class_names[catalog.records[i].label] for i in indices],
+                    "identical_pixels": exact,
+                }
+            )
+    widths, heights = zip(*sizes, strict=True)
+    relative = lambda paths: [p.relative_to(catalog.root).as_posix() for p in paths]  # noqa: E731
+    return {
+        "root": str(catalog.root),
+        "images": len(catalog.records),
+        "per_class": {
+            name: {
+                "images": sum(r.label == label for r in catalog.records),
+                "with_masks": sum(r.label == label and bool(r.masks) for r in catalog.records),
+                "masks": sum(len(r.masks) for r in catalog.records if r.label == label),
+            }
+            for label, name in enumerate(class_names)
+        },
+        "masks_per_image": dict(sorted(Counter(str(len(r.masks)) for r in catalog.records).items())),
+        "size": {
+            "min_width": min(widths),
+            "max_width": max(widths),
+            "min_height": min(heights),
+            "max_height": max(heights),
+        },
+        "modes": dict(sorted(modes.items())),
+        "duplicate_groups": [[catalog.relative(i) for i in indices] for indices in duplicate_groups],
+        "conflicting_labels": conflicts,
+        "unreadable": unreadable,
+        "orphan_masks": relative(orphan_masks),
+        "ignored_files": relative(ignored),
+    }
+
+
+def format_audit(audit: dict, split_counts: dict[str, dict[str, int]] | None = None) -> str:
+    size = audit["size"]
+    grouped = sum(len(group) for group in audit["duplicate_groups"])
+    lines = [
+        f"Dataset audit of {audit['root']}",
+        f"  images: {audit['images']}  "
+        + "  ".join(f"{name} {c['images']} ({c['masks']} masks)" for name, c in audit["per_class"].items()),
+        "  masks per image: " + ", ".join(f"{k}: {v}" for k, v in audit["masks_per_image"].items()),
+        f"  size: width {size['min_width']}-{size['max_width']}, height {size['min_height']}-{size['max_height']}"
+        f"  modes: {audit['modes']}",
+        f"  duplicate groups: {len(audit['duplicate_groups'])} holding {grouped} images (kept on one side of every split)",
+        f"  conflicting labels: {len(audit['conflicting_labels'])}",
+    ]
+    for conflict in audit["conflicting_labels"]:
+        kind = "identical pixels" if conflict["identical_pixels"] else "near-duplicates"
+        pairs = ", ".join(f"{p} [{lab}]" for p, lab in zip(conflict["paths"], conflict["labels"], strict=True))
+        lines.append(f"    {kind}: {pairs}")
+    lines.append(f"  unreadable (skipped): {len(audit['unreadable'])}")
+    lines += [f"    {item['reason']}" for item in audit["unreadable"]]
+    if audit["orphan_masks"]:
+        lines.append(f"  masks without an image: {len(audit['orphan_masks'])}: {', '.join(audit['orphan_masks'][:5])}")
+    if audit["ignored_files"]:
+        lines.append(
+            f"  ignored non-image files: {len(audit['ignored_files'])}: {', '.join(audit['ignored_files'][:5])}"
+        )
+    if split_counts:
+        for split, counts in split_counts.items():
+            lines.append(
+                f"  {split:>5}: {sum(counts.values()):4d}  " + "  ".join(f"{k} {v}" for k, v in counts.items())
+            )
+    return "\n".join(lines)
+
+
+class ImageTensors(Dataset):
+    """Decoded uint8 images → normalised float tensors and labels."""
+
+    def __init__(self, pixels: list[torch.Tensor], labels: list[int]):
+        self.pixels = pixels
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return to_model_input(self.pixels[index]), self.labels[index]
+
+
+class BusiDataModule(L.LightningDataModule):
+    """BUSI-layout folders → audited, duplicate-aware, stratified train/val/test loaders.
+
+    Args:
+        root: folder holding one sub-folder per class (benign/, malignant/, normal/).
+        image_size: images are resized to image_size × image_size.
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation, test and report passes.
+        val_fraction: share of each class that goes to validation.
+        test_fraction: share of each class that goes to test.
+        seed: seed of the split (independent of the training seed).
+        split_csv: a split CSV written by an earlier run, to reuse its split exactly.
+        duplicate_distance: images whose perceptual hashes differ in at most this many of 64 bits
+            are near-duplicates and stay in one split; -1 groups only identical pixels.
+        num_workers: DataLoader worker processes (images are already decoded in memory).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/Dataset_BUSI_with_GT",
+        image_size: int = 256,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 42,
+        split_csv: str | None = None,
+        duplicate_distance: int = 10,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise DataError(
+                f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in (0, 1) and sum below 1"
+            )
+        self.save_hyperparameters()
+        self.class_names = CLASS_NAMES
+        self.catalog: Catalog | None = None
+        self.split_of: list[str] = []
+
+    def setup(self, stage: str) -> None:
+        if self.catalog is not None:
+            return
+        hp = self.hparams
+        self.catalog = read_catalog(Path(hp.root), hp.image_size, hp.duplicate_distance, self.class_names)
+        if hp.split_csv:
+            self.split_of = self._splits_from_csv(Path(hp.split_csv))
+        else:
+            fractions = (1 - hp.val_fraction - hp.test_fraction, hp.val_fraction, hp.test_fraction)
+            labels = [r.label for r in self.catalog.records]
+            parts = assign_groups(self.catalog.groups, labels, fractions, hp.seed)
+            self.split_of = [SPLIT_NAMES[p] for p in parts]
+        counts = self.split_counts()
+        for split, per_class in counts.items():
+            empty = [name for name, n in per_class.items() if n == 0]
+            if empty:
+                rank_zero_warn(
+                    f"the {split} split has no {', '.join(empty)} images; its metrics for them are undefined"
+                )
+        rank_zero_info(format_audit(self.catalog.audit, counts))
+        self._write_run_files(counts)
+
+    def _splits_from_csv(self, path: Path) -> list[str]:
+        try:
+            entries = read_split_csv(path)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+        catalog = self.catalog
+        present = {catalog.relative(i): i for i in range(len(catalog.records))}
+        missing = sorted(set(entries) - present.keys() - {u["path"] for u in catalog.audit["unreadable"]})
+        if missing:
+            raise DataError(
+                f"{path}: {len(missing)} listed images are not under {catalog.root} (first: {missing[0]}); pass the matching --data.root"
+            )
+        unlisted = sorted(present.keys() - entries.keys())
+        if unlisted:
+            rank_zero_warn(
+                f"{len(unlisted)} images under {catalog.root} are not in {path} and are left out (first: {unlisted[0]})"
+            )
+        keep = sorted(present[p] for p in entries if p in present)
+        for index in keep:
+            label = entries[catalog.relative(index)][0]
+            if label != self.class_names[catalog.records[index].label]:
+                raise DataError(
+                    f"{path}: {catalog.relative(index)} is labelled {label} but lies in another class folder"
+                )
+        catalog.records = [catalog.records[i] for i in keep]
+        catalog.pixels = [catalog.pixels[i] for i in keep]
+        catalog.groups = [entries[catalog.relative(i)][2] for i in range(len(catalog.records))]
+        return [entries[catalog.relative(i)][1] for i in range(len(catalog.records))]
+
+    def split_counts(self) -> dict[str, dict[str, int]]:
+        counts = {split: dict.fromkeys(self.class_names, 0) for split in SPLIT_NAMES}
+        for record, split in zip(self.catalog.records, self.split_of, strict=True):
+            counts[split][self.class_names[record.label]] += 1
+        return counts
+
+    def split_rows(self) -> list[tuple[str, str, str, int]]:
+        catalog = self.catalog
+        return [
+            (catalog.relative(i), self.class_names[r.label], self.split_of[i], catalog.groups[i])
+            for i, r in enumerate(catalog.records)
+        ]
+
+    def _write_run_files(self, counts) -> None:
+        trainer = self.trainer
+        if trainer is None or not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        run_dir = Path(trainer.log_dir)
+        write_split_csv(run_dir / "split.csv", self.split_rows())
+        (run_dir / "audit.json").write_text(json.dumps({**self.catalog.audit, "splits": counts}, indent=2))
+        (run_dir / "audit.txt").write_text(format_audit(self.catalog.audit, counts) + "\n")
+
+    def dataset(self, split: str) -> ImageTensors:
+        chosen = [i for i, s in enumerate(self.split_of) if s == split]
+        return ImageTensors([self.catalog.pixels[i] for i in chosen], [self.catalog.records[i].label for i in chosen])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            self.dataset(split),
+            batch_size=hp.batch_size if shuffle else hp.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """The report evaluates the chosen checkpoint on every split, in SPLIT_NAMES order."""
+        return [self._loader(split, shuffle=False) for split in SPLIT_NAMES]

@@ -1,0 +1,74 @@
+"""Exact and near-duplicate detection: a DCT perceptual hash and grouping by Hamming distance."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+HASH_SIDE = 32  # the image is reduced to 32×32 before the DCT
+HASH_BITS_SIDE = 8  # the 8×8 lowest frequencies make a 64-bit hash
+
+
+@lru_cache(maxsize=1)
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    matrix = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * i + 1) * k / (2 * n))
+    matrix[0] /= np.sqrt(2.0)
+    return matrix
+
+
+def perceptual_hash(image: Image.Image) -> np.ndarray:
+    """64-bit pHash as a bool vector: robust to resizing, re-encoding and small marks."""
+    small = image.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX)
+    pixels = np.asarray(small, dtype=np.float64)
+    dct = _dct_matrix(HASH_SIDE)
+    low = (dct @ pixels @ dct.T)[:HASH_BITS_SIDE, :HASH_BITS_SIDE].flatten()
+    return low > np.median(low[1:])  # the DC term only measures brightness
+
+
+def pixel_digest(image: Image.Image) -> str:
+    """Digest of the decoded RGB pixels: equal for byte-identical and losslessly re-encoded files."""
+    rgb = image.convert("RGB")
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def hamming_distances(hashes: np.ndarray, rows: slice) -> np.ndarray:
+    """Hamming distances from hashes[rows] to every hash, as an integer matrix."""
+    block = hashes[rows].astype(np.float32)
+    every = hashes.astype(np.float32)
+    return np.rint(block @ (1 - every).T + (1 - block) @ every.T).astype(np.int32)
+
+
+def group_duplicates(hashes: np.ndarray, digests: list[str], max_distance: int) -> list[int]:
+    """Connected components of 'same pixels or pHash within max_distance bits': one id per image."""
+    count = len(digests)
+    parent = list(range(count))
+
+    def find(item: int) -> int:
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    def union(first: int, second: int) -> None:
+        root_first, root_second = find(first), find(second)
+        if root_first != root_second:
+            parent[max(root_first, root_second)] = min(root_first, root_second)
+
+    first_with_digest: dict[str, int] = {}
+    for index, digest in enumerate(digests):
+        union(index, first_with_digest.setdefault(digest, index))
+    if count and max_distance >= 0:
+        chunk = 1024  # bounds memory at chunk × count distances
+        for start in range(0, count, chunk):
+            distances = hamming_distances(hashes, slice(start, start + chunk))
+            for row, column in zip(*np.nonzero(distances <= max_distance), strict=True):
+                if start + row < column:
+                    union(start + int(row), int(column))
+    roots = [find(index) for index in range(count)]
+    renumbered: dict[int, int] = {}
+    return [renumbered.setdefault(root, len(renumbered)) for root in roots]

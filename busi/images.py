@@ -1,0 +1,85 @@
+"""Decoding and preprocessing of ultrasound images, shared by training and prediction."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class UnreadableImageError(ValueError):
+    """A file that cannot be decoded as an image; the message names the file and the reason."""
+
+
+def is_mask(path: Path) -> bool:
+    """BUSI names masks `X_mask.png`, `X_mask_1.png`, ...: anything with `_mask` is never an image."""
+    return "_mask" in path.stem
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Return an 8-bit `L` or `RGB` image: grayscale stays one channel, everything else is RGB."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        return Image.fromarray(np.clip(np.rint(pixels * 255.0 / top), 0, 255).astype(np.uint8), "L")
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode in ("1", "LA"):
+        return image.convert("L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    # RGBA ultrasound exports carry an opaque or meaningless alpha: drop it, keep the pixels.
+    return image.convert("RGB")
+
+
+def decode_image(path: Path) -> Image.Image:
+    """Open and fully decode `path` as an 8-bit L or RGB image, or raise UnreadableImageError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()  # decode now: a truncated file fails here, not mid-epoch
+                return _to_8bit(opened)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UnreadableImageError(
+            f"{path}: image too large to decode safely ({error}); resize it below {Image.MAX_IMAGE_PIXELS:,} pixels"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as error:
+        reason = str(error) or type(error).__name__
+        raise UnreadableImageError(f"{path}: not a readable image ({reason})") from None
+
+
+def resize_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
+    """Squash to `image_size`² like the original recipe; uint8 tensor (1 or 3, H, W)."""
+    resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    pixels = np.array(resized, dtype=np.uint8)  # a writable copy
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(pixels))
+
+
+def load_image(path: Path, image_size: int) -> torch.Tensor:
+    """Decode and resize one file: the uint8 tensor that training and prediction both start from."""
+    return resize_to_tensor(decode_image(path), image_size)
+
+
+_normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def to_model_input(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (…, 1 or 3, H, W) → float32 (…, 3, H, W) with ImageNet mean/std normalisation."""
+    if pixels.shape[-3] == 1:
+        pixels = pixels.expand(*pixels.shape[:-3], 3, *pixels.shape[-2:])
+    return _normalize(pixels)

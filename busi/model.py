@@ -1,0 +1,262 @@
+"""DenseNet121 features + the original 1024-1024-512-128-3 head, and the LightningModule that trains it."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torchvision.models import DenseNet121_Weights, densenet121
+
+from busi import CLASS_NAMES
+from busi.report import SplitEvaluation, confusion_matrix_image, epoch_metrics, format_report, write_report
+from busi.splits import SPLIT_NAMES
+
+FEATURE_CHANNELS = 1024
+FEATURE_STRIDE = 32
+
+
+class WeightsError(ValueError):
+    """Backbone weights cannot be found or do not fit; the message says what to do."""
+
+
+class DenseNetClassifier(nn.Module):
+    """torchvision DenseNet121 `features` → ReLU → Flatten → the original dense head (logits out)."""
+
+    def __init__(self, image_size: int = 256, num_classes: int = 3, freeze_backbone: bool = True):
+        super().__init__()
+        if image_size % FEATURE_STRIDE:
+            raise ValueError(f"image_size {image_size} must be a multiple of {FEATURE_STRIDE}")
+        side = image_size // FEATURE_STRIDE
+        self.freeze_backbone = freeze_backbone
+        self.features = densenet121(weights=None).features
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(FEATURE_CHANNELS * side * side, 1024),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(1024, 1024),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.3),
+            nn.Linear(1024, 512),
+            nn.ReLU(inplace=True),
+            nn.Linear(512, 128),
+            nn.ReLU(inplace=True),
+            nn.Linear(128, num_classes),
+        )
+        self.features.requires_grad_(not freeze_backbone)
+
+    def train(self, mode: bool = True) -> DenseNetClassifier:
+        # Frozen like Keras: besides requires_grad=False, BatchNorm must keep its running
+        # statistics, so the backbone stays in eval mode whatever Lightning switches.
+        super().train(mode)
+        if self.freeze_backbone:
+            self.features.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # torchvision applies this ReLU in DenseNet.forward, Keras as the last layer of `features`.
+        return self.head(F.relu(self.features(images)))
+
+
+_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def _feature_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept a full DenseNet121 state dict, a `features` one, or a busi checkpoint's; fix legacy
+    `norm.1` key names as torchvision does."""
+    state_dict = state_dict.get("state_dict", state_dict)
+    features = {}
+    for key, value in state_dict.items():
+        match = _LEGACY_KEY.match(key)
+        if match:
+            key = match.group(1) + match.group(2)
+        if "features." in key:
+            features[key.split("features.", 1)[1]] = value
+        elif not key.startswith(("classifier.", "head.", "model.head.")):
+            features[key] = value
+    return features
+
+
+def imagenet_weights_file() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(DenseNet121_Weights.IMAGENET1K_V1.url).name
+
+
+def load_backbone_weights(features: nn.Module, weights: str | None) -> None:
+    """`imagenet` (torch hub cache, else download), a path to a state dict, or None/`none`."""
+    if weights is None or weights.lower() == "none":
+        return
+    if weights.lower() == "imagenet":
+        try:
+            state_dict = DenseNet121_Weights.IMAGENET1K_V1.get_state_dict(
+                progress=False, check_hash=True, weights_only=True
+            )
+        except (OSError, RuntimeError) as error:
+            raise WeightsError(
+                f"ImageNet weights for DenseNet121 are not in {imagenet_weights_file()} and could not be "
+                f"downloaded ({type(error).__name__}: {error}). Copy densenet121-a639ec97.pth there "
+                "(set $TORCH_HOME to move the cache), pass --model.weights /path/to/weights.pth, "
+                "or train without them: --model.weights none (see configs/scratch.yaml)"
+            ) from None
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"{path}: weights file not found; pass a state dict file, 'imagenet' or 'none'")
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise WeightsError(f"{path}: not a loadable state dict ({type(error).__name__}: {error})") from None
+    try:
+        features.load_state_dict(_feature_state_dict(state_dict))
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise WeightsError(f"{weights}: weights do not fit DenseNet121 features ({first_line})") from None
+
+
+def parameter_counts(module: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    return trainable, frozen
+
+
+class BusiClassifier(L.LightningModule):
+    """Trains DenseNetClassifier with Adam and cross-entropy; tests the chosen checkpoint on every split.
+
+    Args:
+        weights: backbone weights: `imagenet` (torchvision IMAGENET1K_V1), a state-dict path, or `none`.
+        freeze_backbone: keep the DenseNet121 features fixed (parameters and BatchNorm statistics).
+        lr: Adam learning rate.
+        image_size: input side in pixels (linked to data.image_size by train.py).
+        class_names: output classes, in order.
+    """
+
+    def __init__(
+        self,
+        weights: str | None = "imagenet",
+        freeze_backbone: bool = True,
+        lr: float = 1e-3,
+        image_size: int = 256,
+        class_names: tuple[str, ...] = CLASS_NAMES,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.class_names = tuple(class_names)
+        self.model = DenseNetClassifier(image_size, len(self.class_names), freeze_backbone)
+        load_backbone_weights(self.model.features, weights)
+        self.train_metrics = epoch_metrics(len(self.class_names), "train/")
+        self.val_metrics = epoch_metrics(len(self.class_names), "val/")
+        # ModuleDict keys may not shadow nn.Module attributes such as `train`
+        self.evaluations = nn.ModuleDict({f"{s}_split": SplitEvaluation(len(self.class_names)) for s in SPLIT_NAMES})
+        self.report: dict | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def on_fit_start(self) -> None:
+        trainable, frozen = parameter_counts(self.model)
+        rank_zero_info(
+            f"Parameters: {trainable:,} trainable, {frozen:,} frozen (freeze_backbone={self.hparams.freeze_backbone})"
+        )
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, targets)
+        self.train_metrics.update(logits, targets)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(targets))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        logits = self(images)
+        self.val_metrics.update(logits, targets)
+        self.log("val/loss", F.cross_entropy(logits, targets), on_epoch=True, batch_size=len(targets))
+        self.log_dict(self.val_metrics, on_epoch=True)
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        images, targets = batch
+        logits = self(images).float()
+        loss = F.cross_entropy(logits, targets)
+        self.evaluations[f"{SPLIT_NAMES[dataloader_idx]}_split"].update(logits.softmax(dim=1), targets, loss)
+
+    def on_test_epoch_end(self) -> None:
+        splits = {}
+        for split in SPLIT_NAMES:
+            evaluation = self.evaluations[f"{split}_split"]
+            if evaluation.loss.update_count:
+                splits[split] = evaluation.compute_report(self.class_names)
+            evaluation.reset()
+        if "test" not in splits:
+            return
+        for split, values in splits.items():
+            for name in ("loss", "accuracy", "macro_f1"):
+                self.log(f"report/{split}_{name}", values[name], add_dataloader_idx=False)
+        self.log("report/test_auroc_macro", splits["test"]["auroc_macro_ovr"], add_dataloader_idx=False)
+        self.report = {"class_names": list(self.class_names), "checkpoint": self._tested_checkpoint(), "splits": splits}
+        if self.trainer.is_global_zero and self.trainer.log_dir:
+            write_report(self.report, Path(self.trainer.log_dir))
+            self._log_report_to_tensorboard()
+
+    def _tested_checkpoint(self) -> str:
+        path = self.trainer.ckpt_path
+        return str(path) if path else "weights in memory (no checkpoint was loaded)"
+
+    def _log_report_to_tensorboard(self) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image"):
+            return
+        matrix = self.report["splits"]["test"]["confusion_matrix"]
+        experiment.add_image(
+            "test/confusion_matrix",
+            confusion_matrix_image(matrix, self.class_names),
+            self.global_step,
+            dataformats="HWC",
+        )
+        experiment.add_text(
+            "test/report", "    " + format_report(self.report).replace("\n", "\n    "), self.global_step
+        )
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(images).float().softmax(dim=1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam((p for p in self.parameters() if p.requires_grad), lr=self.hparams.lr)
+
+
+def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "cpu") -> BusiClassifier:
+    """Rebuild a trained classifier from a checkpoint without unpickling code (weights_only=True)
+    and without fetching backbone weights again: the checkpoint holds all of them."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise WeightsError(f"{path}: checkpoint not found; pass RUN/checkpoints/best.ckpt from a training run")
+    try:
+        contents = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
+        detail = f" ({refused[0]})" if refused else ""
+        raise WeightsError(
+            f"{path}: refused: the checkpoint holds pickled objects other than tensors and plain values{detail}; "
+            "only load checkpoints written by busi's train.py"
+        ) from None
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise WeightsError(f"{path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(contents, dict) or "state_dict" not in contents or "hyper_parameters" not in contents:
+        raise WeightsError(f"{path}: not a busi checkpoint (no state_dict / hyper_parameters)")
+    hparams = {k: v for k, v in contents["hyper_parameters"].items() if not k.startswith("_")}
+    hparams["weights"] = None
+    classifier = BusiClassifier(**hparams)
+    try:
+        classifier.load_state_dict(contents["state_dict"])
+    except RuntimeError as error:
+        raise WeightsError(f"{path}: checkpoint does not match the busi model ({str(error).splitlines()[0]})") from None
+    return classifier.eval()

@@ -1,0 +1,124 @@
+"""Classify image files with a trained checkpoint and write one CSV row per file."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from busi.images import UnreadableImageError, is_image_file, is_mask, load_image, to_model_input
+from busi.model import BusiClassifier, WeightsError, load_classifier
+
+
+@dataclass
+class Prediction:
+    path: Path
+    probabilities: list[float] | None = None
+    error: str = ""
+
+
+def image_files(paths: list[Path]) -> Iterator[Path]:
+    """Files named directly are always tried; folders are recursed for images, masks skipped."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p) and not is_mask(p))
+        else:
+            yield path
+
+
+def _batches(paths: Iterator[Path], size: int) -> Iterator[list[Path]]:
+    batch = []
+    for path in paths:
+        batch.append(path)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@torch.inference_mode()
+def predict_files(
+    classifier: BusiClassifier, paths: list[Path], batch_size: int = 32, device: str | torch.device = "cpu"
+) -> Iterator[Prediction]:
+    """Yield one Prediction per file, in order; unreadable files carry the reason in `error`."""
+    classifier = classifier.to(device).eval()
+    image_size = classifier.hparams.image_size
+    for batch in _batches(image_files(paths), batch_size):
+        decoded, results = [], []
+        for path in batch:
+            result = Prediction(path)
+            if not path.exists():
+                result.error = f"{path}: file not found"
+            else:
+                try:
+                    decoded.append((result, load_image(path, image_size)))
+                except UnreadableImageError as error:
+                    result.error = str(error)
+            results.append(result)
+        if decoded:
+            images = torch.stack([to_model_input(pixels) for _, pixels in decoded]).to(device)
+            probabilities = classifier(images).float().softmax(dim=1).cpu().tolist()
+            for (result, _), row in zip(decoded, probabilities, strict=True):
+                result.probabilities = row
+        yield from results
+
+
+def csv_columns(class_names: tuple[str, ...]) -> list[str]:
+    return ["path", "label", "confidence", *(f"p_{name}" for name in class_names), "error"]
+
+
+def csv_row(prediction: Prediction, class_names: tuple[str, ...]) -> list[str]:
+    if prediction.probabilities is None:
+        return [str(prediction.path), "", "", *([""] * len(class_names)), prediction.error]
+    probabilities = prediction.probabilities
+    best = max(range(len(probabilities)), key=probabilities.__getitem__)
+    return [
+        str(prediction.path),
+        class_names[best],
+        f"{probabilities[best]:.6f}",
+        *(f"{p:.6f}" for p in probabilities),
+        "",
+    ]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Classify breast ultrasound images with a busi checkpoint.")
+    parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (recursed; masks skipped)")
+    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint, e.g. RUN/checkpoints/best.ckpt")
+    parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="CSV to write")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        classifier = load_classifier(args.ckpt)
+    except WeightsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    class_names = classifier.class_names
+    predicted = failed = 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(csv_columns(class_names))
+        for prediction in predict_files(classifier, args.paths, args.batch_size, device):
+            row = csv_row(prediction, class_names)
+            writer.writerow(row)
+            if prediction.probabilities is None:
+                failed += 1
+                print(f"error  {prediction.error}", file=sys.stderr)
+            else:
+                predicted += 1
+                print(f"{row[1]:<10} {float(row[2]):6.1%}  {prediction.path}")
+    print(f"{predicted} predicted, {failed} failed → {args.output}")
+    return 0 if predicted else 2

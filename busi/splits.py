@@ -1,0 +1,71 @@
+"""Stratified, duplicate-aware assignment of images to splits, and the split CSV."""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_CSV_COLUMNS = ("path", "label", "split", "group")
+
+
+def group_label(labels: Sequence[int]) -> int:
+    """A group is stratified under its most common label (ties: the lowest class index)."""
+    counts = Counter(labels)
+    return min(counts, key=lambda label: (-counts[label], label))
+
+
+def assign_groups(groups: Sequence[int], labels: Sequence[int], fractions: Sequence[float], seed: int) -> list[int]:
+    """Give each image a part index so that whole groups move together and every class is
+    spread over the parts in proportion to `fractions` (greedy largest-deficit filling)."""
+    members: dict[int, list[int]] = defaultdict(list)
+    for index, group in enumerate(groups):
+        members[group].append(index)
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for group, indices in sorted(members.items()):
+        by_class[group_label([labels[i] for i in indices])].append(group)
+
+    total = sum(fractions)
+    parts = [0] * len(groups)
+    rng = random.Random(seed)
+    for label in sorted(by_class):
+        class_groups = by_class[label]
+        rng.shuffle(class_groups)
+        class_groups.sort(key=lambda group: -len(members[group]))  # stable: big groups first
+        class_size = sum(len(members[group]) for group in class_groups)
+        filled = [0] * len(fractions)
+        for group in class_groups:
+            deficits = [class_size * f / total - filled[p] for p, f in enumerate(fractions)]
+            part = max(range(len(fractions)), key=lambda p: (deficits[p], -p))
+            filled[part] += len(members[group])
+            for index in members[group]:
+                parts[index] = part
+    return parts
+
+
+def write_split_csv(path: Path, rows: Sequence[tuple[str, str, str, int]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SPLIT_CSV_COLUMNS)
+        writer.writerows(rows)
+
+
+def read_split_csv(path: Path) -> dict[str, tuple[str, str, int]]:
+    """Map relative image path → (label, split, group); raises ValueError with the reason."""
+    if not path.is_file():
+        raise ValueError(f"{path}: split CSV not found; pass an existing file or leave split_csv unset")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = set(SPLIT_CSV_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: split CSV lacks columns {sorted(missing)}; expected {SPLIT_CSV_COLUMNS}")
+        entries = {}
+        for line, row in enumerate(reader, start=2):
+            if row["split"] not in SPLIT_NAMES:
+                raise ValueError(f"{path}:{line}: split {row['split']!r} is not one of {SPLIT_NAMES}")
+            entries[row["path"]] = (row["label"], row["split"], int(row["group"]))
+    return entries

@@ -1,0 +1,8 @@
+"""Classify images: `python predict.py --ckpt RUN/checkpoints/best.ckpt PATH [PATH …] --output preds.csv`."""
+
+import sys
+
+from busi.predict import main
+
+if __name__ == "__main__":
+    sys.exit(main())

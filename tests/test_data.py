@@ -1,0 +1,117 @@
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from busi import CLASS_NAMES
+from busi.data import BusiDataModule, DataError, read_catalog, scan_class_folders
+from busi.duplicates import perceptual_hash
+from busi.splits import assign_groups, read_split_csv, write_split_csv
+from conftest import IMAGE_SIZE, ultrasound_like, write_busi_folder
+
+
+def datamodule(root: Path, **overrides) -> BusiDataModule:
+    module = BusiDataModule(root=str(root), image_size=IMAGE_SIZE, **overrides)
+    module.setup("fit")
+    return module
+
+
+def test_masks_are_never_images_and_stay_attached(busi_root):
+    records, orphans, _ = scan_class_folders(busi_root)
+    assert records and not orphans
+    assert all("_mask" not in r.path.name for r in records)
+    by_name = {r.path.name: r for r in records}
+    assert [m.name for m in by_name["benign (4).png"].masks] == ["benign (4)_mask.png", "benign (4)_mask_1.png"]
+    assert [m.name for m in by_name["normal (3).png"].masks] == ["normal (3)_mask.png"]
+
+
+def test_audit_names_unreadable_conflicting_and_duplicate_files(busi_root):
+    audit = read_catalog(busi_root, IMAGE_SIZE, duplicate_distance=10).audit
+    on_disk = [p for p in busi_root.rglob("*.png") if "_mask" not in p.name]
+    assert audit["images"] == len(on_disk) - 1
+    assert [u["path"] for u in audit["unreadable"]] == ["normal/normal (11).png"]
+    assert "truncated" in audit["unreadable"][0]["reason"]
+    conflict = audit["conflicting_labels"]
+    assert len(conflict) == 1 and conflict[0]["identical_pixels"]
+    assert sorted(conflict[0]["labels"]) == ["benign", "malignant"]
+    grouped = [sorted(g) for g in audit["duplicate_groups"]]
+    assert ["benign/benign (1).png", "benign/benign (11).png"] in grouped
+    assert audit["masks_per_image"]["2"] == sum(1 for p in busi_root.rglob("*_mask_1.png"))
+    assert audit["modes"] == {"L": audit["modes"]["L"], "RGB": audit["modes"]["RGB"]}
+
+
+def test_near_duplicates_hash_close_and_distinct_scans_far():
+    rng = np.random.default_rng(1)
+    scan = ultrasound_like(rng, 0, 120, 110)
+    nearly = np.clip(scan[3:-3, 2:-2].astype(np.int16) + 4, 0, 255).astype(np.uint8)
+    other = ultrasound_like(rng, 0, 120, 110)
+    hash_of = lambda a: perceptual_hash(Image.fromarray(a))  # noqa: E731
+    assert np.sum(hash_of(scan) != hash_of(nearly)) <= 4
+    assert np.sum(hash_of(scan) != hash_of(other)) > 10
+
+
+def test_split_is_stratified_and_keeps_groups_whole():
+    rng = np.random.default_rng(0)
+    labels = [0] * 300 + [1] * 150 + [2] * 90
+    groups = list(range(len(labels)))
+    for start in range(0, 120, 3):  # forty groups of three near-duplicates
+        groups[start + 1] = groups[start + 2] = groups[start]
+    rng.shuffle(groups[300:])
+    parts = assign_groups(groups, labels, (0.7, 0.15, 0.15), seed=3)
+    members = defaultdict(set)
+    for group, part in zip(groups, parts, strict=True):
+        members[group].add(part)
+    assert all(len(p) == 1 for p in members.values())
+    for label, size in ((0, 300), (1, 150), (2, 90)):
+        counts = np.bincount([p for p, lab in zip(parts, labels, strict=True) if lab == label], minlength=3)
+        assert np.allclose(counts / size, (0.7, 0.15, 0.15), atol=0.02), counts
+
+
+def test_split_is_reproducible_and_depends_on_seed():
+    labels = [i % 3 for i in range(200)]
+    groups = list(range(200))
+    first = assign_groups(groups, labels, (0.7, 0.15, 0.15), seed=1)
+    assert first == assign_groups(groups, labels, (0.7, 0.15, 0.15), seed=1)
+    assert first != assign_groups(groups, labels, (0.7, 0.15, 0.15), seed=2)
+
+
+def test_datamodule_splits_every_class_and_keeps_duplicates_together(busi_root):
+    module = datamodule(busi_root)
+    rows = module.split_rows()
+    split_by_path = {path: split for path, _, split, _ in rows}
+    assert split_by_path["benign/benign (1).png"] == split_by_path["benign/benign (11).png"]
+    assert split_by_path["benign/benign (12).png"] == split_by_path["malignant/malignant (2).png"]
+    for split, per_class in module.split_counts().items():
+        assert all(per_class[name] > 0 for name in CLASS_NAMES), (split, per_class)
+    images, label = module.train_dataloader().dataset[0]
+    assert images.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and label in (0, 1, 2)
+
+
+def test_split_csv_round_trip_reuses_the_split(busi_root, tmp_path):
+    first = datamodule(busi_root, seed=5)
+    csv_path = tmp_path / "split.csv"
+    write_split_csv(csv_path, first.split_rows())
+    reused = datamodule(busi_root, seed=999, split_csv=str(csv_path))
+    assert reused.split_rows() == first.split_rows()
+    assert set(read_split_csv(csv_path)) == {row[0] for row in first.split_rows()}
+
+
+def test_split_csv_with_a_relabelled_file_is_refused(busi_root, tmp_path):
+    rows = datamodule(busi_root).split_rows()
+    path, label, split, group = rows[0]
+    rows[0] = (path, "normal" if label != "normal" else "benign", split, group)
+    csv_path = tmp_path / "split.csv"
+    write_split_csv(csv_path, rows)
+    with pytest.raises(DataError, match="labelled"):
+        datamodule(busi_root, split_csv=str(csv_path))
+
+
+def test_missing_class_folder_is_refused_up_front(tmp_path):
+    root = write_busi_folder(tmp_path / "busi", per_class=3)
+    for path in (root / "normal").iterdir():
+        path.unlink()
+    (root / "normal").rmdir()
+    with pytest.raises(DataError, match=r"\['normal'\] are missing"):
+        datamodule(root)
