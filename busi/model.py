@@ -50,10 +50,11 @@ class DenseNetClassifier(nn.Module):
             nn.Linear(128, num_classes),
         )
         self.features.requires_grad_(not freeze_backbone)
+        self.train()
 
     def train(self, mode: bool = True) -> DenseNetClassifier:
         # Frozen like Keras: besides requires_grad=False, BatchNorm must keep its running
-        # statistics, so the backbone stays in eval mode whatever Lightning switches.
+        # statistics, so the backbone stays in eval mode whatever `train()` is asked for.
         super().train(mode)
         if self.freeze_backbone:
             self.features.eval()
@@ -65,7 +66,7 @@ class DenseNetClassifier(nn.Module):
 
 
 _LEGACY_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
 )
 
 
@@ -116,8 +117,8 @@ def load_backbone_weights(features: nn.Module, weights: str | None) -> None:
     try:
         features.load_state_dict(_feature_state_dict(state_dict))
     except RuntimeError as error:
-        first_line = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise WeightsError(f"{weights}: weights do not fit DenseNet121 features ({first_line})") from None
+        detail = " ".join(str(error).split())[:300]
+        raise WeightsError(f"{weights}: weights do not fit DenseNet121 features ({detail})") from None
 
 
 def parameter_counts(module: nn.Module) -> tuple[int, int]:
@@ -164,6 +165,11 @@ class BusiClassifier(L.LightningModule):
         rank_zero_info(
             f"Parameters: {trainable:,} trainable, {frozen:,} frozen (freeze_backbone={self.hparams.freeze_backbone})"
         )
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning restores each submodule's `training` flag directly after validation,
+        # bypassing `train()`; re-assert the frozen backbone's eval mode every epoch.
+        self.model.train()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch

@@ -9,7 +9,8 @@ from busi import CLASS_NAMES
 from busi.data import BusiDataModule, DataError, read_catalog, scan_class_folders
 from busi.duplicates import perceptual_hash
 from busi.splits import assign_groups, read_split_csv, write_split_csv
-from conftest import IMAGE_SIZE, ultrasound_like, write_busi_folder
+
+from fake_busi import IMAGE_SIZE, ultrasound_like, write_busi_folder
 
 
 def datamodule(root: Path, **overrides) -> BusiDataModule:

@@ -12,7 +12,8 @@ from busi.images import (
     load_image,
     to_model_input,
 )
-from conftest import save_mode
+
+from fake_busi import save_mode
 
 
 @pytest.mark.parametrize(("mode", "channels"), [("L", 1), ("RGB", 3), ("RGBA", 3), ("I;16", 1), ("P", 1)])

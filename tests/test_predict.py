@@ -1,0 +1,66 @@
+import csv
+import pickle
+import shutil
+
+import pytest
+
+from busi.model import WeightsError, load_classifier
+from busi.predict import main as predict_main
+
+
+def read_rows(path):
+    with path.open() as handle:
+        reader = csv.DictReader(handle)
+        return reader.fieldnames, list(reader)
+
+
+def test_folder_prediction_writes_the_csv_contract_with_error_rows(trained_run, busi_root, tmp_path):
+    _, run_dir = trained_run
+    folder = tmp_path / "incoming"
+    shutil.copytree(busi_root / "malignant", folder / "nested")
+    (folder / "notes.png").write_text("this is text")
+    output = tmp_path / "preds.csv"
+    code = predict_main(["--ckpt", str(run_dir / "checkpoints/best.ckpt"), str(folder), "--output", str(output)])
+    assert code == 0
+    columns, rows = read_rows(output)
+    assert columns == ["path", "label", "confidence", "p_benign", "p_malignant", "p_normal", "error"]
+    assert not any("_mask" in row["path"] for row in rows)
+    assert len(rows) == len([p for p in folder.rglob("*.png") if "_mask" not in p.name])
+    failed = [row for row in rows if row["error"]]
+    assert [row["path"] for row in failed] == [str(folder / "notes.png")]
+    assert failed[0]["label"] == "" and "not a readable image" in failed[0]["error"]
+    for row in rows:
+        if not row["error"]:
+            probabilities = [float(row[f"p_{c}"]) for c in ("benign", "malignant", "normal")]
+            assert abs(sum(probabilities) - 1) < 1e-5
+            assert float(row["confidence"]) == max(probabilities)
+            assert row["label"] == ("benign", "malignant", "normal")[probabilities.index(max(probabilities))]
+
+
+def test_prediction_with_no_readable_image_exits_2(trained_run, tmp_path):
+    _, run_dir = trained_run
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    output = tmp_path / "preds.csv"
+    assert predict_main(["--ckpt", str(run_dir / "checkpoints/best.ckpt"), str(empty), "--output", str(output)]) == 2
+    _, rows = read_rows(output)
+    assert len(rows) == 1 and rows[0]["error"]
+
+
+class RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = RunsCode()
+    payload.marker = marker
+    ckpt = tmp_path / "evil.ckpt"
+    with ckpt.open("wb") as handle:
+        pickle.dump({"state_dict": {}, "hyper_parameters": payload}, handle)
+    with pytest.raises(WeightsError, match="refused"):
+        load_classifier(ckpt)
+    assert not marker.exists()

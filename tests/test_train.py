@@ -1,0 +1,105 @@
+import csv
+import json
+
+import numpy as np
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from busi import CLASS_NAMES
+from busi.cli import DEFAULT_CONFIG, BusiCLI, main
+from busi.data import BusiDataModule
+from busi.model import BusiClassifier, load_classifier
+from busi.predict import main as predict_main
+
+from fake_busi import IMAGE_SIZE
+
+
+def test_run_directory_holds_checkpoints_split_audit_and_report(trained_run):
+    _, run_dir = trained_run
+    for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "split.csv", "audit.json", "audit.txt",
+                 "report.json", "report.txt", "config.yaml", "hparams.yaml"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    with (run_dir / "split.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["path", "label", "split", "group"]
+    assert not any("_mask" in row["path"] for row in rows)
+    audit = json.loads((run_dir / "audit.json").read_text())
+    assert audit["images"] == len(rows) and len(audit["unreadable"]) == 1
+
+
+def test_best_checkpoint_is_chosen_by_validation_macro_f1(trained_run):
+    cli, run_dir = trained_run
+    callback = cli.trainer.checkpoint_callback
+    assert callback.monitor == "val/macro_f1" and callback.mode == "max"
+    assert callback.best_model_path == str(run_dir / "checkpoints" / "best.ckpt")
+    assert json.loads((run_dir / "report.json").read_text())["checkpoint"] == callback.best_model_path
+
+
+def test_tensorboard_has_epoch_curves_learning_rate_hparams_and_confusion_matrix(trained_run):
+    _, run_dir = trained_run
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/acc", "train/macro_f1", "val/loss", "val/acc", "val/macro_f1", "lr-Adam"):
+        assert tag in scalars, tag
+    assert len(events.Scalars("val/macro_f1")) == 2  # one per epoch
+    assert "test/confusion_matrix" in events.Tags()["images"]
+    assert "lr: 0.001" in (run_dir / "hparams.yaml").read_text()
+
+
+def test_report_agrees_with_a_recount_from_predictions(trained_run, tmp_path):
+    cli, run_dir = trained_run
+    report = json.loads((run_dir / "report.json").read_text())
+    root = cli.datamodule.catalog.root
+    with (run_dir / "split.csv").open() as handle:
+        test_rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
+    output = tmp_path / "test_predictions.csv"
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    assert (
+        predict_main(["--ckpt", str(ckpt), "--output", str(output), *(str(root / r["path"]) for r in test_rows)]) == 0
+    )
+    with output.open() as handle:
+        predicted = [row["label"] for row in csv.DictReader(handle)]
+    truth = [row["label"] for row in test_rows]
+    matrix = np.zeros((3, 3), dtype=int)
+    for true_label, predicted_label in zip(truth, predicted, strict=True):
+        matrix[CLASS_NAMES.index(true_label), CLASS_NAMES.index(predicted_label)] += 1
+    test = report["splits"]["test"]
+    assert test["confusion_matrix"] == matrix.tolist()
+    assert test["samples"] == len(truth)
+    assert np.isclose(test["accuracy"], np.trace(matrix) / matrix.sum())
+    for index, name in enumerate(CLASS_NAMES):
+        assert test["per_class"][name]["support"] == matrix[index].sum()
+        assert np.isclose(test["per_class"][name]["recall"], matrix[index, index] / matrix[index].sum())
+    for split in ("train", "val"):
+        assert report["splits"][split]["samples"] == sum(cli.datamodule.split_counts()[split].values())
+    text = (run_dir / "report.txt").read_text()
+    assert "macro avg" in text and "weighted avg" in text and f"{test['accuracy']:.4f}" in text
+
+
+def test_checkpoint_reloads_safely_with_the_same_probabilities(trained_run):
+    cli, run_dir = trained_run
+    reloaded = load_classifier(run_dir / "checkpoints" / "best.ckpt")
+    images, _ = next(iter(cli.datamodule._loader("test", shuffle=False)))
+    trained = cli.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(trained(images).softmax(1), reloaded(images).softmax(1), atol=1e-6)
+
+
+def test_scratch_config_trains_the_whole_network(busi_root, tmp_path):
+    cli = BusiCLI(BusiClassifier, BusiDataModule, run=False, args=[
+        "--config", str(DEFAULT_CONFIG.parent / "scratch.yaml"),
+        f"--data.root={busi_root}", f"--data.image_size={IMAGE_SIZE}", f"--trainer.default_root_dir={tmp_path}",
+    ])  # fmt: skip
+    assert cli.model.hparams.weights == "none" and cli.model.hparams.freeze_backbone is False
+    assert cli.model.hparams.image_size == IMAGE_SIZE  # linked from data.image_size
+    assert all(p.requires_grad for p in cli.model.parameters())
+
+
+def test_missing_data_folder_exits_with_one_line(tmp_path, capsys):
+    code = main(
+        ["--model.weights=none", f"--data.root={tmp_path / 'nowhere'}", f"--trainer.default_root_dir={tmp_path}"]
+    )
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "nowhere" in error and "--data.root" in error
