@@ -33,6 +33,12 @@ class BusiCLI(LightningCLI):
             }
         )
         parser.link_arguments("data.image_size", "model.image_size")
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="resume from a checkpoint, e.g. RUN/checkpoints/last.ckpt",
+        )
 
 
 def run(args: list[str] | None = None) -> LightningCLI:
@@ -46,7 +52,7 @@ def run(args: list[str] | None = None) -> LightningCLI:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
     )
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     best = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)
     if cli.model.report and cli.trainer.is_global_zero:
