@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from busi import CLASS_NAMES
 from busi.duplicates import group_duplicates, perceptual_hash, pixel_digest
-from busi.images import UnreadableImageError, decode_image, is_image_file, is_mask, resize_to_tensor, to_model_input
+from busi.images import UnreadableImageError, decode_image, is_image_file, is_mask, resize_to_tensor
 from busi.splits import SPLIT_NAMES, assign_groups, read_split_csv, write_split_csv
 
 log = logging.getLogger(__name__)
@@ -181,17 +181,21 @@ def format_audit(audit: dict, split_counts: dict[str, dict[str, int]] | None = N
 
 
 class ImageTensors(Dataset):
-    """Decoded uint8 images → normalised float tensors and labels."""
+    """Decoded images as (uint8 3×H×W, label, key): normalisation happens on the batch, on the
+    training device (BusiClassifier.on_after_batch_transfer). The key identifies the image for
+    the frozen-backbone feature cache."""
 
-    def __init__(self, pixels: list[torch.Tensor], labels: list[int]):
+    def __init__(self, pixels: list[torch.Tensor], labels: list[int], keys: list[int]):
         self.pixels = pixels
         self.labels = labels
+        self.keys = keys
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return to_model_input(self.pixels[index]), self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        pixels = self.pixels[index]
+        return pixels.expand(3, *pixels.shape[1:]), self.labels[index], self.keys[index]
 
 
 class BusiDataModule(L.LightningDataModule):
@@ -309,7 +313,8 @@ class BusiDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> ImageTensors:
         chosen = [i for i, s in enumerate(self.split_of) if s == split]
-        return ImageTensors([self.catalog.pixels[i] for i in chosen], [self.catalog.records[i].label for i in chosen])
+        pixels = [self.catalog.pixels[i] for i in chosen]
+        return ImageTensors(pixels, [self.catalog.records[i].label for i in chosen], chosen)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams

@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.models import DenseNet121_Weights, densenet121
 
 from busi import CLASS_NAMES
+from busi.images import to_model_input
 from busi.report import SplitEvaluation, confusion_matrix_image, epoch_metrics, format_report, write_report
 from busi.splits import SPLIT_NAMES
 
@@ -60,9 +61,12 @@ class DenseNetClassifier(nn.Module):
             self.features.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
         # torchvision applies this ReLU in DenseNet.forward, Keras as the last layer of `features`.
-        return self.head(F.relu(self.features(images)))
+        return F.relu(self.features(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.extract(images))
 
 
 _LEGACY_KEY = re.compile(
@@ -136,6 +140,10 @@ class BusiClassifier(L.LightningModule):
         lr: Adam learning rate.
         image_size: input side in pixels (linked to data.image_size by train.py).
         class_names: output classes, in order.
+        cache_features: with a frozen backbone, run it once per image and train the head on the
+            kept features (the same model and checkpoints, computed once instead of every epoch).
+        channels_last: NHWC memory layout for the convolutions (faster on GPUs and most CPUs).
+        compile: run the backbone through torch.compile (checkpoints keep plain parameter names).
     """
 
     def __init__(
@@ -145,12 +153,20 @@ class BusiClassifier(L.LightningModule):
         lr: float = 1e-3,
         image_size: int = 256,
         class_names: tuple[str, ...] = CLASS_NAMES,
+        cache_features: bool = True,
+        channels_last: bool = True,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = tuple(class_names)
         self.model = DenseNetClassifier(image_size, len(self.class_names), freeze_backbone)
         load_backbone_weights(self.model.features, weights)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # Kept outside the module tree so that state_dict keys never gain `_orig_mod.`.
+        self._extract = torch.compile(self.model.extract) if compile else self.model.extract
+        self._feature_cache: dict[int, torch.Tensor] = {}
         self.train_metrics = epoch_metrics(len(self.class_names), "train/")
         self.val_metrics = epoch_metrics(len(self.class_names), "val/")
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
@@ -158,7 +174,47 @@ class BusiClassifier(L.LightningModule):
         self.report: dict | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+        return self.model.head(self._extract(images))
+
+    @property
+    def caches_features(self) -> bool:
+        # Valid only while the backbone is a fixed function of the image: frozen weights, eval-mode
+        # BatchNorm, and the same input pixels every epoch (no random augmentation).
+        return self.hparams.freeze_backbone and self.hparams.cache_features
+
+    def logits(self, images: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits; with a frozen backbone and image keys, backbone features are computed once."""
+        if keys is None or not self.caches_features:
+            return self(images)
+        keys = keys.tolist()
+        if any(key not in self._feature_cache for key in keys):
+            with torch.no_grad():
+                features = self._extract(images)
+            for key, feature in zip(keys, features, strict=True):
+                self._feature_cache.setdefault(key, feature)
+        return self.model.head(torch.stack([self._feature_cache[key] for key in keys]))
+
+    def prepare_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 1 or 3, H, W) → normalised float in the model's memory layout."""
+        if images.dtype == torch.uint8:
+            images = to_model_input(images)
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # BusiDataModule yields uint8 images: normalising on the training device keeps the data
+        # path a plain memory copy.
+        if isinstance(batch, torch.Tensor):
+            return self.prepare_inputs(batch)
+        images, *rest = batch
+        return [self.prepare_inputs(images), *rest]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        current = self.model.features.state_dict()
+        incoming = {k.removeprefix("model.features."): v for k, v in checkpoint["state_dict"].items()}
+        if any(not torch.equal(value, incoming.get(key, value.new_empty(0))) for key, value in current.items()):
+            self._feature_cache.clear()
 
     def on_fit_start(self) -> None:
         trainable, frozen = parameter_counts(self.model)
@@ -172,8 +228,8 @@ class BusiClassifier(L.LightningModule):
         self.model.train()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, targets = batch
-        logits = self(images)
+        images, targets, keys = batch
+        logits = self.logits(images, keys)
         loss = F.cross_entropy(logits, targets)
         self.train_metrics.update(logits, targets)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(targets))
@@ -181,15 +237,15 @@ class BusiClassifier(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, targets = batch
-        logits = self(images)
+        images, targets, keys = batch
+        logits = self.logits(images, keys)
         self.val_metrics.update(logits, targets)
         self.log("val/loss", F.cross_entropy(logits, targets), on_epoch=True, batch_size=len(targets))
         self.log_dict(self.val_metrics, on_epoch=True)
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        images, targets = batch
-        logits = self(images).float()
+        images, targets, keys = batch
+        logits = self.logits(images, keys).float()
         loss = F.cross_entropy(logits, targets)
         self.evaluations[f"{SPLIT_NAMES[dataloader_idx]}_split"].update(logits.softmax(dim=1), targets, loss)
 
@@ -235,7 +291,7 @@ class BusiClassifier(L.LightningModule):
         return self(images).float().softmax(dim=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam((p for p in self.parameters() if p.requires_grad), lr=self.hparams.lr)
+        return torch.optim.Adam((p for p in self.parameters() if p.requires_grad), lr=self.hparams.lr, fused=True)
 
 
 def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "cpu") -> BusiClassifier:
@@ -259,7 +315,7 @@ def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "
     if not isinstance(contents, dict) or "state_dict" not in contents or "hyper_parameters" not in contents:
         raise WeightsError(f"{path}: not a busi checkpoint (no state_dict / hyper_parameters)")
     hparams = {k: v for k, v in contents["hyper_parameters"].items() if not k.startswith("_")}
-    hparams["weights"] = None
+    hparams.update(weights=None, compile=False)
     classifier = BusiClassifier(**hparams)
     try:
         classifier.load_state_dict(contents["state_dict"])

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from busi import CLASS_NAMES
@@ -86,8 +87,9 @@ def test_datamodule_splits_every_class_and_keeps_duplicates_together(busi_root):
     assert split_by_path["benign/benign (12).png"] == split_by_path["malignant/malignant (2).png"]
     for split, per_class in module.split_counts().items():
         assert all(per_class[name] > 0 for name in CLASS_NAMES), (split, per_class)
-    images, label = module.train_dataloader().dataset[0]
-    assert images.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and label in (0, 1, 2)
+    pixels, label, key = module.train_dataloader().dataset[0]
+    assert pixels.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and pixels.dtype == torch.uint8
+    assert label == module.catalog.records[key].label
 
 
 def test_split_csv_round_trip_reuses_the_split(busi_root, tmp_path):

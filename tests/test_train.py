@@ -6,7 +6,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from busi import CLASS_NAMES
-from busi.cli import DEFAULT_CONFIG, BusiCLI, main
+from busi.cli import DEFAULT_CONFIG, BusiCLI, main, run
 from busi.data import BusiDataModule
 from busi.model import BusiClassifier, load_classifier
 from busi.predict import main as predict_main
@@ -80,7 +80,8 @@ def test_report_agrees_with_a_recount_from_predictions(trained_run, tmp_path):
 def test_checkpoint_reloads_safely_with_the_same_probabilities(trained_run):
     cli, run_dir = trained_run
     reloaded = load_classifier(run_dir / "checkpoints" / "best.ckpt")
-    images, _ = next(iter(cli.datamodule._loader("test", shuffle=False)))
+    pixels, _, _ = next(iter(cli.datamodule._loader("test", shuffle=False)))
+    images = cli.model.prepare_inputs(pixels)
     trained = cli.model.eval()
     with torch.no_grad():
         assert torch.allclose(trained(images).softmax(1), reloaded(images).softmax(1), atol=1e-6)
@@ -103,3 +104,22 @@ def test_missing_data_folder_exits_with_one_line(tmp_path, capsys):
     assert code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and "nowhere" in error and "--data.root" in error
+
+
+def test_training_resumes_from_last_checkpoint(trained_run, busi_root, tmp_path):
+    cli, run_dir = trained_run
+    resumed = run(
+        [
+            "--model.weights=none",
+            f"--data.root={busi_root}",
+            f"--data.image_size={IMAGE_SIZE}",
+            "--data.batch_size=8",
+            "--trainer.max_epochs=3",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+            f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        ]
+    )
+    steps_per_epoch = cli.trainer.global_step // 2
+    assert resumed.trainer.current_epoch == 3
+    assert resumed.trainer.global_step == 3 * steps_per_epoch
