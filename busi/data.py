@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from busi import CLASS_NAMES
-from busi.duplicates import group_duplicates, perceptual_hash, pixel_digest
-from busi.images import UnreadableImageError, decode_image, is_image_file, is_mask, resize_to_tensor
+from busi.cache import DecodedImageCache, default_cache_dir
+from busi.duplicates import group_duplicates
+from busi.images import UnreadableImageError, is_image_file, is_mask
 from busi.splits import SPLIT_NAMES, assign_groups, read_split_csv, write_split_csv
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Catalog:
     pixels: list[torch.Tensor]
     groups: list[int]
     audit: dict = field(default_factory=dict)
+    cache: DecodedImageCache | None = None
 
     def relative(self, index: int) -> str:
         return self.records[index].path.relative_to(self.root).as_posix()
@@ -75,28 +78,32 @@ def scan_class_folders(root: Path, class_names: tuple[str, ...] = CLASS_NAMES):
 
 
 def read_catalog(
-    root: Path, image_size: int, duplicate_distance: int, class_names: tuple[str, ...] = CLASS_NAMES
+    root: Path,
+    image_size: int,
+    duplicate_distance: int,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+    cache_dir: Path | None = None,
 ) -> Catalog:
-    """Decode every image once: resized pixels for training, hashes for duplicates, facts for the audit."""
+    """Decode every image once (or take it from the cache): resized pixels for training, hashes for
+    duplicates, facts for the audit."""
     candidates, orphan_masks, ignored = scan_class_folders(root, class_names)
-    records, pixels, hashes, digests, sizes, modes, unreadable = [], [], [], [], [], Counter(), []
+    cache = DecodedImageCache(cache_dir, image_size)
+    records, decoded, unreadable = [], [], []
     for record in candidates:
         try:
-            image = decode_image(record.path)
+            decoded.append(cache.decode(record.path))
         except UnreadableImageError as error:
             rank_zero_warn(f"skipping {error}")
             unreadable.append({"path": record.path.relative_to(root).as_posix(), "reason": str(error)})
             continue
         records.append(record)
-        pixels.append(resize_to_tensor(image, image_size))
-        hashes.append(perceptual_hash(image))
-        digests.append(pixel_digest(image))
-        sizes.append(image.size)
-        modes[image.mode] += 1
+    cache.save()
     if not records:
         raise DataError(f"{root}: no readable images in {list(class_names)}; check the folder and file types")
-    groups = group_duplicates(np.stack(hashes), digests, duplicate_distance)
-    catalog = Catalog(root, records, pixels, groups)
+    digests = [d.digest for d in decoded]
+    groups = group_duplicates(np.stack([d.phash for d in decoded]), digests, duplicate_distance)
+    catalog = Catalog(root, records, [d.pixels for d in decoded], groups, cache=cache)
+    sizes, modes = [d.size for d in decoded], Counter(d.mode for d in decoded)
     catalog.audit = build_audit(catalog, class_names, sizes, modes, digests, unreadable, orphan_masks, ignored)
     return catalog
 
@@ -212,7 +219,10 @@ class BusiDataModule(L.LightningDataModule):
         split_csv: a split CSV written by an earlier run, to reuse its split exactly.
         duplicate_distance: images whose perceptual hashes differ in at most this many of 64 bits
             are near-duplicates and stay in one split; -1 groups only identical pixels.
-        num_workers: DataLoader worker processes (images are already decoded in memory).
+        cache_dir: folder of the decoded-image cache; `auto`: $BUSI_CACHE_DIR or ~/.cache/busi;
+            null: decode every run.
+        num_workers: DataLoader worker processes; null: chosen from the machine (0 without a GPU,
+            where decoded images are served from memory faster than workers could).
     """
 
     def __init__(
@@ -226,7 +236,8 @@ class BusiDataModule(L.LightningDataModule):
         seed: int = 42,
         split_csv: str | None = None,
         duplicate_distance: int = 10,
-        num_workers: int = 0,
+        cache_dir: str | None = "auto",
+        num_workers: int | None = None,
     ):
         super().__init__()
         if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
@@ -242,7 +253,8 @@ class BusiDataModule(L.LightningDataModule):
         if self.catalog is not None:
             return
         hp = self.hparams
-        self.catalog = read_catalog(Path(hp.root), hp.image_size, hp.duplicate_distance, self.class_names)
+        cache_dir = default_cache_dir() if hp.cache_dir == "auto" else hp.cache_dir and Path(hp.cache_dir)
+        self.catalog = read_catalog(Path(hp.root), hp.image_size, hp.duplicate_distance, self.class_names, cache_dir)
         if hp.split_csv:
             self.split_of = self._splits_from_csv(Path(hp.split_csv))
         else:
@@ -316,14 +328,21 @@ class BusiDataModule(L.LightningDataModule):
         pixels = [self.catalog.pixels[i] for i in chosen]
         return ImageTensors(pixels, [self.catalog.records[i].label for i in chosen], chosen)
 
+    @property
+    def num_workers(self) -> int:
+        if self.hparams.num_workers is not None:
+            return self.hparams.num_workers
+        # Batches are copies of decoded uint8 tensors: workers only pay off feeding a fast GPU.
+        return min(4, (os.cpu_count() or 1) // 2) if torch.cuda.is_available() else 0
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
         return DataLoader(
             self.dataset(split),
             batch_size=hp.batch_size if shuffle else hp.eval_batch_size,
             shuffle=shuffle,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,11 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 class UnreadableImageError(ValueError):
     """A file that cannot be decoded as an image; the message names the file and the reason."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 def is_mask(path: Path) -> bool:
@@ -45,29 +51,34 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(path: Path) -> Image.Image:
-    """Open and fully decode `path` as an 8-bit L or RGB image, or raise UnreadableImageError."""
+def decode_image(path: Path, data: bytes | None = None) -> Image.Image:
+    """Fully decode `path` (or its already-read bytes) as an 8-bit L or RGB image, or raise
+    UnreadableImageError."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(path if data is None else io.BytesIO(data)) as opened:
                 opened.load()  # decode now: a truncated file fails here, not mid-epoch
                 return _to_8bit(opened)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise UnreadableImageError(
-            f"{path}: image too large to decode safely ({error}); resize it below {Image.MAX_IMAGE_PIXELS:,} pixels"
+            path, f"image too large to decode safely ({error}); resize it below {Image.MAX_IMAGE_PIXELS:,} pixels"
         ) from None
     except (OSError, ValueError, SyntaxError) as error:
         reason = str(error) or type(error).__name__
-        raise UnreadableImageError(f"{path}: not a readable image ({reason})") from None
+        raise UnreadableImageError(path, f"not a readable image ({reason})") from None
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """8-bit L or RGB image → uint8 tensor (1 or 3, H, W)."""
+    pixels = np.array(image, dtype=np.uint8)  # a writable copy
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(pixels))
 
 
 def resize_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
     """Squash to `image_size`² like the original recipe; uint8 tensor (1 or 3, H, W)."""
-    resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    pixels = np.array(resized, dtype=np.uint8)  # a writable copy
-    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(pixels))
+    return image_to_tensor(image.resize((image_size, image_size), Image.Resampling.BILINEAR))
 
 
 def load_image(path: Path, image_size: int) -> torch.Tensor:

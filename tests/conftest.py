@@ -1,10 +1,19 @@
 """Session fixtures: a BUSI-like folder and one real training run on it."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 from fake_busi import IMAGE_SIZE, write_busi_folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_cache_dir(tmp_path_factory) -> Path:
+    """Keep the decoded-image cache of the tests out of the user's ~/.cache."""
+    directory = tmp_path_factory.mktemp("image-cache")
+    os.environ["BUSI_CACHE_DIR"] = str(directory)
+    return directory
 
 
 @pytest.fixture(scope="session")
