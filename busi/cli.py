@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -12,6 +13,10 @@ from lightning.pytorch.cli import LightningCLI
 from busi.data import BusiDataModule, DataError
 from busi.model import BusiClassifier, WeightsError
 from busi.report import format_report
+
+# BusiClassifier normalises uint8 batches on the device by design; Lightning warns whenever a
+# LightningModule and a LightningDataModule could both do it.
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 

@@ -106,3 +106,34 @@ def test_weights_that_do_not_fit_are_refused(tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
     with pytest.raises(WeightsError, match="do not fit DenseNet121"):
         BusiClassifier(weights=str(path), image_size=IMAGE_SIZE)
+
+
+def train_head(busi_root, tmp_path, cache_features: bool) -> tuple[BusiClassifier, int]:
+    L.seed_everything(7)
+    classifier = BusiClassifier(weights=None, image_size=IMAGE_SIZE, cache_features=cache_features)
+    calls = 0
+
+    def count_backbone_batches(module, args, output):
+        nonlocal calls
+        calls += 1
+
+    classifier.model.features.register_forward_hook(count_backbone_batches)
+    trainer = L.Trainer(
+        max_epochs=3,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        logger=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(classifier, datamodule=BusiDataModule(root=str(busi_root), image_size=IMAGE_SIZE, batch_size=4))
+    return classifier, calls
+
+
+def test_feature_cached_training_gives_the_same_head_with_one_backbone_pass(busi_root, tmp_path):
+    cached, cached_calls = train_head(busi_root, tmp_path, cache_features=True)
+    uncached, uncached_calls = train_head(busi_root, tmp_path, cache_features=False)
+    cached_head, uncached_head = cached.model.head.state_dict(), uncached.model.head.state_dict()
+    for name, weight in cached_head.items():
+        assert torch.allclose(weight, uncached_head[name], atol=1e-5), name
+    assert uncached_calls == 3 * cached_calls  # 3 epochs of backbone passes against one
