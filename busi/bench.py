@@ -1,0 +1,283 @@
+"""Benchmark: `python -m busi.bench --root DATA [--per-class 50] [--full]` prints a table of speeds.
+
+Every figure is measured in this process on the same data; the protocol is printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from busi import CLASS_NAMES
+from busi.cache import decode_file
+from busi.cli import run
+from busi.data import ImageTensors, read_catalog, scan_class_folders
+from busi.images import UnreadableImageError, to_model_input
+from busi.model import BusiClassifier, load_classifier
+from busi.predict import predict_files
+
+
+def clock(function, *args, **kwargs) -> tuple[float, object]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, result
+
+
+def subset_folder(root: Path, per_class: int, into: Path) -> Path:
+    """The first `per_class` images of each class (with their masks), linked into a new folder."""
+    records, _, _ = scan_class_folders(root)
+    for name in CLASS_NAMES:
+        (into / name).mkdir(parents=True)
+    counts = dict.fromkeys(range(len(CLASS_NAMES)), 0)
+    for record in records:
+        if counts[record.label] < per_class:
+            counts[record.label] += 1
+            for path in (record.path, *record.masks):
+                (into / CLASS_NAMES[record.label] / path.name).symlink_to(path.resolve())
+    return into
+
+
+def data_path(root: Path, image_size: int, cache_dir: Path) -> dict:
+    records, _, _ = scan_class_folders(root)
+
+    def cold_decode():
+        for record in records:
+            with contextlib.suppress(UnreadableImageError):
+                decode_file(record.path, image_size)
+
+    seconds, _ = clock(cold_decode)
+    read_catalog(root, image_size, -1, cache_dir=cache_dir)  # fill the cache
+    cached_seconds, catalog = clock(read_catalog, root, image_size, -1, cache_dir=cache_dir)
+    dataset = ImageTensors(catalog.pixels, [r.label for r in catalog.records], list(range(len(catalog.records))))
+
+    def one_epoch():
+        for pixels, _, _ in DataLoader(dataset, batch_size=16, shuffle=True):
+            to_model_input(pixels)
+
+    epoch_seconds, _ = clock(one_epoch)
+    n = len(records)
+    return {
+        "images": n,
+        "cold_decode_images_per_s": n / seconds,
+        "cache_images_per_s": n / cached_seconds,
+        "epoch_loader_images_per_s": n / epoch_seconds,
+        "cache_mib": catalog.cache.path.stat().st_size / 2**20,
+    }
+
+
+def recipe_args(root: Path, out: Path, epochs: int, cache_features: bool, cache_dir: Path) -> list[str]:
+    return [
+        "--model.weights=none",
+        f"--model.cache_features={str(cache_features).lower()}",
+        f"--data.root={root}",
+        f"--data.cache_dir={cache_dir}",
+        f"--trainer.max_epochs={epochs}",
+        f"--trainer.default_root_dir={out}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+
+
+def recipe_wall(root: Path, out: Path, epochs: int, cache_features: bool, cache_dir: Path) -> tuple[float, Path]:
+    with contextlib.redirect_stdout(io.StringIO()):  # the run's own report is not the benchmark's
+        seconds, cli = clock(run, recipe_args(root, out, epochs, cache_features, cache_dir))
+    return seconds, Path(cli.trainer.checkpoint_callback.best_model_path)
+
+
+def recipe_parts(root: Path, out: Path, epochs: int, cache_dir: Path) -> dict:
+    """The frozen recipe's parts timed alone: start-up, one backbone pass, head-only epochs."""
+    from busi.cli import BusiCLI
+    from busi.data import BusiDataModule
+
+    def start_up():
+        cli = BusiCLI(BusiClassifier, BusiDataModule, run=False, args=recipe_args(root, out, epochs, True, cache_dir))
+        cli.datamodule.setup("fit")
+        return cli
+
+    start_seconds, cli = clock(start_up)
+    model, datamodule = cli.model.eval(), cli.datamodule
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    features = {}
+
+    @torch.no_grad()
+    def backbone_pass():
+        for split in ("train", "val", "test"):
+            loader = DataLoader(datamodule.dataset(split), batch_size=datamodule.hparams.eval_batch_size)
+            features[split] = [
+                (model.model.extract(model.prepare_inputs(x.to(device))), y.to(device)) for x, y, _ in loader
+            ]
+
+    backbone_seconds, _ = clock(backbone_pass)
+    optimizer = model.configure_optimizers()
+    train = [(f, y) for f, y in features["train"]]
+    train_features, train_targets = torch.cat([f for f, _ in train]), torch.cat([y for _, y in train])
+
+    def head_epoch():
+        model.model.head.train()
+        order = torch.randperm(len(train_targets), device=device)
+        for start in range(0, len(order), datamodule.hparams.batch_size):
+            batch = order[start : start + datamodule.hparams.batch_size]
+            loss = F.cross_entropy(model.model.head(train_features[batch]), train_targets[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.model.head.eval()
+        with torch.no_grad():
+            for f, _ in features["val"]:
+                model.model.head(f)
+
+    head_epoch()  # warm-up: allocates Adam's state, as the real run's first step does
+    head_seconds = statistics.median(clock(head_epoch)[0] for _ in range(3))
+    return {"start_up_s": start_seconds, "backbone_pass_s": backbone_seconds, "head_epoch_s": head_seconds}
+
+
+def prediction(checkpoint: Path, images: list[Path], device: str, repeats: int = 20) -> dict:
+    classifier = load_classifier(checkpoint).to(device)
+    list(predict_files(classifier, images[:8], 8, device))  # warm-up
+    batch_seconds, predictions = clock(lambda: list(predict_files(classifier, images, 32, device)))
+    single = [clock(lambda: list(predict_files(classifier, images[:1], 1, device)))[0] for _ in range(repeats)]
+    # The same weights as a bare eager model: contiguous NCHW float32, no channels_last.
+    bare = load_classifier(checkpoint).to(device).to(memory_format=torch.contiguous_format)
+    bare.hparams.channels_last = False
+    readable = [p for p in predictions if p.probabilities is not None][:32]
+    with torch.inference_mode():
+        pixels = torch.stack([decode_file(p.path, bare.hparams.image_size).pixels.expand(3, -1, -1) for p in readable])
+        inputs = to_model_input(pixels.to(device))
+        bare_single = [clock(bare.model, inputs[:1])[0] for _ in range(repeats)]
+        ours = torch.tensor([p.probabilities for p in readable])
+        difference = (bare.model(inputs).softmax(1).cpu() - ours).abs().max()
+    return {
+        "batch_images_per_s": len(images) / batch_seconds,
+        "single_image_ms": 1000 * statistics.median(single),
+        "bare_eager_single_ms": 1000 * statistics.median(bare_single),
+        "max_probability_difference": difference.item(),
+    }
+
+
+def gpu_backbone(batch: int = 128, steps: int = 20) -> dict:
+    from torchvision.models import densenet121
+
+    inputs = torch.randn(batch, 3, 256, 256, device="cuda").contiguous(memory_format=torch.channels_last)
+    bare = densenet121(weights=None).cuda().eval().to(memory_format=torch.channels_last)
+    ours = BusiClassifier(weights=None).cuda().eval()
+
+    def throughput(function) -> float:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+            for _ in range(3):
+                function(inputs)
+            seconds, _ = clock(lambda: [function(inputs) for _ in range(steps)])
+        return batch * steps / seconds
+
+    bare_rate = throughput(bare.features)
+    our_rate = throughput(ours.model.extract)
+    return {"bare_images_per_s": bare_rate, "ours_images_per_s": our_rate, "fraction": our_rate / bare_rate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="BUSI-layout folder")
+    parser.add_argument("--per-class", type=int, default=50, help="images per class for the recipe comparison")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--full", action="store_true", help="also run the cached recipe on the whole root")
+    parser.add_argument("--output", type=Path, help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        cache_dir = scratch / "cache"
+        results["data_path"] = data_path(args.root, 256, cache_dir)
+        subset = subset_folder(args.root, args.per_class, scratch / "subset")
+        recipe = {}
+        recipe["cached_1_epoch_s"], _ = recipe_wall(subset, scratch / "r1", 1, True, cache_dir)
+        recipe["cached_s"], checkpoint = recipe_wall(subset, scratch / "r2", args.epochs, True, cache_dir)
+        recipe["uncached_s"], _ = recipe_wall(subset, scratch / "r3", args.epochs, False, cache_dir)
+        results["recipe_subset"] = recipe
+        if args.full:
+            parts = recipe_parts(args.root, scratch / "p", args.epochs, cache_dir)
+            parts["sum_s"] = parts["start_up_s"] + parts["backbone_pass_s"] + args.epochs * parts["head_epoch_s"]
+            parts["wall_s"], _ = recipe_wall(args.root, scratch / "full", args.epochs, True, cache_dir)
+            results["recipe_full"] = parts
+        images = [r.path for r in scan_class_folders(subset)[0]]
+        results["predict_cpu"] = prediction(checkpoint, images, "cpu")
+        if torch.cuda.is_available():
+            results["predict_gpu"] = prediction(checkpoint, images, "cuda")
+            results["gpu_backbone"] = gpu_backbone()
+    print(format_table(results, args))
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def format_table(results: dict, args) -> str:
+    data, recipe = results["data_path"], results["recipe_subset"]
+    lines = [
+        f"busi benchmark, {results['date']}, {results['machine']}",
+        f"data: {args.root} ({data['images']} images); recipe: frozen DenseNet121, no pretrained weights, "
+        f"256 px, batch 16, split seed 42",
+        "",
+        f"{'measure':<58} {'value':>12} {'ratio':>8}",
+        f"{'data path: cold decode (images/s)':<58} {data['cold_decode_images_per_s']:12.1f} {'1.00':>8}",
+        f"{'data path: decoded-image cache (images/s)':<58} {data['cache_images_per_s']:12.1f} "
+        f"{data['cache_images_per_s'] / data['cold_decode_images_per_s']:8.2f}",
+        f"{'data path: one epoch from memory (images/s)':<58} {data['epoch_loader_images_per_s']:12.1f} "
+        f"{data['epoch_loader_images_per_s'] / data['cold_decode_images_per_s']:8.2f}",
+        f"{'cache file size (MiB)':<58} {data['cache_mib']:12.1f}",
+        f"{f'recipe, {args.per_class}/class, {args.epochs} epochs, no feature cache (s)':<58} {recipe['uncached_s']:12.1f} {'1.00':>8}",
+        f"{f'recipe, {args.per_class}/class, {args.epochs} epochs, feature cache (s)':<58} {recipe['cached_s']:12.1f} "
+        f"{recipe['cached_s'] / recipe['uncached_s']:8.2f}",
+        f"{f'recipe, {args.per_class}/class, 1 epoch, feature cache (s)':<58} {recipe['cached_1_epoch_s']:12.1f}",
+        f"{f'wall({args.epochs} epochs) / wall(1 epoch), feature cache':<58} {recipe['cached_s'] / recipe['cached_1_epoch_s']:12.2f}",
+    ]
+    if "recipe_full" in results:
+        full = results["recipe_full"]
+        lines += [
+            f"{'full data: start-up alone (s)':<58} {full['start_up_s']:12.1f}",
+            f"{'full data: one backbone pass over all images alone (s)':<58} {full['backbone_pass_s']:12.1f}",
+            f"{'full data: one head-only epoch alone (s)':<58} {full['head_epoch_s']:12.1f}",
+            f"{f'full data: sum of parts, {args.epochs} epochs (s)':<58} {full['sum_s']:12.1f} {'1.00':>8}",
+            f"{f'full data: recipe wall, {args.epochs} epochs (s)':<58} {full['wall_s']:12.1f} {full['wall_s'] / full['sum_s']:8.2f}",
+        ]
+    for device in ("cpu", "gpu"):
+        if f"predict_{device}" in results:
+            predict = results[f"predict_{device}"]
+            lines += [
+                f"{f'predict {device}: folder in batches of 32 (images/s)':<58} {predict['batch_images_per_s']:12.1f}",
+                f"{f'predict {device}: bare eager model, one image (ms)':<58} {predict['bare_eager_single_ms']:12.1f} {'1.00':>8}",
+                f"{f'predict {device}: predict.py path, one image incl. decode (ms)':<58} {predict['single_image_ms']:12.1f} "
+                f"{predict['single_image_ms'] / predict['bare_eager_single_ms']:8.2f}",
+                f"{f'predict {device}: max |p - p_bare|':<58} {predict['max_probability_difference']:12.2e}",
+            ]
+    if "gpu_backbone" in results:
+        gpu = results["gpu_backbone"]
+        lines += [
+            f"{'gpu: bare torchvision densenet121 features (images/s)':<58} {gpu['bare_images_per_s']:12.1f} {'1.00':>8}",
+            f"{'gpu: busi feature extraction (images/s)':<58} {gpu['ours_images_per_s']:12.1f} {gpu['fraction']:8.2f}",
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
