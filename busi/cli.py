@@ -25,6 +25,13 @@ def default_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def last_checkpoint() -> ModelCheckpoint:
+    """`last.ckpt` with the full training state (optimizer, loops), rewritten every epoch, to resume from.
+    Kept apart from the best checkpoint, which holds weights only: the head's Adam state is twice
+    the size of its weights."""
+    return ModelCheckpoint(save_top_k=0, save_last=True)
+
+
 class BusiCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -33,7 +40,7 @@ class BusiCLI(LightningCLI):
                 "checkpoint.monitor": "val/macro_f1",
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best",
-                "checkpoint.save_last": True,
+                "checkpoint.save_weights_only": True,  # prediction needs weights; resuming uses last.ckpt
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
@@ -53,7 +60,7 @@ def run(args: list[str] | None = None) -> LightningCLI:
         BusiDataModule,
         run=False,
         args=args,
-        trainer_defaults={"precision": default_precision()},
+        trainer_defaults={"precision": default_precision(), "callbacks": [last_checkpoint()]},
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
     )
