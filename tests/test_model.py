@@ -137,3 +137,10 @@ def test_feature_cached_training_gives_the_same_head_with_one_backbone_pass(busi
     for name, weight in cached_head.items():
         assert torch.allclose(weight, uncached_head[name], atol=1e-5), name
     assert uncached_calls == 3 * cached_calls  # 3 epochs of backbone passes against one
+
+
+def test_compiled_model_keeps_plain_checkpoint_keys():
+    plain = BusiClassifier(weights=None, image_size=IMAGE_SIZE).state_dict()
+    compiled = BusiClassifier(weights=None, image_size=IMAGE_SIZE, compile=True).state_dict()
+    assert list(compiled) == list(plain)
+    assert not any("_orig_mod" in key for key in compiled)
