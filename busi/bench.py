@@ -65,7 +65,7 @@ def data_path(root: Path, image_size: int, cache_dir: Path) -> dict:
     seconds, _ = clock(cold_decode)
     read_catalog(root, image_size, -1, cache_dir=cache_dir)  # fill the cache
     cached_seconds, catalog = clock(read_catalog, root, image_size, -1, cache_dir=cache_dir)
-    dataset = ImageTensors(catalog.pixels, [r.label for r in catalog.records], list(range(len(catalog.records))))
+    dataset = ImageTensors(catalog.pixels, [r.label for r in catalog.records], catalog.digests)
 
     def one_epoch():
         for pixels, _, _ in DataLoader(dataset, batch_size=16, shuffle=True):

@@ -43,6 +43,7 @@ class Catalog:
     records: list[ImageRecord]
     pixels: list[torch.Tensor]
     groups: list[int]
+    digests: list[str]  # of the decoded pixels: identifies an image's content across datasets
     audit: dict = field(default_factory=dict)
     cache: DecodedImageCache | None = None
 
@@ -102,7 +103,7 @@ def read_catalog(
         raise DataError(f"{root}: no readable images in {list(class_names)}; check the folder and file types")
     digests = [d.digest for d in decoded]
     groups = group_duplicates(np.stack([d.phash for d in decoded]), digests, duplicate_distance)
-    catalog = Catalog(root, records, [d.pixels for d in decoded], groups, cache=cache)
+    catalog = Catalog(root, records, [d.pixels for d in decoded], groups, digests, cache=cache)
     sizes, modes = [d.size for d in decoded], Counter(d.mode for d in decoded)
     catalog.audit = build_audit(catalog, class_names, sizes, modes, digests, unreadable, orphan_masks, ignored)
     return catalog
@@ -189,10 +190,10 @@ def format_audit(audit: dict, split_counts: dict[str, dict[str, int]] | None = N
 
 class ImageTensors(Dataset):
     """Decoded images as (uint8 3×H×W, label, key): normalisation happens on the batch, on the
-    training device (BusiClassifier.on_after_batch_transfer). The key identifies the image for
-    the frozen-backbone feature cache."""
+    training device (BusiClassifier.on_after_batch_transfer). The key, a digest of the decoded
+    pixels, identifies the image for the frozen-backbone feature cache."""
 
-    def __init__(self, pixels: list[torch.Tensor], labels: list[int], keys: list[int]):
+    def __init__(self, pixels: list[torch.Tensor], labels: list[int], keys: list[str]):
         self.pixels = pixels
         self.labels = labels
         self.keys = keys
@@ -200,7 +201,7 @@ class ImageTensors(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         pixels = self.pixels[index]
         return pixels.expand(3, *pixels.shape[1:]), self.labels[index], self.keys[index]
 
@@ -298,6 +299,7 @@ class BusiDataModule(L.LightningDataModule):
                 )
         catalog.records = [catalog.records[i] for i in keep]
         catalog.pixels = [catalog.pixels[i] for i in keep]
+        catalog.digests = [catalog.digests[i] for i in keep]
         catalog.groups = [entries[catalog.relative(i)][2] for i in range(len(catalog.records))]
         return [entries[catalog.relative(i)][1] for i in range(len(catalog.records))]
 
@@ -325,8 +327,9 @@ class BusiDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> ImageTensors:
         chosen = [i for i, s in enumerate(self.split_of) if s == split]
-        pixels = [self.catalog.pixels[i] for i in chosen]
-        return ImageTensors(pixels, [self.catalog.records[i].label for i in chosen], chosen)
+        catalog = self.catalog
+        pixels = [catalog.pixels[i] for i in chosen]
+        return ImageTensors(pixels, [catalog.records[i].label for i in chosen], [catalog.digests[i] for i in chosen])
 
     @property
     def num_workers(self) -> int:

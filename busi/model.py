@@ -166,7 +166,7 @@ class BusiClassifier(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         # Kept outside the module tree so that state_dict keys never gain `_orig_mod.`.
         self._extract = torch.compile(self.model.extract) if compile else self.model.extract
-        self._feature_cache: dict[int, torch.Tensor] = {}
+        self._feature_cache: dict[str, torch.Tensor] = {}
         self.train_metrics = epoch_metrics(len(self.class_names), "train/")
         self.val_metrics = epoch_metrics(len(self.class_names), "val/")
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
@@ -182,11 +182,11 @@ class BusiClassifier(L.LightningModule):
         # BatchNorm, and the same input pixels every epoch (no random augmentation).
         return self.hparams.freeze_backbone and self.hparams.cache_features
 
-    def logits(self, images: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
-        """Class logits; with a frozen backbone and image keys, backbone features are computed once."""
+    def logits(self, images: torch.Tensor, keys: list[str] | None = None) -> torch.Tensor:
+        """Class logits; with a frozen backbone and image keys (content digests), backbone features
+        are computed once per image."""
         if keys is None or not self.caches_features:
             return self(images)
-        keys = keys.tolist()
         if any(key not in self._feature_cache for key in keys):
             with torch.no_grad():
                 features = self._extract(images)
