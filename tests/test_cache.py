@@ -52,3 +52,13 @@ def test_a_corrupt_cache_file_is_ignored_and_rebuilt(busi_root, tmp_path, capsys
         and "ignoring unreadable image cache" in capsys.readouterr().err
     )
     assert DecodedImageCache(tmp_path, IMAGE_SIZE).entries  # rewritten whole
+
+
+def test_cache_command_fills_the_cache_ahead_of_time(busi_root, tmp_path, capsys):
+    from busi.cache import main
+
+    assert main([str(busi_root), "--image-size", str(IMAGE_SIZE), "--cache-dir", str(tmp_path)]) == 0
+    assert f"{distinct_contents(busi_root)} decoded" in capsys.readouterr().out
+    assert main([str(busi_root), "--image-size", str(IMAGE_SIZE), "--cache-dir", str(tmp_path)]) == 0
+    assert " 0 decoded" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing")]) == 2
