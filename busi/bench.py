@@ -231,50 +231,68 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def row(measure: str, value: float, baseline: float | None = None, value_format: str = "12.1f") -> str:
+    """One table line; `baseline` adds the value's ratio to it (1.00 for the baseline itself)."""
+    ratio = f"{value / baseline:8.2f}" if baseline else ""
+    return f"{measure:<58} {value:{value_format}} {ratio}".rstrip()
+
+
 def format_table(results: dict, args) -> str:
-    data, recipe = results["data_path"], results["recipe_subset"]
+    data, recipe, epochs, per_class = results["data_path"], results["recipe_subset"], args.epochs, args.per_class
+    cold = data["cold_decode_images_per_s"]
     lines = [
         f"busi benchmark, {results['date']}, {results['machine']}",
         f"data: {args.root} ({data['images']} images); recipe: frozen DenseNet121, no pretrained weights, "
         f"256 px, batch 16, split seed 42",
         "",
         f"{'measure':<58} {'value':>12} {'ratio':>8}",
-        f"{'data path: cold decode (images/s)':<58} {data['cold_decode_images_per_s']:12.1f} {'1.00':>8}",
-        f"{'data path: decoded-image cache (images/s)':<58} {data['cache_images_per_s']:12.1f} "
-        f"{data['cache_images_per_s'] / data['cold_decode_images_per_s']:8.2f}",
-        f"{'data path: one epoch from memory (images/s)':<58} {data['epoch_loader_images_per_s']:12.1f} "
-        f"{data['epoch_loader_images_per_s'] / data['cold_decode_images_per_s']:8.2f}",
-        f"{'cache file size (MiB)':<58} {data['cache_mib']:12.1f}",
-        f"{f'recipe, {args.per_class}/class, {args.epochs} epochs, no feature cache (s)':<58} {recipe['uncached_s']:12.1f} {'1.00':>8}",
-        f"{f'recipe, {args.per_class}/class, {args.epochs} epochs, feature cache (s)':<58} {recipe['cached_s']:12.1f} "
-        f"{recipe['cached_s'] / recipe['uncached_s']:8.2f}",
-        f"{f'recipe, {args.per_class}/class, 1 epoch, feature cache (s)':<58} {recipe['cached_1_epoch_s']:12.1f}",
-        f"{f'wall({args.epochs} epochs) / wall(1 epoch), feature cache':<58} {recipe['cached_s'] / recipe['cached_1_epoch_s']:12.2f}",
+        row("data path: cold decode (images/s)", cold, cold),
+        row("data path: decoded-image cache (images/s)", data["cache_images_per_s"], cold),
+        row("data path: one epoch from memory (images/s)", data["epoch_loader_images_per_s"], cold),
+        row("cache file size (MiB)", data["cache_mib"]),
+        row(
+            f"recipe, {per_class}/class, {epochs} epochs, no feature cache (s)",
+            recipe["uncached_s"],
+            recipe["uncached_s"],
+        ),
+        row(f"recipe, {per_class}/class, {epochs} epochs, feature cache (s)", recipe["cached_s"], recipe["uncached_s"]),
+        row(f"recipe, {per_class}/class, 1 epoch, feature cache (s)", recipe["cached_1_epoch_s"]),
+        row(
+            f"wall({epochs} epochs) / wall(1 epoch), feature cache",
+            recipe["cached_s"] / recipe["cached_1_epoch_s"],
+            value_format="12.2f",
+        ),
     ]
     if "recipe_full" in results:
         full = results["recipe_full"]
         lines += [
-            f"{'full data: start-up alone (s)':<58} {full['start_up_s']:12.1f}",
-            f"{'full data: one backbone pass over all images alone (s)':<58} {full['backbone_pass_s']:12.1f}",
-            f"{'full data: one head-only epoch alone (s)':<58} {full['head_epoch_s']:12.1f}",
-            f"{f'full data: sum of parts, {args.epochs} epochs (s)':<58} {full['sum_s']:12.1f} {'1.00':>8}",
-            f"{f'full data: recipe wall, {args.epochs} epochs (s)':<58} {full['wall_s']:12.1f} {full['wall_s'] / full['sum_s']:8.2f}",
+            row("full data: start-up alone (s)", full["start_up_s"]),
+            row("full data: one backbone pass over all images alone (s)", full["backbone_pass_s"]),
+            row("full data: one head-only epoch alone (s)", full["head_epoch_s"]),
+            row(f"full data: sum of parts, {epochs} epochs (s)", full["sum_s"], full["sum_s"]),
+            row(f"full data: recipe wall, {epochs} epochs (s)", full["wall_s"], full["sum_s"]),
         ]
     for device in ("cpu", "gpu"):
         if f"predict_{device}" in results:
             predict = results[f"predict_{device}"]
+            bare = predict["bare_eager_single_ms"]
             lines += [
-                f"{f'predict {device}: folder in batches of 32 (images/s)':<58} {predict['batch_images_per_s']:12.1f}",
-                f"{f'predict {device}: bare eager model, one image (ms)':<58} {predict['bare_eager_single_ms']:12.1f} {'1.00':>8}",
-                f"{f'predict {device}: predict.py path, one image incl. decode (ms)':<58} {predict['single_image_ms']:12.1f} "
-                f"{predict['single_image_ms'] / predict['bare_eager_single_ms']:8.2f}",
-                f"{f'predict {device}: max |p - p_bare|':<58} {predict['max_probability_difference']:12.2e}",
+                row(f"predict {device}: folder in batches of 32 (images/s)", predict["batch_images_per_s"]),
+                row(f"predict {device}: bare eager model, one image (ms)", bare, bare),
+                row(
+                    f"predict {device}: predict.py path, one image incl. decode (ms)", predict["single_image_ms"], bare
+                ),
+                row(f"predict {device}: max |p - p_bare|", predict["max_probability_difference"], value_format="12.2e"),
             ]
     if "gpu_backbone" in results:
         gpu = results["gpu_backbone"]
         lines += [
-            f"{'gpu: bare torchvision densenet121 features (images/s)':<58} {gpu['bare_images_per_s']:12.1f} {'1.00':>8}",
-            f"{'gpu: busi feature extraction (images/s)':<58} {gpu['ours_images_per_s']:12.1f} {gpu['fraction']:8.2f}",
+            row(
+                "gpu: bare torchvision densenet121 features (images/s)",
+                gpu["bare_images_per_s"],
+                gpu["bare_images_per_s"],
+            ),
+            row("gpu: busi feature extraction (images/s)", gpu["ours_images_per_s"], gpu["bare_images_per_s"]),
         ]
     return "\n".join(lines)
 
