@@ -25,7 +25,7 @@ from busi import CLASS_NAMES
 from busi.cache import decode_file
 from busi.cli import run
 from busi.data import ImageTensors, read_catalog, scan_class_folders
-from busi.images import UnreadableImageError, to_model_input
+from busi.images import UnreadableImageError, as_three_channels, load_image, to_model_input
 from busi.model import BusiClassifier, load_classifier
 from busi.predict import predict_files
 
@@ -127,8 +127,8 @@ def recipe_parts(root: Path, out: Path, epochs: int, cache_dir: Path) -> dict:
 
     backbone_seconds, _ = clock(backbone_pass)
     optimizer = model.configure_optimizers()
-    train = [(f, y) for f, y in features["train"]]
-    train_features, train_targets = torch.cat([f for f, _ in train]), torch.cat([y for _, y in train])
+    train_features = torch.cat([f for f, _ in features["train"]])
+    train_targets = torch.cat([y for _, y in features["train"]])
 
     def head_epoch():
         model.model.head.train()
@@ -156,10 +156,9 @@ def prediction(checkpoint: Path, images: list[Path], device: str, repeats: int =
     single = [clock(lambda: list(predict_files(classifier, images[:1], 1, device)))[0] for _ in range(repeats)]
     # The same weights as a bare eager model: contiguous NCHW float32, no channels_last.
     bare = load_classifier(checkpoint).to(device).to(memory_format=torch.contiguous_format)
-    bare.hparams.channels_last = False
     readable = [p for p in predictions if p.probabilities is not None][:32]
     with torch.inference_mode():
-        pixels = torch.stack([decode_file(p.path, bare.hparams.image_size).pixels.expand(3, -1, -1) for p in readable])
+        pixels = torch.stack([as_three_channels(load_image(p.path, bare.hparams.image_size)) for p in readable])
         inputs = to_model_input(pixels.to(device))
         bare_single = [clock(bare.model, inputs[:1])[0] for _ in range(repeats)]
         ours = torch.tensor([p.probabilities for p in readable])

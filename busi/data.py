@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from busi import CLASS_NAMES
 from busi.cache import DecodedImageCache, default_cache_dir
 from busi.duplicates import group_duplicates
-from busi.images import UnreadableImageError, is_image_file, is_mask
+from busi.images import UnreadableImageError, as_three_channels, is_image_file, is_mask
 from busi.splits import SPLIT_NAMES, assign_groups, read_split_csv, write_split_csv
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,13 @@ class Catalog:
 
     def relative(self, index: int) -> str:
         return self.records[index].path.relative_to(self.root).as_posix()
+
+    def keep_only(self, indices: list[int]) -> None:
+        """Drop every image not in `indices`, keeping the per-image lists aligned."""
+        self.records = [self.records[i] for i in indices]
+        self.pixels = [self.pixels[i] for i in indices]
+        self.groups = [self.groups[i] for i in indices]
+        self.digests = [self.digests[i] for i in indices]
 
 
 def scan_class_folders(root: Path, class_names: tuple[str, ...] = CLASS_NAMES):
@@ -202,8 +209,7 @@ class ImageTensors(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
-        pixels = self.pixels[index]
-        return pixels.expand(3, *pixels.shape[1:]), self.labels[index], self.keys[index]
+        return as_three_channels(self.pixels[index]), self.labels[index], self.keys[index]
 
 
 class BusiDataModule(L.LightningDataModule):
@@ -297,9 +303,7 @@ class BusiDataModule(L.LightningDataModule):
                 raise DataError(
                     f"{path}: {catalog.relative(index)} is labelled {label} but lies in another class folder"
                 )
-        catalog.records = [catalog.records[i] for i in keep]
-        catalog.pixels = [catalog.pixels[i] for i in keep]
-        catalog.digests = [catalog.digests[i] for i in keep]
+        catalog.keep_only(keep)
         catalog.groups = [entries[catalog.relative(i)][2] for i in range(len(catalog.records))]
         return [entries[catalog.relative(i)][1] for i in range(len(catalog.records))]
 

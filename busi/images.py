@@ -89,8 +89,11 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
 _normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+def as_three_channels(pixels: torch.Tensor) -> torch.Tensor:
+    """(…, 1 or 3, H, W) → (…, 3, H, W); grayscale is expanded as a view, without copying."""
+    return pixels.expand(*pixels.shape[:-3], 3, *pixels.shape[-2:]) if pixels.shape[-3] == 1 else pixels
+
+
 def to_model_input(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (…, 1 or 3, H, W) → float32 (…, 3, H, W) with ImageNet mean/std normalisation."""
-    if pixels.shape[-3] == 1:
-        pixels = pixels.expand(*pixels.shape[:-3], 3, *pixels.shape[-2:])
-    return _normalize(pixels)
+    return _normalize(as_three_channels(pixels))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from busi.images import UnreadableImageError, is_image_file, is_mask, load_image
+from busi.images import UnreadableImageError, as_three_channels, is_image_file, is_mask, load_image
 from busi.model import BusiClassifier, WeightsError, load_classifier
 
 
@@ -62,7 +62,7 @@ def predict_files(
                     result.error = str(error)
             results.append(result)
         if decoded:
-            pixels = torch.stack([p.expand(3, *p.shape[1:]) for _, p in decoded]).to(device)
+            pixels = torch.stack([as_three_channels(p) for _, p in decoded]).to(device)
             probabilities = classifier(classifier.prepare_inputs(pixels)).float().softmax(dim=1).cpu().tolist()
             for (result, _), row in zip(decoded, probabilities, strict=True):
                 result.probabilities = row
