@@ -42,7 +42,7 @@ def clock(function, *args, **kwargs) -> tuple[float, object]:
 
 def subset_folder(root: Path, per_class: int, into: Path) -> Path:
     """The first `per_class` images of each class (with their masks), linked into a new folder."""
-    records, _, _ = scan_class_folders(root)
+    records = scan_class_folders(root)[0]
     for name in CLASS_NAMES:
         (into / name).mkdir(parents=True)
     counts = dict.fromkeys(range(len(CLASS_NAMES)), 0)
@@ -55,7 +55,7 @@ def subset_folder(root: Path, per_class: int, into: Path) -> Path:
 
 
 def data_path(root: Path, image_size: int, cache_dir: Path) -> dict:
-    records, _, _ = scan_class_folders(root)
+    records = scan_class_folders(root)[0]
 
     def cold_decode():
         for record in records:
@@ -65,7 +65,7 @@ def data_path(root: Path, image_size: int, cache_dir: Path) -> dict:
     seconds, _ = clock(cold_decode)
     read_catalog(root, image_size, -1, cache_dir=cache_dir)  # fill the cache
     cached_seconds, catalog = clock(read_catalog, root, image_size, -1, cache_dir=cache_dir)
-    dataset = ImageTensors(catalog.pixels, [r.label for r in catalog.records], catalog.digests)
+    dataset = ImageTensors(catalog, range(len(catalog.records)))
 
     def one_epoch():
         for pixels, _, _ in DataLoader(dataset, batch_size=16, shuffle=True):

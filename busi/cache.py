@@ -36,7 +36,7 @@ def default_cache_dir() -> Path:
 class DecodedImage:
     """What training needs from one file, computed from a single decode."""
 
-    pixels: torch.Tensor  # uint8 (1 or 3, S, S); grayscale stays one channel
+    pixels: torch.Tensor | None  # uint8 (1 or 3, S, S), grayscale stays one channel; None: not kept
     size: tuple[int, int]  # original width, height
     mode: str  # "L" or "RGB" after decoding
     phash: np.ndarray  # 64 bools
@@ -50,13 +50,16 @@ def decode_file(path: Path, image_size: int, data: bytes | None = None) -> Decod
     )
 
 
-def _pack(decoded: DecodedImage) -> dict:
-    pixels = decoded.pixels.numpy()
-    picture = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+def _png(pixels: torch.Tensor) -> bytes:
+    array = pixels.numpy()
+    picture = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
     png = io.BytesIO()
     picture.save(png, "PNG", compress_level=1)  # lossless; ultrasound speckle compresses to ~60 %
+    return png.getvalue()
+
+
+def _facts(decoded: DecodedImage) -> dict:
     return {
-        "png": png.getvalue(),
         "size": tuple(decoded.size),
         "mode": decoded.mode,
         "phash": np.packbits(decoded.phash).tobytes(),
@@ -64,19 +67,25 @@ def _pack(decoded: DecodedImage) -> dict:
     }
 
 
-def _unpack(entry: dict) -> DecodedImage:
-    with Image.open(io.BytesIO(entry["png"])) as picture:
-        pixels = image_to_tensor(picture)
+def _unpack(entry: dict, with_pixels: bool) -> DecodedImage:
+    pixels = None
+    if with_pixels:
+        with Image.open(io.BytesIO(entry["png"])) as picture:
+            pixels = image_to_tensor(picture)
     phash = np.unpackbits(np.frombuffer(entry["phash"], dtype=np.uint8)).astype(bool)
     return DecodedImage(pixels, tuple(entry["size"]), entry["mode"], phash, entry["digest"])
 
 
 class DecodedImageCache:
     """Content-keyed: a changed file has a new key and is decoded again; a cache made with other
-    settings, code or Pillow lives in another file and is never read."""
+    settings, code or Pillow lives in another file and is never read.
 
-    def __init__(self, directory: Path | None, image_size: int):
+    Pixels are kept up to `limit_bytes` of PNG data; beyond it only the hashes and facts of an image
+    are kept, and its pixels are decoded from the file whenever they are needed."""
+
+    def __init__(self, directory: Path | None, image_size: int, limit_bytes: int | None = None):
         self.image_size = image_size
+        self.limit_bytes = limit_bytes
         self.path = None
         self.entries: dict[str, dict] = {}
         self.hits = self.misses = 0
@@ -84,7 +93,15 @@ class DecodedImageCache:
             name = f"decoded-{image_size}px-v{CACHE_FORMAT}-pillow{PIL.__version__}.pt"
             self.path = Path(directory).expanduser() / name
             self.entries = self._read()
+        self.pixel_bytes = 0
+        for entry in self.entries.values():
+            if "png" in entry and not self._has_room(len(entry["png"])):
+                del entry["png"]  # written under a larger limit
+            self.pixel_bytes += len(entry.get("png", b""))
         self._dirty = False
+
+    def _has_room(self, size: int) -> bool:
+        return self.limit_bytes is None or self.pixel_bytes + size <= self.limit_bytes
 
     def _read(self) -> dict[str, dict]:
         if not self.path.is_file():
@@ -96,23 +113,34 @@ class DecodedImageCache:
             print(f"warning: ignoring unreadable image cache {self.path} ({type(error).__name__})", file=sys.stderr)
             return {}
 
-    def decode(self, path: Path) -> DecodedImage:
-        """Decoded image for `path`, from the cache when its bytes were seen before."""
-        data = path.read_bytes()
+    def decode(self, path: Path, need_pixels: bool = True) -> DecodedImage:
+        """Decoded image for `path`, from the cache when its bytes were seen before. Without
+        `need_pixels`, a cached image is returned without its pixels."""
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise UnreadableImageError(path, f"cannot read the file ({error.strerror or error})") from None
         key = hashlib.sha256(data).hexdigest()
         entry = self.entries.get(key)
-        if entry is not None:
+        if entry is not None and "error" in entry:
             self.hits += 1
-            if "error" in entry:
-                raise UnreadableImageError(path, entry["error"])
-            return _unpack(entry)
+            raise UnreadableImageError(path, entry["error"])
+        if entry is not None and ("png" in entry or not need_pixels):
+            self.hits += 1
+            return _unpack(entry, with_pixels=need_pixels)
         self.misses += 1
         try:
             decoded = decode_file(path, self.image_size, data)
         except UnreadableImageError as error:
             self._store(key, {"error": error.reason})
             raise
-        self._store(key, _pack(decoded))
+        entry = _facts(decoded)
+        if self.path is not None and self._has_room(0):
+            png = _png(decoded.pixels)
+            if self._has_room(len(png)):
+                entry["png"] = png
+                self.pixel_bytes += len(png)
+        self._store(key, entry)
         return decoded
 
     def _store(self, key: str, entry: dict) -> None:

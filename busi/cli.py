@@ -7,9 +7,13 @@ import warnings
 from pathlib import Path
 
 import torch
+from jsonargparse import Namespace
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from busi.checkpointing import AtomicCheckpointIO, EpochSeed, ResumeCheckpoint, ResumeError, find_resume_checkpoint
 from busi.data import BusiDataModule, DataError
 from busi.model import BusiClassifier, WeightsError
 from busi.report import format_report
@@ -23,13 +27,6 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.y
 
 def default_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-
-
-def last_checkpoint() -> ModelCheckpoint:
-    """`last.ckpt` with the full training state (optimizer, loops), rewritten every epoch, to resume from.
-    Kept apart from the best checkpoint, which holds weights only: the head's Adam state is twice
-    the size of its weights."""
-    return ModelCheckpoint(save_top_k=0, save_last=True)
 
 
 class BusiCLI(LightningCLI):
@@ -49,8 +46,34 @@ class BusiCLI(LightningCLI):
             "--ckpt_path",
             type=str | None,
             default=None,
-            help="resume from a checkpoint, e.g. RUN/checkpoints/last.ckpt",
+            help="resume an interrupted run: `last` (the newest run), a run directory or RUN/checkpoints/last.ckpt",
         )
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def before_instantiate_classes(self) -> None:
+        """Resume into the run's own directory: its TensorBoard curves continue, the best checkpoint is
+        tracked across the interruption, and the run's split is reused."""
+        config = self.config
+        if not config.ckpt_path:
+            return
+        ckpt, run_dir = find_resume_checkpoint(config.ckpt_path, config.trainer.default_root_dir or ".")
+        config.ckpt_path = str(ckpt)
+        if run_dir is None:
+            return
+        if config.trainer.logger in (None, True):
+            config.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(
+                    save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name
+                ),
+            )
+        if not config.data.split_csv and (run_dir / "split.csv").is_file():
+            config.data.split_csv = str(run_dir / "split.csv")
 
 
 def run(args: list[str] | None = None) -> LightningCLI:
@@ -60,13 +83,17 @@ def run(args: list[str] | None = None) -> LightningCLI:
         BusiDataModule,
         run=False,
         args=args,
-        trainer_defaults={"precision": default_precision(), "callbacks": [last_checkpoint()]},
+        trainer_defaults={
+            "precision": default_precision(),
+            "callbacks": [ResumeCheckpoint(), EpochSeed()],
+        },
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
     )
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    # weights_only: a checkpoint handed over by someone else cannot run code when it is loaded
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
     best = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
     if cli.model.report and cli.trainer.is_global_zero:
         print(format_report(cli.model.report))
         print(f"\nRun directory: {cli.trainer.log_dir}")
@@ -76,7 +103,7 @@ def run(args: list[str] | None = None) -> LightningCLI:
 def main(args: list[str] | None = None) -> int:
     try:
         run(args)
-    except (DataError, WeightsError) as error:
+    except (DataError, WeightsError, ResumeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

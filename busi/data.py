@@ -12,13 +12,14 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from busi import CLASS_NAMES
 from busi.cache import DecodedImageCache, default_cache_dir
 from busi.duplicates import group_duplicates
-from busi.images import UnreadableImageError, as_three_channels, is_image_file, is_mask
+from busi.images import UnreadableImageError, as_three_channels, is_image_file, is_mask, load_image
 from busi.splits import SPLIT_NAMES, assign_groups, read_split_csv, write_split_csv
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,13 @@ class ImageRecord:
 
 @dataclass
 class Catalog:
-    """Every readable image under a root, decoded once and resized to uint8 tensors."""
+    """Every readable image under a root with its resized uint8 pixels: held in memory up to a limit,
+    read again from the file beyond it."""
 
     root: Path
+    image_size: int
     records: list[ImageRecord]
-    pixels: list[torch.Tensor]
+    pixels: list[torch.Tensor | None]  # None: read from the file when needed
     groups: list[int]
     digests: list[str]  # of the decoded pixels: identifies an image's content across datasets
     audit: dict = field(default_factory=dict)
@@ -49,6 +52,14 @@ class Catalog:
 
     def relative(self, index: int) -> str:
         return self.records[index].path.relative_to(self.root).as_posix()
+
+    def image(self, index: int) -> torch.Tensor:
+        pixels = self.pixels[index]
+        return load_image(self.records[index].path, self.image_size) if pixels is None else pixels
+
+    @property
+    def streamed(self) -> int:
+        return sum(p is None for p in self.pixels)
 
     def keep_only(self, indices: list[int]) -> None:
         """Drop every image not in `indices`, keeping the per-image lists aligned."""
@@ -58,8 +69,16 @@ class Catalog:
         self.digests = [self.digests[i] for i in indices]
 
 
+def _is_hidden(path: Path, folder: Path) -> bool:
+    # `.DS_Store`, macOS `._x.png` forks, `.ipynb_checkpoints/` copies: never data
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
 def scan_class_folders(root: Path, class_names: tuple[str, ...] = CLASS_NAMES):
-    """Find images and their masks (`X.png` → `X_mask.png`, `X_mask_1.png`, …) per class folder."""
+    """Find images and their masks (`X.png` → `X_mask.png`, `X_mask_1.png`, …) per class folder.
+
+    Returns (records, masks without an image, ignored files, unknown folders beside the class folders).
+    Hidden files and folders are ignored; symlinked files are followed, symlinked folders are not."""
     if not root.is_dir():
         raise DataError(
             f"{root}: data folder not found; download BUSI (see README) and pass --data.root "
@@ -70,10 +89,16 @@ def scan_class_folders(root: Path, class_names: tuple[str, ...] = CLASS_NAMES):
         raise DataError(
             f"{root}: class folders {missing} are missing; expected one folder per class {list(class_names)}"
         )
+    unknown = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in class_names and p.name[0] != ".")
     records, orphan_masks, ignored = [], [], []
     for label, name in enumerate(class_names):
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file())
+        folder = root / name
+        entries = sorted(p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir())
+        files = [p for p in entries if not _is_hidden(p, folder) and not p.is_dir()]
+        ignored += [p for p in entries if p not in files]
         images = [p for p in files if is_image_file(p) and not is_mask(p)]
+        if not images:
+            raise DataError(f"{folder}: no images in this class folder; add its images or check --data.root")
         masks_by_stem: dict[tuple[Path, str], list[Path]] = defaultdict(list)
         for path in files:
             if is_image_file(path) and is_mask(path):
@@ -82,7 +107,7 @@ def scan_class_folders(root: Path, class_names: tuple[str, ...] = CLASS_NAMES):
         image_keys = {(p.parent, p.stem) for p in images}
         orphan_masks += [m for key, ms in masks_by_stem.items() if key not in image_keys for m in ms]
         records += [ImageRecord(p, label, tuple(masks_by_stem.get((p.parent, p.stem), ()))) for p in images]
-    return records, orphan_masks, ignored
+    return records, orphan_masks, ignored, unknown
 
 
 def read_catalog(
@@ -91,28 +116,41 @@ def read_catalog(
     duplicate_distance: int,
     class_names: tuple[str, ...] = CLASS_NAMES,
     cache_dir: Path | None = None,
+    memory_limit_mb: float | None = None,
 ) -> Catalog:
     """Decode every image once (or take it from the cache): resized pixels for training, hashes for
-    duplicates, facts for the audit."""
-    candidates, orphan_masks, ignored = scan_class_folders(root, class_names)
-    cache = DecodedImageCache(cache_dir, image_size)
+    duplicates, facts for the audit. Pixels beyond `memory_limit_mb` (and beyond the same size of
+    on-disk cache) are not kept: those images are decoded from their files when a batch needs them."""
+    candidates, orphan_masks, ignored, unknown = scan_class_folders(root, class_names)
+    if unknown:
+        rank_zero_warn(f"{root}: ignoring folders that are not classes {list(class_names)}: {unknown}")
+    limit = None if memory_limit_mb is None else int(memory_limit_mb * 2**20)
+    cache = DecodedImageCache(cache_dir, image_size, limit)
     records, decoded, unreadable = [], [], []
+    held = 0
     for record in candidates:
+        room = limit is None or held < limit
         try:
-            decoded.append(cache.decode(record.path))
+            image = cache.decode(record.path, need_pixels=room)
         except UnreadableImageError as error:
             rank_zero_warn(f"skipping {error}")
             unreadable.append({"path": record.path.relative_to(root).as_posix(), "reason": str(error)})
             continue
+        if image.pixels is not None and limit is not None and held + image.pixels.numel() > limit:
+            image.pixels = None
+        held += 0 if image.pixels is None else image.pixels.numel()
         records.append(record)
+        decoded.append(image)
     cache.save()
     if not records:
         raise DataError(f"{root}: no readable images in {list(class_names)}; check the folder and file types")
     digests = [d.digest for d in decoded]
     groups = group_duplicates(np.stack([d.phash for d in decoded]), digests, duplicate_distance)
-    catalog = Catalog(root, records, [d.pixels for d in decoded], groups, digests, cache=cache)
+    catalog = Catalog(root, image_size, records, [d.pixels for d in decoded], groups, digests, cache=cache)
     sizes, modes = [d.size for d in decoded], Counter(d.mode for d in decoded)
     catalog.audit = build_audit(catalog, class_names, sizes, modes, digests, unreadable, orphan_masks, ignored)
+    catalog.audit["unknown_folders"] = unknown
+    catalog.audit["streamed_from_disk"] = catalog.streamed
     return catalog
 
 
@@ -183,9 +221,13 @@ def format_audit(audit: dict, split_counts: dict[str, dict[str, int]] | None = N
     lines += [f"    {item['reason']}" for item in audit["unreadable"]]
     if audit["orphan_masks"]:
         lines.append(f"  masks without an image: {len(audit['orphan_masks'])}: {', '.join(audit['orphan_masks'][:5])}")
+    if audit.get("unknown_folders"):
+        lines.append(f"  ignored folders (not a class): {', '.join(audit['unknown_folders'])}")
+    if audit.get("streamed_from_disk"):
+        lines.append(f"  read from disk every epoch (beyond memory_limit_mb): {audit['streamed_from_disk']} images")
     if audit["ignored_files"]:
         lines.append(
-            f"  ignored non-image files: {len(audit['ignored_files'])}: {', '.join(audit['ignored_files'][:5])}"
+            f"  ignored files (hidden, not an image): {len(audit['ignored_files'])}: {', '.join(audit['ignored_files'][:5])}"
         )
     if split_counts:
         for split, counts in split_counts.items():
@@ -196,20 +238,20 @@ def format_audit(audit: dict, split_counts: dict[str, dict[str, int]] | None = N
 
 
 class ImageTensors(Dataset):
-    """Decoded images as (uint8 3×H×W, label, key): normalisation happens on the batch, on the
-    training device (BusiClassifier.on_after_batch_transfer). The key, a digest of the decoded
+    """Some of a catalog's images as (uint8 3×H×W, label, key): normalisation happens on the batch, on
+    the training device (BusiClassifier.on_after_batch_transfer). The key, a digest of the decoded
     pixels, identifies the image for the frozen-backbone feature cache."""
 
-    def __init__(self, pixels: list[torch.Tensor], labels: list[int], keys: list[str]):
-        self.pixels = pixels
-        self.labels = labels
-        self.keys = keys
+    def __init__(self, catalog: Catalog, indices: list[int]):
+        self.catalog = catalog
+        self.indices = list(indices)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
-        return as_three_channels(self.pixels[index]), self.labels[index], self.keys[index]
+        i = self.indices[index]
+        return as_three_channels(self.catalog.image(i)), self.catalog.records[i].label, self.catalog.digests[i]
 
 
 class BusiDataModule(L.LightningDataModule):
@@ -230,6 +272,8 @@ class BusiDataModule(L.LightningDataModule):
             null: decode every run.
         num_workers: DataLoader worker processes; null: chosen from the machine (0 without a GPU,
             where decoded images are served from memory faster than workers could).
+        memory_limit_mb: decoded images held in memory, and in the on-disk cache, up to this size;
+            beyond it images are decoded from their files every epoch (large folders).
     """
 
     def __init__(
@@ -245,6 +289,7 @@ class BusiDataModule(L.LightningDataModule):
         duplicate_distance: int = 10,
         cache_dir: str | None = "auto",
         num_workers: int | None = None,
+        memory_limit_mb: float = 4096,
     ):
         super().__init__()
         if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
@@ -261,7 +306,9 @@ class BusiDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         cache_dir = default_cache_dir() if hp.cache_dir == "auto" else hp.cache_dir and Path(hp.cache_dir)
-        self.catalog = read_catalog(Path(hp.root), hp.image_size, hp.duplicate_distance, self.class_names, cache_dir)
+        self.catalog = read_catalog(
+            Path(hp.root), hp.image_size, hp.duplicate_distance, self.class_names, cache_dir, hp.memory_limit_mb
+        )
         if hp.split_csv:
             self.split_of = self._splits_from_csv(Path(hp.split_csv))
         else:
@@ -330,24 +377,40 @@ class BusiDataModule(L.LightningDataModule):
         (run_dir / "audit.txt").write_text(format_audit(self.catalog.audit, counts) + "\n")
 
     def dataset(self, split: str) -> ImageTensors:
-        chosen = [i for i, s in enumerate(self.split_of) if s == split]
-        catalog = self.catalog
-        pixels = [catalog.pixels[i] for i in chosen]
-        return ImageTensors(pixels, [catalog.records[i].label for i in chosen], [catalog.digests[i] for i in chosen])
+        return ImageTensors(self.catalog, [i for i, s in enumerate(self.split_of) if s == split])
 
     @property
     def num_workers(self) -> int:
         if self.hparams.num_workers is not None:
             return self.hparams.num_workers
-        # Batches are copies of decoded uint8 tensors: workers only pay off feeding a fast GPU.
-        return min(4, (os.cpu_count() or 1) // 2) if torch.cuda.is_available() else 0
+        # Batches from memory are copies of decoded uint8 tensors: workers only pay off feeding a
+        # fast GPU, or decoding the images that are read from disk.
+        streaming = self.catalog is not None and self.catalog.streamed > 0
+        return min(4, (os.cpu_count() or 1) // 2) if torch.cuda.is_available() or streaming else 0
+
+    def _processes(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
+        dataset = self.dataset(split)
+        replicas, rank = self._processes()
+        if shuffle:
+            # One order per (seed, epoch), whatever happened before: a run resumed from an epoch
+            # boundary sees the batches the uninterrupted run saw. Sharded over processes under DDP.
+            seed = int(os.environ.get("PL_GLOBAL_SEED", hp.seed))
+            sampler = DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=seed)
+        elif replicas > 1:
+            # Each image evaluated exactly once across processes (DistributedSampler would repeat some
+            # to even out the ranks, and the synced metrics would count them twice).
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=False)
+        else:
+            sampler = None
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=hp.batch_size if shuffle else hp.eval_batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

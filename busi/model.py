@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from torchmetrics import MeanMetric, SumMetric
 from torchvision.models import DenseNet121_Weights, densenet121
 
 from busi import CLASS_NAMES
@@ -144,6 +145,7 @@ class BusiClassifier(L.LightningModule):
             kept features (the same model and checkpoints, computed once instead of every epoch).
         channels_last: NHWC memory layout for the convolutions (faster on GPUs and most CPUs).
         compile: run the backbone through torch.compile (checkpoints keep plain parameter names).
+        feature_cache_mb: memory for cached features; images beyond it run the backbone every epoch.
     """
 
     def __init__(
@@ -156,6 +158,7 @@ class BusiClassifier(L.LightningModule):
         cache_features: bool = True,
         channels_last: bool = True,
         compile: bool = False,
+        feature_cache_mb: float = 4096,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -167,8 +170,12 @@ class BusiClassifier(L.LightningModule):
         # Kept outside the module tree so that state_dict keys never gain `_orig_mod.`.
         self._extract = torch.compile(self.model.extract) if compile else self.model.extract
         self._feature_cache: dict[str, torch.Tensor] = {}
+        self._feature_cache_bytes = 0
         self.train_metrics = epoch_metrics(len(self.class_names), "train/")
         self.val_metrics = epoch_metrics(len(self.class_names), "val/")
+        # torchmetrics rather than self.log averaging: exact over all processes under DDP
+        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.val_samples = SumMetric()
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
         self.evaluations = nn.ModuleDict({f"{s}_split": SplitEvaluation(len(self.class_names)) for s in SPLIT_NAMES})
         self.report: dict | None = None
@@ -190,8 +197,13 @@ class BusiClassifier(L.LightningModule):
         if any(key not in self._feature_cache for key in keys):
             with torch.no_grad():
                 features = self._extract(images)
+            limit = self.hparams.feature_cache_mb * 2**20
             for key, feature in zip(keys, features, strict=True):
-                self._feature_cache.setdefault(key, feature)
+                size = feature.numel() * feature.element_size()
+                if key not in self._feature_cache and self._feature_cache_bytes + size <= limit:
+                    self._feature_cache[key] = feature
+                    self._feature_cache_bytes += size
+            return self.model.head(features)
         return self.model.head(torch.stack([self._feature_cache[key] for key in keys]))
 
     def prepare_inputs(self, images: torch.Tensor) -> torch.Tensor:
@@ -215,6 +227,7 @@ class BusiClassifier(L.LightningModule):
         incoming = {k.removeprefix("model.features."): v for k, v in checkpoint["state_dict"].items()}
         if any(not torch.equal(value, incoming.get(key, value.new_empty(0))) for key, value in current.items()):
             self._feature_cache.clear()
+            self._feature_cache_bytes = 0
 
     def on_fit_start(self) -> None:
         trainable, frozen = parameter_counts(self.model)
@@ -232,7 +245,8 @@ class BusiClassifier(L.LightningModule):
         logits = self.logits(images, keys)
         loss = F.cross_entropy(logits, targets)
         self.train_metrics.update(logits, targets)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(targets))
+        self.train_loss.update(loss.detach(), weight=len(targets))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
@@ -240,7 +254,10 @@ class BusiClassifier(L.LightningModule):
         images, targets, keys = batch
         logits = self.logits(images, keys)
         self.val_metrics.update(logits, targets)
-        self.log("val/loss", F.cross_entropy(logits, targets), on_epoch=True, batch_size=len(targets))
+        self.val_loss.update(F.cross_entropy(logits, targets), weight=len(targets))
+        self.val_samples.update(len(targets))
+        self.log("val/loss", self.val_loss, on_epoch=True)
+        self.log("val/samples", self.val_samples, on_epoch=True)
         self.log_dict(self.val_metrics, on_epoch=True)
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -21,7 +21,7 @@ def datamodule(root: Path, **overrides) -> BusiDataModule:
 
 
 def test_masks_are_never_images_and_stay_attached(busi_root):
-    records, orphans, _ = scan_class_folders(busi_root)
+    records, orphans, _, _ = scan_class_folders(busi_root)
     assert records and not orphans
     assert all("_mask" not in r.path.name for r in records)
     by_name = {r.path.name: r for r in records}

@@ -1,0 +1,100 @@
+"""Checkpoints that survive crashes, and runs that resume where they stopped.
+
+- AtomicCheckpointIO: a checkpoint is written to a temporary file beside its target, flushed to disk and
+  renamed over it, so a crash while saving leaves the previous `best.ckpt`/`last.ckpt` intact.
+  (Lightning's own atomic save stages the file in the system temp folder; when that is another
+  file system, the final move is a copy that a crash can cut short.)
+- ResumeCheckpoint: `last.ckpt` with the full training state after every epoch, and also when the run
+  is stopped by SIGTERM or Ctrl-C.
+- EpochSeed: the randomness of an epoch (dropout, augmentation) depends only on (seed, epoch, rank), so a
+  run resumed from an epoch boundary repeats exactly what the uninterrupted run would have done.
+- find_resume_checkpoint: `--ckpt_path last`, a run directory, or a checkpoint file → the file and
+  the run directory it belongs to.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+RUNS_NAME = "lightning_logs"  # TensorBoardLogger's default: runs/lightning_logs/version_N
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+class ResumeCheckpoint(ModelCheckpoint):
+    """Only `last.ckpt`: rewritten after every epoch and when the run is interrupted."""
+
+    def __init__(self):
+        super().__init__(save_top_k=0, save_last=True)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException | KeyboardInterrupt) or trainer.sanity_checking:
+            return
+        if self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        rank_zero_info(
+            f"Stopped by {type(exception).__name__}: training state saved to {self.last_model_path}; "
+            "continue with --ckpt_path last"
+        )
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+class EpochSeed(Callback):
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seed = epoch_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), trainer.current_epoch, trainer.global_rank)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
+class ResumeError(ValueError):
+    """The checkpoint to resume from cannot be found; the message says where it looked."""
+
+
+def find_resume_checkpoint(ckpt_path: str, root_dir: str | Path) -> tuple[Path, Path | None]:
+    """(checkpoint file, its run directory or None) for `last`, a run directory or a checkpoint file."""
+    if ckpt_path == "last":
+        runs = Path(root_dir) / RUNS_NAME
+        candidates = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise ResumeError(f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt to resume from")
+        ckpt = candidates[-1]
+    else:
+        ckpt = Path(ckpt_path)
+        if ckpt.is_dir():
+            ckpt = ckpt / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise ResumeError(f"{ckpt}: checkpoint not found; pass RUN/checkpoints/last.ckpt, RUN, or last")
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    return ckpt, run_dir
