@@ -53,7 +53,12 @@ class ResumeCheckpoint(ModelCheckpoint):
     """Only `last.ckpt`: rewritten after every epoch and when the run is interrupted."""
 
     def __init__(self):
-        super().__init__(save_top_k=0, save_last=True)
+        super().__init__(save_top_k=0, save_last=True, enable_version_counter=False)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # ModelCheckpoint writes `last` only alongside a top-k save, and there is none here.
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException | KeyboardInterrupt) or trainer.sanity_checking:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -12,6 +14,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from busi.checkpointing import AtomicCheckpointIO, EpochSeed, ResumeCheckpoint, ResumeError, find_resume_checkpoint
 from busi.data import BusiDataModule, DataError
@@ -106,4 +109,13 @@ def main(args: list[str] | None = None) -> int:
     except (DataError, WeightsError, ResumeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except pickle.UnpicklingError:
+        print(
+            "error: refused to resume: the checkpoint holds pickled objects other than tensors and plain values; "
+            "only resume from checkpoints written by busi's train.py",
+            file=sys.stderr,
+        )
+        return 2
+    except SIGTERMException:
+        return 128 + signal.SIGTERM  # the state is saved in last.ckpt (ResumeCheckpoint)
     return 0

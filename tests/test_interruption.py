@@ -1,0 +1,156 @@
+"""Killed, terminated and repeated runs: nothing lost, and resumed runs end where uninterrupted ones do."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from busi.checkpointing import AtomicCheckpointIO
+from busi.cli import main
+from busi.model import load_classifier
+from busi.predict import main as predict_main
+
+from fake_busi import IMAGE_SIZE
+
+REPO = Path(__file__).resolve().parents[1]
+LAST = "lightning_logs/version_0/checkpoints/last.ckpt"
+
+
+def scratch_args(root: Path, runs: Path, epochs: int) -> list[str]:
+    """The whole network trains: dropout, BatchNorm and the shuffle all matter to the result."""
+    return [
+        "--config", str(REPO / "configs" / "scratch.yaml"),
+        f"--data.root={root}", f"--data.image_size={IMAGE_SIZE}", "--data.batch_size=4",
+        f"--trainer.max_epochs={epochs}", "--trainer.deterministic=true", "--seed_everything=7",
+        f"--trainer.default_root_dir={runs}", "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+
+
+def start_training(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as handle:
+        return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], stdout=handle, stderr=handle, env=env)
+
+
+def wait_for(path: Path, process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"training exited early:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)  # also proves: tensors and plain values only
+
+
+def report(run_dir: Path) -> dict:
+    return json.loads((run_dir / "report.json").read_text())["splits"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(busi_root, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("uninterrupted")
+    assert main(scratch_args(busi_root, runs, 3)) == 0
+    return runs / "lightning_logs" / "version_0"
+
+
+def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_result(uninterrupted, busi_root, tmp_path):
+    args = scratch_args(busi_root, tmp_path, 3)
+    log = tmp_path / "killed.log"
+    process = start_training(args, log)
+    wait_for(tmp_path / LAST, process, log)  # written atomically at the end of epoch 0
+    process.send_signal(signal.SIGKILL)  # now inside epoch 1
+    process.wait()
+    state = load(tmp_path / LAST)
+    assert state["epoch"] == 0 and state["global_step"] > 0
+
+    assert main([*args, "--ckpt_path=last"]) == 0
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    assert not (tmp_path / "lightning_logs" / "version_1").exists()  # resumed in its own directory
+    assert report(run_dir) == report(uninterrupted)
+    resumed, reference = load(run_dir / "checkpoints/best.ckpt"), load(uninterrupted / "checkpoints/best.ckpt")
+    assert resumed["epoch"] == reference["epoch"]
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+
+
+def test_two_runs_with_the_same_seed_give_identical_metrics_and_predictions(uninterrupted, busi_root, tmp_path):
+    assert main(scratch_args(busi_root, tmp_path, 3)) == 0
+    again = tmp_path / "lightning_logs" / "version_0"
+    assert report(again) == report(uninterrupted)
+    outputs = []
+    for run_dir in (uninterrupted, again):
+        outputs.append(tmp_path / f"{len(outputs)}.csv")
+        predict_main(["--ckpt", str(run_dir / "checkpoints/best.ckpt"), str(busi_root), "--output", str(outputs[-1])])
+    assert outputs[0].read_text() == outputs[1].read_text()
+
+
+def test_sigterm_saves_the_training_state_and_the_run_continues_from_it(busi_root, tmp_path):
+    args = scratch_args(busi_root, tmp_path, 40)
+    log = tmp_path / "terminated.log"
+    process = start_training(args, log)
+    wait_for(tmp_path / LAST, process, log)
+    steps_per_epoch = load(tmp_path / LAST)["global_step"]
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    assert "training state saved to" in log.read_text()
+    saved = load(tmp_path / LAST)
+    assert saved["global_step"] > steps_per_epoch  # progress after epoch 0 was kept
+
+    assert main([*scratch_args(busi_root, tmp_path, saved["epoch"] + 2), "--ckpt_path=last"]) == 0
+    assert load(tmp_path / LAST)["global_step"] >= saved["global_step"]
+    assert (tmp_path / "lightning_logs/version_0/report.json").is_file()
+
+
+def test_resume_without_a_checkpoint_exits_with_one_line(busi_root, tmp_path, capsys):
+    assert main([*scratch_args(busi_root, tmp_path, 1), "--ckpt_path=last"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: --ckpt_path last: no ") and "last.ckpt" in error
+
+
+class RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def test_resuming_from_a_checkpoint_that_would_run_code_is_refused(busi_root, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "loops": RunsCode(marker)}, evil)
+    assert main([*scratch_args(busi_root, tmp_path, 1), f"--ckpt_path={evil}"]) == 2
+    assert "refused" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not marker.exists()
+
+
+class FailsHalfway:
+    def __reduce__(self):
+        raise RuntimeError("disk full")
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_file_intact(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "best.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, path)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "extra": FailsHalfway()}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]  # no temporary file left behind
+
+
+def test_checkpoints_hold_only_tensors_and_plain_values(trained_run):
+    _, run_dir = trained_run
+    for name in ("best.ckpt", "last.ckpt"):
+        assert load(run_dir / "checkpoints" / name)["state_dict"]
+    assert load_classifier(run_dir / "checkpoints/best.ckpt").hparams.image_size == IMAGE_SIZE
