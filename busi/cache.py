@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from busi.duplicates import perceptual_hash, pixel_digest
-from busi.images import UnreadableImageError, decode_image, image_to_tensor, resize_to_tensor
+from busi.images import UnreadableImageError, decode_image, image_to_tensor, read_file, resize_to_tensor
 
 # Bump when decoding or resizing changes: entries made by other code are then never used.
 CACHE_FORMAT = 1
@@ -116,10 +116,7 @@ class DecodedImageCache:
     def decode(self, path: Path, need_pixels: bool = True) -> DecodedImage:
         """Decoded image for `path`, from the cache when its bytes were seen before. Without
         `need_pixels`, a cached image is returned without its pixels."""
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            raise UnreadableImageError(path, f"cannot read the file ({error.strerror or error})") from None
+        data = read_file(path)
         key = hashlib.sha256(data).hexdigest()
         entry = self.entries.get(key)
         if entry is not None and "error" in entry:

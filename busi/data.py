@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +14,13 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from busi import CLASS_NAMES
 from busi.cache import DecodedImageCache, default_cache_dir
 from busi.duplicates import group_duplicates
-from busi.images import UnreadableImageError, as_three_channels, is_image_file, is_mask, load_image
+from busi.images import UnreadableImageError, as_three_channels, is_hidden, is_image_file, is_mask, load_image
 from busi.splits import SPLIT_NAMES, assign_groups, read_split_csv, write_split_csv
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,12 @@ log = logging.getLogger(__name__)
 
 class DataError(ValueError):
     """The data folder cannot be used as given; the message says what to change."""
+
+
+@rank_zero_only
+def warn(message: str) -> None:
+    """One line on stderr, once per run (not a Python warning with its source line)."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -69,11 +76,6 @@ class Catalog:
         self.digests = [self.digests[i] for i in indices]
 
 
-def _is_hidden(path: Path, folder: Path) -> bool:
-    # `.DS_Store`, macOS `._x.png` forks, `.ipynb_checkpoints/` copies: never data
-    return any(part.startswith(".") for part in path.relative_to(folder).parts)
-
-
 def scan_class_folders(root: Path, class_names: tuple[str, ...] = CLASS_NAMES):
     """Find images and their masks (`X.png` → `X_mask.png`, `X_mask_1.png`, …) per class folder.
 
@@ -94,7 +96,7 @@ def scan_class_folders(root: Path, class_names: tuple[str, ...] = CLASS_NAMES):
     for label, name in enumerate(class_names):
         folder = root / name
         entries = sorted(p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir())
-        files = [p for p in entries if not _is_hidden(p, folder) and not p.is_dir()]
+        files = [p for p in entries if not is_hidden(p, folder) and not p.is_dir()]
         ignored += [p for p in entries if p not in files]
         images = [p for p in files if is_image_file(p) and not is_mask(p)]
         if not images:
@@ -123,7 +125,7 @@ def read_catalog(
     on-disk cache) are not kept: those images are decoded from their files when a batch needs them."""
     candidates, orphan_masks, ignored, unknown = scan_class_folders(root, class_names)
     if unknown:
-        rank_zero_warn(f"{root}: ignoring folders that are not classes {list(class_names)}: {unknown}")
+        warn(f"{root}: ignoring folders that are not a class ({', '.join(class_names)}): {', '.join(unknown)}")
     limit = None if memory_limit_mb is None else int(memory_limit_mb * 2**20)
     cache = DecodedImageCache(cache_dir, image_size, limit)
     records, decoded, unreadable = [], [], []
@@ -133,7 +135,7 @@ def read_catalog(
         try:
             image = cache.decode(record.path, need_pixels=room)
         except UnreadableImageError as error:
-            rank_zero_warn(f"skipping {error}")
+            warn(f"skipping {error}")
             unreadable.append({"path": record.path.relative_to(root).as_posix(), "reason": str(error)})
             continue
         if image.pixels is not None and limit is not None and held + image.pixels.numel() > limit:
@@ -320,9 +322,7 @@ class BusiDataModule(L.LightningDataModule):
         for split, per_class in counts.items():
             empty = [name for name, n in per_class.items() if n == 0]
             if empty:
-                rank_zero_warn(
-                    f"the {split} split has no {', '.join(empty)} images; its metrics for them are undefined"
-                )
+                warn(f"the {split} split has no {', '.join(empty)} images; its metrics for them are undefined")
         rank_zero_info(format_audit(self.catalog.audit, counts))
         self._write_run_files(counts)
 
@@ -340,7 +340,7 @@ class BusiDataModule(L.LightningDataModule):
             )
         unlisted = sorted(present.keys() - entries.keys())
         if unlisted:
-            rank_zero_warn(
+            warn(
                 f"{len(unlisted)} images under {catalog.root} are not in {path} and are left out (first: {unlisted[0]})"
             )
         keep = sorted(present[p] for p in entries if p in present)
@@ -374,7 +374,7 @@ class BusiDataModule(L.LightningDataModule):
         run_dir = Path(trainer.log_dir)
         write_split_csv(run_dir / "split.csv", self.split_rows())
         (run_dir / "audit.json").write_text(json.dumps({**self.catalog.audit, "splits": counts}, indent=2))
-        (run_dir / "audit.txt").write_text(format_audit(self.catalog.audit, counts) + "\n")
+        (run_dir / "audit.txt").write_text(format_audit(self.catalog.audit, counts) + "\n", encoding="utf-8")
 
     def dataset(self, split: str) -> ImageTensors:
         return ImageTensors(self.catalog, [i for i, s in enumerate(self.split_of) if s == split])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -31,6 +31,11 @@ def is_mask(path: Path) -> bool:
     return "_mask" in path.stem
 
 
+def is_hidden(path: Path, folder: Path) -> bool:
+    """`.DS_Store`, macOS `._x.png` forks, copies in `.ipynb_checkpoints/`: never data."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
@@ -51,6 +56,20 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def missing_file_reason(path: Path) -> str:
+    return "file not found (a link to a missing file)" if path.is_symlink() else "file not found"
+
+
+def read_file(path: Path) -> bytes:
+    """The file's bytes, or UnreadableImageError saying why not (missing, a broken link, no permission)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UnreadableImageError(path, missing_file_reason(path)) from None
+    except OSError as error:
+        raise UnreadableImageError(path, f"cannot read the file ({error.strerror or error})") from None
+
+
 def decode_image(path: Path, data: bytes | None = None) -> Image.Image:
     """Fully decode `path` (or its already-read bytes) as an 8-bit L or RGB image, or raise
     UnreadableImageError."""
@@ -60,10 +79,18 @@ def decode_image(path: Path, data: bytes | None = None) -> Image.Image:
             with Image.open(path if data is None else io.BytesIO(data)) as opened:
                 opened.load()  # decode now: a truncated file fails here, not mid-epoch
                 return _to_8bit(opened)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        with Image.open(path if data is None else io.BytesIO(data)) as opened:
+            width, height = opened.size  # the header alone: nothing is decoded
         raise UnreadableImageError(
-            path, f"image too large to decode safely ({error}); resize it below {Image.MAX_IMAGE_PIXELS:,} pixels"
+            path,
+            f"image too large to decode safely ({width}×{height} = {width * height:,} pixels, "
+            f"Pillow's limit is {Image.MAX_IMAGE_PIXELS:,}); downscale it first",
         ) from None
+    except UnidentifiedImageError:
+        empty = (len(data) if data is not None else path.stat().st_size) == 0
+        reason = "empty file (0 bytes)" if empty else "unknown or unsupported format"
+        raise UnreadableImageError(path, f"not a readable image ({reason})") from None
     except (OSError, ValueError, SyntaxError) as error:
         reason = str(error) or type(error).__name__
         raise UnreadableImageError(path, f"not a readable image ({reason})") from None

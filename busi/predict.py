@@ -11,7 +11,15 @@ from pathlib import Path
 
 import torch
 
-from busi.images import UnreadableImageError, as_three_channels, is_image_file, is_mask, load_image
+from busi.images import (
+    UnreadableImageError,
+    as_three_channels,
+    is_hidden,
+    is_image_file,
+    is_mask,
+    load_image,
+    missing_file_reason,
+)
 from busi.model import BusiClassifier, WeightsError, load_classifier
 
 
@@ -23,10 +31,12 @@ class Prediction:
 
 
 def image_files(paths: list[Path]) -> Iterator[Path]:
-    """Files named directly are always tried; folders are recursed for images, masks skipped."""
+    """Files named directly are always tried; folders are recursed for images (masks and hidden
+    files skipped; broken links are kept, to get their error row)."""
     for path in paths:
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p) and not is_mask(p))
+            found = (p for p in path.rglob("*") if not p.is_dir() and not is_hidden(p, path))
+            yield from sorted(p for p in found if is_image_file(p) and not is_mask(p))
         else:
             yield path
 
@@ -54,7 +64,7 @@ def predict_files(
         for path in batch:
             result = Prediction(path)
             if not path.exists():
-                result.error = f"{path}: file not found"
+                result.error = f"{path}: {missing_file_reason(path)}"
             else:
                 try:
                     decoded.append((result, load_image(path, image_size)))
@@ -108,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     class_names = classifier.class_names
     predicted = failed = 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with args.output.open("w", newline="") as handle:
+    with args.output.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(csv_columns(class_names))
         for prediction in predict_files(classifier, args.paths, args.batch_size, device):

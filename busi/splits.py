@@ -48,7 +48,7 @@ def assign_groups(groups: Sequence[int], labels: Sequence[int], fractions: Seque
 
 def write_split_csv(path: Path, rows: Sequence[tuple[str, str, str, int]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(SPLIT_CSV_COLUMNS)
         writer.writerows(rows)
@@ -58,7 +58,7 @@ def read_split_csv(path: Path) -> dict[str, tuple[str, str, int]]:
     """Map relative image path → (label, split, group); raises ValueError with the reason."""
     if not path.is_file():
         raise ValueError(f"{path}: split CSV not found; pass an existing file or leave split_csv unset")
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = set(SPLIT_CSV_COLUMNS) - set(reader.fieldnames or ())
         if missing:
