@@ -97,9 +97,10 @@ def run(args: list[str] | None = None) -> LightningCLI:
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
     best = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+    log_dir = cli.trainer.log_dir  # a broadcast under DDP: every process must ask
     if cli.model.report and cli.trainer.is_global_zero:
         print(format_report(cli.model.report))
-        print(f"\nRun directory: {cli.trainer.log_dir}")
+        print(f"\nRun directory: {log_dir}")
     return cli
 
 

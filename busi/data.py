@@ -369,9 +369,12 @@ class BusiDataModule(L.LightningDataModule):
 
     def _write_run_files(self, counts) -> None:
         trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero or trainer.log_dir is None:
+        if trainer is None:
             return
-        run_dir = Path(trainer.log_dir)
+        log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
+        if not trainer.is_global_zero or log_dir is None:
+            return
+        run_dir = Path(log_dir)
         write_split_csv(run_dir / "split.csv", self.split_rows())
         (run_dir / "audit.json").write_text(json.dumps({**self.catalog.audit, "splits": counts}, indent=2))
         (run_dir / "audit.txt").write_text(format_audit(self.catalog.audit, counts) + "\n", encoding="utf-8")

@@ -277,11 +277,12 @@ class BusiClassifier(L.LightningModule):
             return
         for split, values in splits.items():
             for name in ("loss", "accuracy", "macro_f1"):
-                self.log(f"report/{split}_{name}", values[name], add_dataloader_idx=False)
-        self.log("report/test_auroc_macro", splits["test"]["auroc_macro_ovr"], add_dataloader_idx=False)
+                self.log(f"report/{split}_{name}", values[name], add_dataloader_idx=False, sync_dist=True)
+        self.log("report/test_auroc_macro", splits["test"]["auroc_macro_ovr"], add_dataloader_idx=False, sync_dist=True)
         self.report = {"class_names": list(self.class_names), "checkpoint": self._tested_checkpoint(), "splits": splits}
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            write_report(self.report, Path(self.trainer.log_dir))
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every process must ask
+        if self.trainer.is_global_zero and log_dir:
+            write_report(self.report, Path(log_dir))
             self._log_report_to_tensorboard()
 
     def _tested_checkpoint(self) -> str:
