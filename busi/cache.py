@@ -145,6 +145,11 @@ class DecodedImageCache:
             self.entries[key] = entry
             self._dirty = True
 
+    def close(self) -> None:
+        """Save, then let go of the entries: the pixels that training keeps are held by the catalog."""
+        self.save()
+        self.entries = {}
+
     def save(self) -> None:
         """Write atomically: a crash while saving leaves the previous cache intact."""
         if self.path is None or not self._dirty:

@@ -129,21 +129,21 @@ def read_catalog(
     limit = None if memory_limit_mb is None else int(memory_limit_mb * 2**20)
     cache = DecodedImageCache(cache_dir, image_size, limit)
     records, decoded, unreadable = [], [], []
-    held = 0
+    held, full = 0, False
     for record in candidates:
-        room = limit is None or held < limit
         try:
-            image = cache.decode(record.path, need_pixels=room)
+            image = cache.decode(record.path, need_pixels=not full)
         except UnreadableImageError as error:
             warn(f"skipping {error}")
             unreadable.append({"path": record.path.relative_to(root).as_posix(), "reason": str(error)})
             continue
         if image.pixels is not None and limit is not None and held + image.pixels.numel() > limit:
+            full = True
             image.pixels = None
         held += 0 if image.pixels is None else image.pixels.numel()
         records.append(record)
         decoded.append(image)
-    cache.save()
+    cache.close()
     if not records:
         raise DataError(f"{root}: no readable images in {list(class_names)}; check the folder and file types")
     digests = [d.digest for d in decoded]

@@ -63,7 +63,7 @@ def group_duplicates(hashes: np.ndarray, digests: list[str], max_distance: int) 
     for index, digest in enumerate(digests):
         union(index, first_with_digest.setdefault(digest, index))
     if count and max_distance >= 0:
-        chunk = 1024  # bounds memory at chunk × count distances
+        chunk = max(1, 2**22 // count)  # bounds memory: 4M distances at a time, whatever the count
         for start in range(0, count, chunk):
             distances = hamming_distances(hashes, slice(start, start + chunk))
             for row, column in zip(*np.nonzero(distances <= max_distance), strict=True):

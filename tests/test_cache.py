@@ -62,3 +62,21 @@ def test_cache_command_fills_the_cache_ahead_of_time(busi_root, tmp_path, capsys
     assert main([str(busi_root), "--image-size", str(IMAGE_SIZE), "--cache-dir", str(tmp_path)]) == 0
     assert " 0 decoded" in capsys.readouterr().out
     assert main([str(tmp_path / "missing")]) == 2
+
+
+def test_images_beyond_the_memory_limit_are_read_from_disk_unchanged(busi_root, tmp_path):
+    in_memory = read_catalog(busi_root, IMAGE_SIZE, 10, cache_dir=None)
+    limit_mb = 0.03  # a few 64×64 images
+    limited = read_catalog(busi_root, IMAGE_SIZE, 10, cache_dir=tmp_path, memory_limit_mb=limit_mb)
+    held = [p for p in limited.pixels if p is not None]
+    assert held and limited.streamed == len(limited.records) - len(held) > 0
+    assert sum(p.numel() for p in held) <= limit_mb * 2**20
+    assert limited.audit["streamed_from_disk"] == limited.streamed
+    for index in range(len(in_memory.records)):
+        assert torch.equal(limited.image(index), in_memory.image(index))
+    cached = DecodedImageCache(tmp_path, IMAGE_SIZE, limit_mb * 2**20)
+    assert 0 < cached.pixel_bytes <= limit_mb * 2**20
+    assert all("digest" in entry or "error" in entry for entry in cached.entries.values())  # hashes of every image
+    # a second run with the same limit decodes only what it keeps in memory
+    again = read_catalog(busi_root, IMAGE_SIZE, 10, cache_dir=tmp_path, memory_limit_mb=limit_mb)
+    assert again.cache.misses <= len(held) and again.groups == limited.groups
