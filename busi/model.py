@@ -201,7 +201,7 @@ class BusiClassifier(L.LightningModule):
             for key, feature in zip(keys, features, strict=True):
                 size = feature.numel() * feature.element_size()
                 if key not in self._feature_cache and self._feature_cache_bytes + size <= limit:
-                    self._feature_cache[key] = feature
+                    self._feature_cache[key] = feature.clone()  # not a view that keeps the whole batch alive
                     self._feature_cache_bytes += size
             return self.model.head(features)
         return self.model.head(torch.stack([self._feature_cache[key] for key in keys]))

@@ -107,18 +107,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device {name}: no such CUDA device on this machine; use --device cpu")
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
+        device = choose_device(args.device)
         classifier = load_classifier(args.ckpt)
-    except WeightsError as error:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        handle = args.output.open("w", newline="", encoding="utf-8")
+    except (ValueError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {args.output}: cannot write the CSV ({error.strerror or error}); pass --output", file=sys.stderr)
         return 2
     class_names = classifier.class_names
     predicted = failed = 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with args.output.open("w", newline="", encoding="utf-8") as handle:
+    with handle:
         writer = csv.writer(handle)
         writer.writerow(csv_columns(class_names))
         for prediction in predict_files(classifier, args.paths, args.batch_size, device):

@@ -64,3 +64,17 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(WeightsError, match="refused"):
         load_classifier(ckpt)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [(["--device", "cuda:7"], "--device cuda:7: no such CUDA device"), (["--output", "{dir}"], "cannot write the CSV")],
+    ids=["missing device", "output is a folder"],
+)
+def test_unusable_options_exit_with_one_line(trained_run, busi_root, tmp_path, capsys, option, expected):
+    _, run_dir = trained_run
+    option = [part.format(dir=tmp_path) for part in option]
+    code = predict_main(["--ckpt", str(run_dir / "checkpoints/best.ckpt"), str(busi_root / "benign"), *option])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and expected in error
