@@ -334,7 +334,10 @@ def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "
         raise WeightsError(f"{path}: not a busi checkpoint (no state_dict / hyper_parameters)")
     hparams = {k: v for k, v in contents["hyper_parameters"].items() if not k.startswith("_")}
     hparams.update(weights=None, compile=False)
-    classifier = BusiClassifier(**hparams)
+    try:
+        classifier = BusiClassifier(**hparams)
+    except (TypeError, ValueError) as error:
+        raise WeightsError(f"{path}: not a busi checkpoint (its hyper-parameters do not fit: {error})") from None
     try:
         classifier.load_state_dict(contents["state_dict"])
     except RuntimeError as error:

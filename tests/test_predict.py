@@ -3,6 +3,7 @@ import pickle
 import shutil
 
 import pytest
+import torch
 
 from busi.model import WeightsError, load_classifier
 from busi.predict import main as predict_main
@@ -78,3 +79,15 @@ def test_unusable_options_exit_with_one_line(trained_run, busi_root, tmp_path, c
     assert code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and expected in error
+
+
+@pytest.mark.parametrize(
+    "contents",
+    [{"weights": torch.ones(3)}, {"state_dict": {}, "hyper_parameters": {"colour": "red"}}, [1, 2, 3]],
+    ids=["a bare state dict", "foreign hyper-parameters", "not a dict"],
+)
+def test_checkpoints_that_are_not_busi_checkpoints_are_refused_with_one_line(tmp_path, contents):
+    path = tmp_path / "other.ckpt"
+    torch.save(contents, path)
+    with pytest.raises(WeightsError, match="not a busi checkpoint"):
+        load_classifier(path)
