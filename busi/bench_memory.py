@@ -95,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "busi-bench-memory")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    root = write_synthetic_folder(args.workdir / "data", args.images, args.side)
+    root = write_synthetic_folder(args.workdir / f"data-{args.images}-{args.side}px", args.images, args.side)
     print(f"{args.images} images of {args.side}×{args.side} px in {root} ({time.perf_counter() - start:.0f} s)")
     limits = [args.memory_limit_mb] + ([1e9] if args.unlimited else [])
+    # a worker's RSS includes the pages it shares with the main process (forked): it does not add up
     print(f"{'memory_limit_mb':>16} {'in memory':>10} {'from disk':>10} {'steps':>6} {'peak RSS MiB':>13} "
           f"{'worker peak MiB':>16} {'wall s':>7}")  # fmt: skip
     for limit in limits:
