@@ -1,5 +1,7 @@
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -106,8 +108,10 @@ def test_missing_data_folder_exits_with_one_line(tmp_path, capsys):
     assert error.startswith("error: ") and "nowhere" in error and "--data.root" in error
 
 
-def test_training_resumes_from_last_checkpoint(trained_run, busi_root, tmp_path):
+def test_training_resumes_from_last_checkpoint_in_its_own_run_directory(trained_run, busi_root, tmp_path):
     cli, run_dir = trained_run
+    copied = tmp_path / "lightning_logs" / "version_0"
+    shutil.copytree(run_dir, copied)
     resumed = run(
         [
             "--model.weights=none",
@@ -117,9 +121,14 @@ def test_training_resumes_from_last_checkpoint(trained_run, busi_root, tmp_path)
             "--trainer.max_epochs=3",
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.enable_progress_bar=false",
-            f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+            "--ckpt_path=last",
         ]
     )
     steps_per_epoch = cli.trainer.global_step // 2
     assert resumed.trainer.current_epoch == 3
     assert resumed.trainer.global_step == 3 * steps_per_epoch
+    assert Path(resumed.trainer.log_dir) == copied and not (tmp_path / "lightning_logs" / "version_1").exists()
+    assert resumed.datamodule.hparams.split_csv == str(copied / "split.csv")
+    events = EventAccumulator(str(copied))
+    events.Reload()
+    assert [event.step for event in events.Scalars("val/macro_f1")][-1] == 3 * steps_per_epoch - 1
