@@ -18,8 +18,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from busi.checkpointing import AtomicCheckpointIO, EpochSeed, ResumeCheckpoint, ResumeError, find_resume_checkpoint
 from busi.data import BusiDataModule, DataError
+from busi.explain import localisation_scores
 from busi.model import BusiClassifier, WeightsError
-from busi.report import format_report
+from busi.report import format_report, write_report
 
 # BusiClassifier normalises uint8 batches on the device by design; Lightning warns whenever a
 # LightningModule and a LightningDataModule could both do it.
@@ -99,9 +100,25 @@ def run(args: list[str] | None = None) -> LightningCLI:
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
     log_dir = cli.trainer.log_dir  # a broadcast under DDP: every process must ask
     if cli.model.report and cli.trainer.is_global_zero:
+        add_localisation(cli, Path(log_dir) if log_dir else None)
         print(format_report(cli.model.report))
         print(f"\nRun directory: {log_dir}")
     return cli
+
+
+def add_localisation(cli: LightningCLI, run_dir: Path | None) -> None:
+    """Grad-CAM localisation of the tested checkpoint on the test images with lesion masks."""
+    datamodule, model = cli.datamodule, cli.model
+    test_images = [i for i, split in enumerate(datamodule.split_of) if split == "test"]
+    scores = localisation_scores(model, datamodule.catalog, test_images)
+    model.report["localisation"] = scores
+    if run_dir is not None:
+        write_report(model.report, run_dir)
+    experiment = getattr(model.logger, "experiment", None)
+    if experiment is not None and hasattr(experiment, "add_scalar"):
+        for name, values in scores["per_class"].items():
+            for key in ("energy_inside", "pointing_hit"):
+                experiment.add_scalar(f"report/test_cam_{key}_{name}", values[key], model.global_step)
 
 
 def main(args: list[str] | None = None) -> int:

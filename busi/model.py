@@ -16,7 +16,14 @@ from torchvision.models import DenseNet121_Weights, densenet121
 
 from busi import CLASS_NAMES
 from busi.images import to_model_input
-from busi.report import SplitEvaluation, confusion_matrix_image, epoch_metrics, format_report, write_report
+from busi.report import (
+    SplitEvaluation,
+    confusion_matrix_image,
+    epoch_metrics,
+    format_report,
+    reliability_diagram_image,
+    write_report,
+)
 from busi.splits import SPLIT_NAMES
 
 FEATURE_CHANNELS = 1024
@@ -297,6 +304,13 @@ class BusiClassifier(L.LightningModule):
         experiment.add_image(
             "test/confusion_matrix",
             confusion_matrix_image(matrix, self.class_names),
+            self.global_step,
+            dataformats="HWC",
+        )
+        test = self.report["splits"]["test"]
+        experiment.add_image(
+            "test/reliability_diagram",
+            reliability_diagram_image(test["reliability"], test["ece"]),
             self.global_step,
             dataformats="HWC",
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from busi.explain import grad_cam, overlay
 from busi.images import (
     UnreadableImageError,
     as_three_channels,
@@ -28,6 +29,7 @@ class Prediction:
     path: Path
     probabilities: list[float] | None = None
     error: str = ""
+    cam: Path | None = None  # the Grad-CAM overlay written for it
 
 
 def image_files(paths: list[Path]) -> Iterator[Path]:
@@ -54,11 +56,17 @@ def _batches(paths: Iterator[Path], size: int) -> Iterator[list[Path]]:
 
 @torch.inference_mode()
 def predict_files(
-    classifier: BusiClassifier, paths: list[Path], batch_size: int = 32, device: str | torch.device = "cpu"
+    classifier: BusiClassifier,
+    paths: list[Path],
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    cam_dir: Path | None = None,
 ) -> Iterator[Prediction]:
-    """Yield one Prediction per file, in order; unreadable files carry the reason in `error`."""
+    """Yield one Prediction per file, in order; unreadable files carry the reason in `error`. With
+    `cam_dir`, a Grad-CAM overlay of the predicted class is written there for each image."""
     classifier = classifier.to(device).eval()
     image_size = classifier.hparams.image_size
+    names: set[str] = set()
     for batch in _batches(image_files(paths), batch_size):
         decoded, results = [], []
         for path in batch:
@@ -73,10 +81,30 @@ def predict_files(
             results.append(result)
         if decoded:
             pixels = torch.stack([as_three_channels(p) for _, p in decoded]).to(device)
-            probabilities = classifier(classifier.prepare_inputs(pixels)).float().softmax(dim=1).cpu().tolist()
-            for (result, _), row in zip(decoded, probabilities, strict=True):
-                result.probabilities = row
+            inputs = classifier.prepare_inputs(pixels)
+            if cam_dir is None:
+                probabilities = classifier(inputs).float().softmax(dim=1).cpu()
+            else:
+                explanation = grad_cam(classifier, inputs)
+                probabilities = explanation.probabilities.cpu()
+            for index, ((result, image), row) in enumerate(zip(decoded, probabilities, strict=True)):
+                result.probabilities = row.tolist()
+                if cam_dir is not None:
+                    best = int(row.argmax())
+                    caption = f"{classifier.class_names[best]} {float(row[best]):.1%}  {result.path.name}"
+                    result.cam = _unique(cam_dir / f"{result.path.stem}.png", names)
+                    overlay(image, explanation.cams[index], caption).save(result.cam)
         yield from results
+
+
+def _unique(path: Path, taken: set[str]) -> Path:
+    """`scan.png`, then `scan-2.png`, … : images with the same name in different folders."""
+    candidate, number = path, 1
+    while candidate.name in taken:
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    taken.add(candidate.name)
+    return candidate
 
 
 def csv_columns(class_names: tuple[str, ...]) -> list[str]:
@@ -104,6 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="CSV to write")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    parser.add_argument("--cam", type=Path, metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
     return parser.parse_args(argv)
 
 
@@ -125,19 +154,25 @@ def main(argv: list[str] | None = None) -> int:
         device = choose_device(args.device)
         classifier = load_classifier(args.ckpt)
         args.output.parent.mkdir(parents=True, exist_ok=True)
+        if args.cam:
+            args.cam.mkdir(parents=True, exist_ok=True)
         handle = args.output.open("w", newline="", encoding="utf-8")
     except (ValueError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"error: {args.output}: cannot write the CSV ({error.strerror or error}); pass --output", file=sys.stderr)
+        where = error.filename or args.output
+        print(
+            f"error: {where}: cannot write there ({error.strerror or error}); pass another --output/--cam",
+            file=sys.stderr,
+        )
         return 2
     class_names = classifier.class_names
     predicted = failed = 0
     with handle:
         writer = csv.writer(handle)
         writer.writerow(csv_columns(class_names))
-        for prediction in predict_files(classifier, args.paths, args.batch_size, device):
+        for prediction in predict_files(classifier, args.paths, args.batch_size, device, args.cam):
             row = csv_row(prediction, class_names)
             writer.writerow(row)
             if prediction.probabilities is None:
@@ -146,5 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 predicted += 1
                 print(f"{row[1]:<10} {float(row[2]):6.1%}  {prediction.path}")
-    print(f"{predicted} predicted, {failed} failed → {args.output}")
+    print(
+        f"{predicted} predicted, {failed} failed → {args.output}"
+        + (f"; Grad-CAM overlays in {args.cam}" if args.cam else "")
+    )
     return 0 if predicted else 2

@@ -12,11 +12,15 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
+    MulticlassCalibrationError,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
 )
+from torchmetrics.utilities import dim_zero_cat
+
+RELIABILITY_BINS = 10
 
 
 def epoch_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -36,6 +40,7 @@ def report_metrics(num_classes: int) -> MetricCollection:
         "accuracy": MulticlassAccuracy(num_classes, average="micro"),
         "confusion_matrix": MulticlassConfusionMatrix(num_classes),
         "auroc_macro": MulticlassAUROC(num_classes, average="macro"),
+        "ece": MulticlassCalibrationError(num_classes, n_bins=RELIABILITY_BINS, norm="l1"),
     }
     for average in ("none", "macro", "weighted"):
         name = "per_class" if average == "none" else average
@@ -85,10 +90,32 @@ class SplitEvaluation(torch.nn.Module):
             "accuracy": values["accuracy"].item(),
             "macro_f1": averages["macro"]["f1"],
             "auroc_macro_ovr": values["auroc_macro"].item(),
+            "ece": values["ece"].item(),
+            "reliability": self.reliability(),
             "per_class": per_class,
             "averages": averages,
             "confusion_matrix": matrix.tolist(),
         }
+
+    def reliability(self) -> list[dict]:
+        """Per confidence bin: images, mean confidence, accuracy (from the calibration metric's states)."""
+        ece = self.metrics["ece"]
+        with ece.sync_context():  # every process's images under DDP
+            confidences, correct = dim_zero_cat(ece.confidences).float(), dim_zero_cat(ece.accuracies).float()
+        bins = torch.clamp((confidences * RELIABILITY_BINS).long(), max=RELIABILITY_BINS - 1)
+        rows = []
+        for b in range(RELIABILITY_BINS):
+            chosen = bins == b
+            count = int(chosen.sum())
+            rows.append(
+                {
+                    "bin": [b / RELIABILITY_BINS, (b + 1) / RELIABILITY_BINS],
+                    "images": count,
+                    "confidence": float(confidences[chosen].mean()) if count else None,
+                    "accuracy": float(correct[chosen].mean()) if count else None,
+                }
+            )
+        return rows
 
     def reset(self) -> None:
         self.loss.reset()
@@ -135,18 +162,23 @@ def format_report(report: dict) -> str:
             f"{name:>6} {split['samples']:7d} {split['loss']:8.4f} {split['accuracy']:9.4f} {split['macro_f1']:9.4f}"
         )
     lines += ["", "Test classification report", format_classification_report(test, class_names), ""]
-    lines += [f"Macro one-vs-rest AUROC (test): {test['auroc_macro_ovr']:.4f}", ""]
+    lines += [f"Macro one-vs-rest AUROC (test): {test['auroc_macro_ovr']:.4f}"]
+    lines += [f"Expected calibration error (test, {RELIABILITY_BINS} bins): {test['ece']:.4f}", ""]
     lines += [
         "Test confusion matrix (rows: true class, columns: predicted)",
         format_confusion_matrix(test["confusion_matrix"], class_names),
     ]
+    if report.get("localisation"):
+        from busi.explain import format_localisation
+
+        lines += ["", format_localisation(report["localisation"], "Grad-CAM localisation, test split (true class)")]
     return "\n".join(lines)
 
 
 def write_report(report: dict, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (run_dir / "report.txt").write_text(format_report(report) + "\n")
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (run_dir / "report.txt").write_text(format_report(report) + "\n", encoding="utf-8")
 
 
 def confusion_matrix_image(matrix: list[list[int]], class_names: tuple[str, ...], cell: int = 96) -> np.ndarray:
@@ -169,4 +201,24 @@ def confusion_matrix_image(matrix: list[list[int]], class_names: tuple[str, ...]
             text_colour = "white" if share[i, j] > 0.6 else "black"
             draw.text((box[0] + 10, box[1] + cell // 2 - 12), f"{int(counts[i, j])}", fill=text_colour)
             draw.text((box[0] + 10, box[1] + cell // 2 + 2), f"{share[i, j]:.0%}", fill=text_colour)
+    return np.asarray(image)
+
+
+def reliability_diagram_image(rows: list[dict], ece: float, size: int = 320) -> np.ndarray:
+    """Accuracy against confidence per bin, with the diagonal of perfect calibration (H, W, 3 uint8)."""
+    margin = 40
+    image = Image.new("RGB", (size + 2 * margin, size + 2 * margin), "white")
+    draw = ImageDraw.Draw(image)
+    x0, y0 = margin, margin + size  # origin at the bottom left
+    draw.rectangle((x0, margin, x0 + size, y0), outline="black")
+    draw.line((x0, y0, x0 + size, margin), fill="gray")
+    width = size / len(rows)
+    for index, row in enumerate(rows):
+        if row["images"]:
+            top = y0 - row["accuracy"] * size
+            draw.rectangle((x0 + index * width + 2, top, x0 + (index + 1) * width - 2, y0), fill=(90, 120, 220))
+            draw.text((x0 + index * width + 4, y0 + 4), str(row["images"]), fill="black")
+    draw.text((x0, 8), f"reliability (test): ECE {ece:.3f}", fill="black")
+    draw.text((x0, y0 + 20), "confidence → (bar labels: images)", fill="black")
+    draw.text((4, margin), "acc.", fill="black")
     return np.asarray(image)

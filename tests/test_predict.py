@@ -69,7 +69,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("option", "expected"),
-    [(["--device", "cuda:7"], "--device cuda:7: no such CUDA device"), (["--output", "{dir}"], "cannot write the CSV")],
+    [(["--device", "cuda:7"], "--device cuda:7: no such CUDA device"), (["--output", "{dir}"], "cannot write there")],
     ids=["missing device", "output is a folder"],
 )
 def test_unusable_options_exit_with_one_line(trained_run, busi_root, tmp_path, capsys, option, expected):

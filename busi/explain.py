@@ -1,0 +1,209 @@
+"""Grad-CAM on the DenseNet121 feature map, overlays, and how well heat-maps point at the lesion masks.
+
+`python -m busi.explain --ckpt RUN/checkpoints/best.ckpt --data.root DATA [--split test]` prints the
+localisation scores per class: the share of the heat-map's energy inside the lesion mask (next to
+the share of the image the mask covers, the score of a uniform heat-map), and the pointing-game hit
+rate (the heat-map's maximum falls inside the mask, dilated by a few pixels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from busi.images import UnreadableImageError, as_three_channels, decode_image
+
+POINTING_DILATION = 5  # pixels at the model's input size: a peak on the lesion's border counts
+
+
+@dataclass
+class Explanation:
+    probabilities: torch.Tensor  # (N, classes)
+    classes: torch.Tensor  # (N,) the class each heat-map explains
+    cams: torch.Tensor  # (N, H, W) in [0, 1], at the input size
+
+
+def grad_cam(classifier, images: torch.Tensor, classes: torch.Tensor | None = None) -> Explanation:
+    """Grad-CAM (Selvaraju et al. 2017) of `classes` (default: the predicted ones) on the final
+    DenseNet121 feature map, for prepared inputs (BusiClassifier.prepare_inputs). Works inside
+    Lightning's inference-mode loops: only the head is differentiated, never the backbone."""
+    with torch.inference_mode(False):
+        with torch.no_grad():
+            features = classifier._extract(images.clone())
+        features = features.clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = classifier.model.head(features).float()
+            chosen = logits.argmax(dim=1) if classes is None else classes.to(logits.device)
+            (gradient,) = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), features)
+        weights = gradient.mean(dim=(2, 3), keepdim=True)
+        cams = F.relu((weights * features.detach()).sum(dim=1, keepdim=True)).float()
+        cams = F.interpolate(cams, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        cams = cams / cams.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+        return Explanation(logits.detach().softmax(dim=1), chosen.detach(), cams)
+
+
+def load_mask(paths: tuple[Path, ...], image_size: int) -> torch.Tensor:
+    """Union of an image's masks, squashed to the model's input size like the image: bool (S, S)."""
+    union = torch.zeros(image_size, image_size, dtype=torch.bool)
+    for path in paths:
+        mask = decode_image(path).convert("L").resize((image_size, image_size), Image.Resampling.NEAREST)
+        union |= torch.from_numpy(np.asarray(mask) > 0)
+    return union
+
+
+def localisation(cam: torch.Tensor, mask: torch.Tensor, dilation: int = POINTING_DILATION) -> dict[str, float]:
+    """Energy inside the mask, the uniform-map baseline (the mask's area share), and the pointing hit."""
+    mask = mask.to(cam.device)
+    dilated = F.max_pool2d(mask[None, None].float(), 2 * dilation + 1, stride=1, padding=dilation)[0, 0] > 0
+    return {
+        "energy_inside": float((cam * mask).sum() / cam.sum().clamp_min(1e-12)),
+        "mask_area": float(mask.float().mean()),
+        "pointing_hit": float(dilated.flatten()[cam.flatten().argmax()]),
+    }
+
+
+def summarise(rows: list[dict], class_names: tuple[str, ...]) -> dict:
+    """Mean scores per class (images with a non-empty mask only)."""
+    summary = {}
+    for name in class_names:
+        scored = [row for row in rows if row["label"] == name]
+        if scored:
+            summary[name] = {
+                "images": len(scored),
+                **{
+                    key: float(np.mean([row[key] for row in scored]))
+                    for key in ("energy_inside", "mask_area", "pointing_hit")
+                },
+            }
+    return summary
+
+
+def localisation_scores(classifier, catalog, indices: list[int], batch_size: int = 32) -> dict:
+    """Grad-CAM of the true class for every image of `indices` that has a non-empty lesion mask."""
+    classifier.eval()
+    image_size = classifier.hparams.image_size
+    device = next(classifier.parameters()).device
+    candidates = []
+    for index in indices:
+        record = catalog.records[index]
+        if record.masks:
+            try:
+                mask = load_mask(record.masks, image_size)
+            except UnreadableImageError:
+                continue
+            if mask.any():
+                candidates.append((index, mask))
+    rows = []
+    for start in range(0, len(candidates), batch_size):
+        chunk = candidates[start : start + batch_size]
+        pixels = torch.stack([as_three_channels(catalog.image(i)) for i, _ in chunk]).to(device)
+        targets = torch.tensor([catalog.records[i].label for i, _ in chunk])
+        explanation = grad_cam(classifier, classifier.prepare_inputs(pixels), targets)
+        for (index, mask), cam in zip(chunk, explanation.cams, strict=True):
+            label = classifier.class_names[catalog.records[index].label]
+            rows.append({"path": catalog.relative(index), "label": label, **localisation(cam, mask)})
+    return {"dilation_px": POINTING_DILATION, "per_class": summarise(rows, classifier.class_names), "images": rows}
+
+
+def format_localisation(
+    scores: dict, title: str = "Grad-CAM localisation (true class, images with lesion masks)"
+) -> str:
+    lines = [
+        title,
+        f"{'class':>10} {'images':>7} {'energy in mask':>15} {'mask area':>10} {'pointing hit':>13}",
+    ]
+    for name, values in scores["per_class"].items():
+        lines.append(
+            f"{name:>10} {values['images']:>7} {values['energy_inside']:>15.3f} {values['mask_area']:>10.3f} "
+            f"{values['pointing_hit']:>13.3f}"
+        )
+    lines.append(
+        f"(mask area: the energy share of a uniform heat-map; pointing hit: peak within {scores['dilation_px']} px of the mask)"
+    )
+    return "\n".join(lines)
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """[0, 1] → RGB uint8 with the classic jet colour map."""
+    red = np.clip(1.5 - np.abs(4 * values - 3), 0, 1)
+    green = np.clip(1.5 - np.abs(4 * values - 2), 0, 1)
+    blue = np.clip(1.5 - np.abs(4 * values - 1), 0, 1)
+    return (np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
+
+
+def overlay(pixels: torch.Tensor, cam: torch.Tensor, caption: str, alpha: float = 0.45) -> Image.Image:
+    """The model's view of the image beside it with the heat-map over it, and a caption below."""
+    image = as_three_channels(pixels.cpu()).permute(1, 2, 0).numpy().astype(np.float32)
+    heat = _jet(cam.detach().cpu().numpy()).astype(np.float32)
+    blended = ((1 - alpha) * image + alpha * heat).astype(np.uint8)
+    side = image.shape[0]
+    canvas = Image.new("RGB", (2 * side, side + 24), "white")
+    canvas.paste(Image.fromarray(image.astype(np.uint8)), (0, 0))
+    canvas.paste(Image.fromarray(blended), (side, 0))
+    ImageDraw.Draw(canvas).text((6, side + 6), caption, fill="black")
+    return canvas
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Grad-CAM localisation scores against the BUSI lesion masks.")
+    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint, e.g. RUN/checkpoints/best.ckpt")
+    parser.add_argument("--data.root", dest="root", required=True, type=Path, help="folder with the class folders")
+    parser.add_argument(
+        "--split", default="test", choices=["train", "val", "test", "all"], help="images to score (default: test)"
+    )
+    parser.add_argument("--split-csv", type=Path, help="default: split.csv of the checkpoint's run")
+    parser.add_argument("--output", type=Path, help="also write the scores, per image, as JSON")
+    parser.add_argument("--cam-dir", type=Path, help="also write an overlay PNG per scored image")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from busi.data import DataError, read_catalog
+    from busi.model import WeightsError, load_classifier
+    from busi.splits import read_split_csv
+
+    args = _parse_args(argv)
+    try:
+        classifier = load_classifier(args.ckpt)
+        catalog = read_catalog(args.root, classifier.hparams.image_size, duplicate_distance=-1)
+        indices = list(range(len(catalog.records)))
+        if args.split != "all":
+            split_csv = args.split_csv or args.ckpt.resolve().parent.parent / "split.csv"
+            if not split_csv.is_file():
+                raise DataError(f"{split_csv}: no split file; pass --split-csv RUN/split.csv or --split all")
+            splits = {path: entry[1] for path, entry in read_split_csv(split_csv).items()}
+            indices = [i for i in indices if splits.get(catalog.relative(i)) == args.split]
+    except (DataError, WeightsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    scores = localisation_scores(classifier, catalog, indices)
+    print(format_localisation(scores, f"Grad-CAM localisation on the {args.split} split of {args.root} (true class)"))
+    if args.output:
+        args.output.write_text(json.dumps(scores, indent=2), encoding="utf-8")
+    if args.cam_dir:
+        write_overlays(classifier, catalog, [i for i in indices if catalog.records[i].masks], args.cam_dir)
+    return 0
+
+
+def write_overlays(classifier, catalog, indices: list[int], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in indices:
+        pixels = catalog.image(index)
+        explanation = grad_cam(classifier, classifier.prepare_inputs(as_three_channels(pixels)[None]))
+        label = classifier.class_names[int(explanation.classes[0])]
+        truth = classifier.class_names[catalog.records[index].label]
+        caption = f"{label} {float(explanation.probabilities[0].max()):.1%} (true: {truth})"
+        name = catalog.relative(index).replace("/", "__")
+        overlay(pixels, explanation.cams[0], caption).save(folder / Path(name).with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
