@@ -31,6 +31,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 RUNS_NAME = "lightning_logs"  # TensorBoardLogger's default: runs/lightning_logs/version_N
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -43,6 +49,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is not
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from busi.checkpointing import AtomicCheckpointIO, EpochSeed, ResumeCheckpoint, ResumeError, find_resume_checkpoint
 from busi.data import BusiDataModule, DataError
-from busi.explain import localisation_scores
+from busi.explain import GradCamGrid, localisation_scores
 from busi.model import BusiClassifier, WeightsError
 from busi.report import format_report, write_report
 
@@ -89,7 +89,7 @@ def run(args: list[str] | None = None) -> LightningCLI:
         args=args,
         trainer_defaults={
             "precision": default_precision(),
-            "callbacks": [ResumeCheckpoint(), EpochSeed()],
+            "callbacks": [ResumeCheckpoint(), EpochSeed(), GradCamGrid()],
         },
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from PIL import Image, ImageDraw
 
 from busi.images import UnreadableImageError, as_three_channels, decode_image
 
+CAPTION_HEIGHT = 32  # two lines of Pillow's default font
 POINTING_DILATION = 5  # pixels at the model's input size: a peak on the lesion's border counts
 
 
@@ -145,11 +147,47 @@ def overlay(pixels: torch.Tensor, cam: torch.Tensor, caption: str, alpha: float 
     heat = _jet(cam.detach().cpu().numpy()).astype(np.float32)
     blended = ((1 - alpha) * image + alpha * heat).astype(np.uint8)
     side = image.shape[0]
-    canvas = Image.new("RGB", (2 * side, side + 24), "white")
+    canvas = Image.new("RGB", (2 * side, side + CAPTION_HEIGHT), "white")
     canvas.paste(Image.fromarray(image.astype(np.uint8)), (0, 0))
     canvas.paste(Image.fromarray(blended), (side, 0))
-    ImageDraw.Draw(canvas).text((6, side + 6), caption, fill="black")
+    ImageDraw.Draw(canvas).multiline_text((6, side + 4), caption, fill="black", spacing=2)
     return canvas
+
+
+class GradCamGrid(Callback):
+    """TensorBoard image `val/grad_cam`: validation images (the same ones each time, classes mixed)
+    beside their Grad-CAM overlays, captioned with the predicted and the true class; logged every
+    `every_n_epochs` epochs and after the last."""
+
+    def __init__(self, every_n_epochs: int = 5, images: int = 6):
+        self.every_n_epochs = every_n_epochs
+        self.images = images
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        due = epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs
+        experiment = getattr(pl_module.logger, "experiment", None)
+        if trainer.sanity_checking or not trainer.is_global_zero or not due or not hasattr(experiment, "add_image"):
+            return
+        dataset = trainer.datamodule.dataset("val")
+        by_class: dict[int, list[int]] = {}
+        for index in range(len(dataset)):
+            by_class.setdefault(dataset[index][1], []).append(index)
+        chosen = [i for group in zip(*by_class.values(), strict=False) for i in group][: self.images]
+        if not chosen:
+            return
+        pixels = torch.stack([dataset[i][0] for i in chosen]).to(pl_module.device)
+        explanation = grad_cam(pl_module, pl_module.prepare_inputs(pixels))
+        names = pl_module.class_names
+        tiles = []
+        for i, image, cam, row, predicted in zip(
+            chosen, pixels, explanation.cams, explanation.probabilities, explanation.classes, strict=True
+        ):
+            caption = f"pred {names[predicted]} {float(row[predicted]):.0%}\ntrue {names[dataset[i][1]]}"
+            tiles.append(np.asarray(overlay(image, cam, caption)))
+        tiles += [np.full_like(tiles[0], 255)] * (len(tiles) % 2)
+        grid = np.concatenate([np.concatenate(tiles[k : k + 2], axis=1) for k in range(0, len(tiles), 2)], axis=0)
+        experiment.add_image("val/grad_cam", grid, trainer.global_step, dataformats="HWC")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -200,7 +238,7 @@ def write_overlays(classifier, catalog, indices: list[int], folder: Path) -> Non
         explanation = grad_cam(classifier, classifier.prepare_inputs(as_three_channels(pixels)[None]))
         label = classifier.class_names[int(explanation.classes[0])]
         truth = classifier.class_names[catalog.records[index].label]
-        caption = f"{label} {float(explanation.probabilities[0].max()):.1%} (true: {truth})"
+        caption = f"{label} {float(explanation.probabilities[0].max()):.1%}\ntrue: {truth}"
         name = catalog.relative(index).replace("/", "__")
         overlay(pixels, explanation.cams[0], caption).save(folder / Path(name).with_suffix(".png"))
 

@@ -91,7 +91,7 @@ def predict_files(
                 result.probabilities = row.tolist()
                 if cam_dir is not None:
                     best = int(row.argmax())
-                    caption = f"{classifier.class_names[best]} {float(row[best]):.1%}  {result.path.name}"
+                    caption = f"{classifier.class_names[best]} {float(row[best]):.1%}\n{result.path.name}"
                     result.cam = _unique(cam_dir / f"{result.path.stem}.png", names)
                     overlay(image, explanation.cams[index], caption).save(result.cam)
         yield from results

@@ -189,8 +189,8 @@ def confusion_matrix_image(matrix: list[list[int]], class_names: tuple[str, ...]
     margin, size = 110, len(class_names)
     image = Image.new("RGB", (margin + size * cell + 10, margin + size * cell + 10), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((margin, 10), "predicted →", fill="black")
-    draw.text((10, 10), "true ↓", fill="black")
+    draw.text((margin, 10), "predicted ->", fill="black")
+    draw.text((10, 10), "true (rows)", fill="black")
     for i, name in enumerate(class_names):
         draw.text((margin + i * cell + 8, margin - 25), name, fill="black")
         draw.text((10, margin + i * cell + cell // 2 - 6), name, fill="black")
@@ -219,6 +219,6 @@ def reliability_diagram_image(rows: list[dict], ece: float, size: int = 320) -> 
             draw.rectangle((x0 + index * width + 2, top, x0 + (index + 1) * width - 2, y0), fill=(90, 120, 220))
             draw.text((x0 + index * width + 4, y0 + 4), str(row["images"]), fill="black")
     draw.text((x0, 8), f"reliability (test): ECE {ece:.3f}", fill="black")
-    draw.text((x0, y0 + 20), "confidence → (bar labels: images)", fill="black")
+    draw.text((x0, y0 + 20), "confidence -> (bar labels: images)", fill="black")
     draw.text((4, margin), "acc.", fill="black")
     return np.asarray(image)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from busi.explain import grad_cam, load_mask, localisation
+from busi.explain import CAPTION_HEIGHT, grad_cam, load_mask, localisation
 from busi.explain import main as explain_main
 from busi.model import BusiClassifier
 from busi.predict import main as predict_main
@@ -92,7 +92,7 @@ def test_predict_writes_an_overlay_per_image_with_the_same_probabilities(trained
     written = sorted((tmp_path / "cams").iterdir())
     assert len(written) == len(rows["cam"])
     with Image.open(written[0]) as picture:
-        assert picture.size == (2 * IMAGE_SIZE, IMAGE_SIZE + 24) and picture.mode == "RGB"
+        assert picture.size == (2 * IMAGE_SIZE, IMAGE_SIZE + CAPTION_HEIGHT) and picture.mode == "RGB"
 
 
 def test_explain_command_scores_the_test_images_with_masks(trained_run, busi_root, tmp_path, capsys):

@@ -146,6 +146,10 @@ def test_a_failed_checkpoint_write_leaves_the_previous_file_intact(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "extra": FailsHalfway()}, path)
     assert path.read_bytes() == before
+    plain = tmp_path / "plain"
+    plain.touch()
+    assert path.stat().st_mode == plain.stat().st_mode  # permissions as for any file the user writes
+    plain.unlink()
     assert [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]  # no temporary file left behind
 
 

@@ -45,7 +45,8 @@ def test_tensorboard_has_epoch_curves_learning_rate_hparams_and_confusion_matrix
     for tag in ("train/loss", "train/acc", "train/macro_f1", "val/loss", "val/acc", "val/macro_f1", "lr-Adam"):
         assert tag in scalars, tag
     assert len(events.Scalars("val/macro_f1")) == 2  # one per epoch
-    assert "test/confusion_matrix" in events.Tags()["images"]
+    assert {"test/confusion_matrix", "test/reliability_diagram", "val/grad_cam"} <= set(events.Tags()["images"])
+    assert len(events.Images("val/grad_cam")) == 1  # after the last epoch (every 5 epochs otherwise)
     assert "lr: 0.001" in (run_dir / "hparams.yaml").read_text()
 
 

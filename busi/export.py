@@ -1,0 +1,111 @@
+"""Export a checkpoint for use without busi: `python -m busi.export --ckpt RUN/checkpoints/best.ckpt --format onnx`.
+
+The exported model takes what any image library gives after two steps, and does the rest itself:
+
+1. decode the image to 8-bit RGB (grayscale: the same value in R, G and B; 16-bit: scaled to 8 bits),
+2. resize it to S×S pixels (S: `image_size` in the sidecar JSON, 256 by default), squashing, bilinear,
+
+then pass float32 pixel values 0–255 as an (N, 3, S, S) array named `pixels`. ImageNet normalisation
+happens inside the model; the output `probabilities` (N, classes) is softmax probabilities in the
+order of `class_names`. A JSON file beside the model records all of this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from busi.images import IMAGENET_MEAN, IMAGENET_STD
+from busi.model import BusiClassifier, WeightsError, load_classifier
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2"}
+
+
+class PixelsToProbabilities(nn.Module):
+    """(N, 3, S, S) float RGB pixels 0–255 → (N, classes) probabilities."""
+
+    def __init__(self, classifier: BusiClassifier):
+        super().__init__()
+        self.model = classifier.model.to(memory_format=torch.contiguous_format).eval()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model((pixels - self.mean) / self.std).softmax(dim=1)
+
+
+def preprocessing(classifier: BusiClassifier, model_format: str) -> dict:
+    size = classifier.hparams.image_size
+    return {
+        "format": model_format,
+        "input": {
+            "name": "pixels",
+            "shape": ["batch", 3, size, size],
+            "dtype": "float32",
+            "values": "RGB pixel values 0-255 (grayscale replicated to 3 channels, 16-bit scaled to 8-bit)",
+            "resize": f"squash to {size}x{size}, bilinear",
+            "normalisation": "inside the model (ImageNet mean and std)",
+        },
+        "output": {"name": "probabilities", "shape": ["batch", len(classifier.class_names)], "softmax": True},
+        "class_names": list(classifier.class_names),
+        "image_size": size,
+    }
+
+
+def export(classifier: BusiClassifier, model_format: str, output: Path) -> Path:
+    """Write the model in `model_format` to `output` and its preprocessing to `output` + `.json`."""
+    module = PixelsToProbabilities(classifier).eval()
+    size = classifier.hparams.image_size
+    example = torch.rand(2, 3, size, size) * 255
+    batch = torch.export.Dim("batch", min=1)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if model_format == "onnx":
+        torch.onnx.export(
+            module,
+            (example,),
+            output,
+            input_names=["pixels"],
+            output_names=["probabilities"],
+            dynamic_shapes={"pixels": {0: batch}},
+            dynamo=True,
+            external_data=False,  # one self-contained file (the head alone is 0.27 GB at 256 px)
+        )
+    elif model_format == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still widely deployed
+            torch.jit.trace(module, example).save(str(output))
+    else:
+        torch.export.save(torch.export.export(module, (example,), dynamic_shapes={"pixels": {0: batch}}), output)
+    Path(f"{output}.json").write_text(json.dumps(preprocessing(classifier, model_format), indent=2), encoding="utf-8")
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export a busi checkpoint to ONNX, TorchScript or torch.export.")
+    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint, e.g. RUN/checkpoints/best.ckpt")
+    parser.add_argument("--format", default="onnx", choices=list(FORMATS))
+    parser.add_argument("--output", type=Path, help="default: beside the checkpoint, e.g. best.onnx")
+    args = parser.parse_args(argv)
+    try:
+        classifier = load_classifier(args.ckpt)
+    except WeightsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    output = args.output or args.ckpt.with_suffix(FORMATS[args.format])
+    try:
+        export(classifier, args.format, output)
+    except ImportError as error:
+        print(f"error: {args.format} export needs more packages ({error}); pip install '.[export]'", file=sys.stderr)
+        return 2
+    print(f"{args.format} model → {output}; preprocessing → {output}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

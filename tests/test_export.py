@@ -1,0 +1,58 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from busi.export import main as export_main
+from busi.images import as_three_channels, load_image
+from busi.model import load_classifier
+
+from fake_busi import IMAGE_SIZE
+
+
+def pixels_and_reference(ckpt, folder):
+    """Real image files, preprocessed as the export's JSON says, and the PyTorch probabilities."""
+    classifier = load_classifier(ckpt)
+    paths = sorted(p for p in folder.glob("*.png") if "_mask" not in p.name)[:6]
+    pixels = torch.stack([as_three_channels(load_image(p, IMAGE_SIZE)) for p in paths])
+    with torch.no_grad():
+        expected = classifier(classifier.prepare_inputs(pixels)).softmax(dim=1)
+    return pixels.float(), expected
+
+
+def test_onnx_export_gives_the_pytorch_probabilities(trained_run, busi_root, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    _, run_dir = trained_run
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    output = tmp_path / "busi.onnx"
+    assert export_main(["--ckpt", str(ckpt), "--format", "onnx", "--output", str(output)]) == 0
+    spec = json.loads((tmp_path / "busi.onnx.json").read_text())
+    assert spec["input"]["shape"] == ["batch", 3, IMAGE_SIZE, IMAGE_SIZE]
+    assert spec["class_names"] == ["benign", "malignant", "normal"]
+    pixels, expected = pixels_and_reference(ckpt, busi_root / "malignant")
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    for batch in (pixels, pixels[:1]):  # any batch size
+        (probabilities,) = session.run(["probabilities"], {"pixels": batch.numpy()})
+        assert np.abs(probabilities - expected[: len(batch)].numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("model_format", ["torchscript", "exported-program"])
+def test_pytorch_exports_give_the_same_probabilities(trained_run, busi_root, tmp_path, model_format):
+    _, run_dir = trained_run
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    output = tmp_path / "busi.model"
+    assert export_main(["--ckpt", str(ckpt), "--format", model_format, "--output", str(output)]) == 0
+    pixels, expected = pixels_and_reference(ckpt, busi_root / "benign")
+    if model_format == "torchscript":
+        with pytest.warns(FutureWarning):  # torch.jit is deprecated
+            model = torch.jit.load(str(output))
+    else:
+        model = torch.export.load(output).module()
+    with torch.no_grad():
+        assert (model(pixels) - expected).abs().max() < 1e-5
+
+
+def test_export_of_a_missing_checkpoint_exits_with_one_line(tmp_path, capsys):
+    assert export_main(["--ckpt", str(tmp_path / "none.ckpt")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
