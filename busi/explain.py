@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     scores = localisation_scores(classifier, catalog, indices)
-    print(format_localisation(scores, f"Grad-CAM localisation on the {args.split} split of {args.root} (true class)"))
+    which = "all images" if args.split == "all" else f"the {args.split} split"
+    print(format_localisation(scores, f"Grad-CAM localisation on {which} of {args.root} (true class)"))
     if args.output:
         args.output.write_text(json.dumps(scores, indent=2), encoding="utf-8")
     if args.cam_dir:
