@@ -1,14 +1,17 @@
-"""One short epoch on the real BUSI folder (../shared/data/busi or $BUSI_ROOT); skipped when absent."""
+"""One short epoch on the real BUSI folder (../shared/data/busi or $BUSI_ROOT), its Grad-CAM scores and its
+ONNX export on real scans; skipped when the folder is absent."""
 
 import csv
 import json
 from collections import defaultdict
 
 import pytest
+import torch
 
 from busi import CLASS_NAMES
 from busi.cli import DEFAULT_CONFIG, run
-from busi.images import is_mask
+from busi.export import main as export_main
+from busi.images import as_three_channels, is_mask, load_image
 from busi.model import load_classifier
 
 from fake_busi import real_busi_root
@@ -56,4 +59,16 @@ def test_short_scratch_epoch_on_real_busi(tmp_path):
     assert all(len(set(conflict["labels"])) > 1 for conflict in audit["conflicting_labels"])
     report = json.loads((run_dir / "report.json").read_text())
     assert set(report["splits"]) == {"train", "val", "test"}
-    load_classifier(run_dir / "checkpoints" / "best.ckpt")
+    assert report["localisation"]["per_class"]["malignant"]["images"] > 0  # Grad-CAM scored against the masks
+
+    onnxruntime = pytest.importorskip("onnxruntime")
+    onnx_file = tmp_path / "busi.onnx"
+    assert export_main(["--ckpt", str(run_dir / "checkpoints/best.ckpt"), "--output", str(onnx_file)]) == 0
+    classifier = load_classifier(run_dir / "checkpoints" / "best.ckpt")
+    paths = [REAL_ROOT / row["path"] for row in rows[:: len(rows) // 8]]
+    pixels = torch.stack([as_three_channels(load_image(p, 256)) for p in paths])
+    with torch.no_grad():
+        expected = classifier(classifier.prepare_inputs(pixels)).softmax(dim=1).numpy()
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (probabilities,) = session.run(["probabilities"], {"pixels": pixels.float().numpy()})
+    assert abs(probabilities - expected).max() < 1e-4
