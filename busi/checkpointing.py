@@ -6,8 +6,10 @@
   file system, the final move is a copy that a crash can cut short.)
 - ResumeCheckpoint: `last.ckpt` with the full training state after every epoch, and also when the run
   is stopped by SIGTERM or Ctrl-C.
-- EpochSeed: the randomness of an epoch (dropout, augmentation) depends only on (seed, epoch, rank), so a
-  run resumed from an epoch boundary repeats exactly what the uninterrupted run would have done.
+- StepSeed: the randomness of a training step (dropout, augmentation) depends only on (seed, epoch,
+  batch, rank), so a run resumed from an epoch boundary repeats exactly what the uninterrupted run
+  would have done, whatever else drew random numbers in between (Lightning creates the first
+  DataLoader iterator of a process at another point than the later ones).
 - find_resume_checkpoint: `--ckpt_path last`, a run directory, or a checkpoint file → the file and
   the run directory it belongs to.
 """
@@ -78,13 +80,14 @@ class ResumeCheckpoint(ModelCheckpoint):
         )
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+def step_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1)[0])
 
 
-class EpochSeed(Callback):
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seed = epoch_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), trainer.current_epoch, trainer.global_rank)
+class StepSeed(Callback):
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        global_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = step_seed(global_seed, trainer.current_epoch, batch_idx, trainer.global_rank)
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)

@@ -16,7 +16,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from busi.checkpointing import AtomicCheckpointIO, EpochSeed, ResumeCheckpoint, ResumeError, find_resume_checkpoint
+from busi.calibration import fit_temperature
+from busi.checkpointing import AtomicCheckpointIO, ResumeCheckpoint, ResumeError, StepSeed, find_resume_checkpoint
 from busi.data import BusiDataModule, DataError
 from busi.explain import GradCamGrid, localisation_scores
 from busi.model import BusiClassifier, WeightsError
@@ -89,7 +90,7 @@ def run(args: list[str] | None = None) -> LightningCLI:
         args=args,
         trainer_defaults={
             "precision": default_precision(),
-            "callbacks": [ResumeCheckpoint(), EpochSeed(), GradCamGrid()],
+            "callbacks": [ResumeCheckpoint(), StepSeed(), GradCamGrid()],
         },
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
@@ -97,13 +98,36 @@ def run(args: list[str] | None = None) -> LightningCLI:
     # weights_only: a checkpoint handed over by someone else cannot run code when it is loaded
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
     best = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
+    temperature = calibrate(cli, Path(best)) if best else None
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
     log_dir = cli.trainer.log_dir  # a broadcast under DDP: every process must ask
     if cli.model.report and cli.trainer.is_global_zero:
+        if temperature is not None:
+            cli.model.report["temperature"] = temperature
         add_localisation(cli, Path(log_dir) if log_dir else None)
         print(format_report(cli.model.report))
         print(f"\nRun directory: {log_dir}")
     return cli
+
+
+def calibrate(cli: LightningCLI, best: Path) -> float:
+    """Fit the temperature of the best checkpoint on the validation split and store it in the file."""
+    model, trainer = cli.model, cli.trainer
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    logits, targets = [], []
+    with torch.no_grad():
+        for pixels, labels, keys in cli.datamodule.val_dataloader():
+            images = model.prepare_inputs(pixels.to(model.device))
+            logits.append(model.logits(images, list(keys)).float().cpu())
+            targets.append(labels)
+    temperature = fit_temperature(torch.cat(logits), torch.cat(targets))
+    state["state_dict"]["temperature"] = torch.tensor(temperature)
+    if trainer.is_global_zero:
+        AtomicCheckpointIO().save_checkpoint(state, best)
+    trainer.strategy.barrier()  # every process tests the rewritten file
+    return temperature
 
 
 def add_localisation(cli: LightningCLI, run_dir: Path | None) -> None:

@@ -21,7 +21,7 @@ from busi import CLASS_NAMES
 from busi.cache import DecodedImageCache, default_cache_dir
 from busi.duplicates import group_duplicates
 from busi.images import UnreadableImageError, as_three_channels, is_hidden, is_image_file, is_mask, load_image
-from busi.splits import SPLIT_NAMES, assign_groups, read_split_csv, write_split_csv
+from busi.splits import SPLIT_NAMES, assign_groups, fold_splits, read_split_csv, write_split_csv
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +276,9 @@ class BusiDataModule(L.LightningDataModule):
             where decoded images are served from memory faster than workers could).
         memory_limit_mb: decoded images held in memory, and in the on-disk cache, up to this size;
             beyond it images are decoded from their files every epoch (large folders).
+        folds: k-fold cross-validation (`python -m busi.cv` sets it): 0 for the fractions above;
+            k ≥ 3 for fold `fold`: test = that fold, val = the next one, train = the rest.
+        fold: which fold, 0 … folds-1.
     """
 
     def __init__(
@@ -292,6 +295,8 @@ class BusiDataModule(L.LightningDataModule):
         cache_dir: str | None = "auto",
         num_workers: int | None = None,
         memory_limit_mb: float = 4096,
+        folds: int = 0,
+        fold: int = 0,
     ):
         super().__init__()
         if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
@@ -313,6 +318,12 @@ class BusiDataModule(L.LightningDataModule):
         )
         if hp.split_csv:
             self.split_of = self._splits_from_csv(Path(hp.split_csv))
+        elif hp.folds:
+            labels = [r.label for r in self.catalog.records]
+            try:
+                self.split_of = fold_splits(self.catalog.groups, labels, hp.folds, hp.fold, hp.seed)
+            except ValueError as error:
+                raise DataError(f"--data.folds/--data.fold: {error}") from None
         else:
             fractions = (1 - hp.val_fraction - hp.test_fraction, hp.val_fraction, hp.test_fraction)
             labels = [r.label for r in self.catalog.records]

@@ -49,7 +49,8 @@ def grad_cam(classifier, images: torch.Tensor, classes: torch.Tensor | None = No
         cams = F.relu((weights * features.detach()).sum(dim=1, keepdim=True)).float()
         cams = F.interpolate(cams, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         cams = cams / cams.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-        return Explanation(logits.detach().softmax(dim=1), chosen.detach(), cams)
+        probabilities = classifier.probabilities(images, logits=logits.detach())  # temperature, TTA
+        return Explanation(probabilities, chosen.detach(), cams)
 
 
 def load_mask(paths: tuple[Path, ...], image_size: int) -> torch.Tensor:

@@ -33,11 +33,17 @@ class PixelsToProbabilities(nn.Module):
     def __init__(self, classifier: BusiClassifier):
         super().__init__()
         self.model = classifier.model.to(memory_format=torch.contiguous_format).eval()
+        self.tta = bool(classifier.hparams.tta)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
+        self.register_buffer("temperature", classifier.temperature.detach().clone())
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model((pixels - self.mean) / self.std).softmax(dim=1)
+        images = (pixels - self.mean) / self.std
+        probabilities = (self.model(images) / self.temperature).softmax(dim=1)
+        if self.tta:
+            probabilities = (probabilities + (self.model(images.flip(-1)) / self.temperature).softmax(dim=1)) / 2
+        return probabilities
 
 
 def preprocessing(classifier: BusiClassifier, model_format: str) -> dict:
@@ -52,7 +58,13 @@ def preprocessing(classifier: BusiClassifier, model_format: str) -> dict:
             "resize": f"squash to {size}x{size}, bilinear",
             "normalisation": "inside the model (ImageNet mean and std)",
         },
-        "output": {"name": "probabilities", "shape": ["batch", len(classifier.class_names)], "softmax": True},
+        "output": {
+            "name": "probabilities",
+            "shape": ["batch", len(classifier.class_names)],
+            "softmax": True,
+            "temperature": float(classifier.temperature),
+            "mirror_averaged": bool(classifier.hparams.tta),
+        },
         "class_names": list(classifier.class_names),
         "image_size": size,
     }

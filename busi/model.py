@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from torchmetrics import MeanMetric, SumMetric
 from torchvision.models import DenseNet121_Weights, densenet121
 
 from busi import CLASS_NAMES
+from busi.augment import augment_batch
 from busi.images import to_model_input
 from busi.report import (
     SplitEvaluation,
@@ -153,6 +155,13 @@ class BusiClassifier(L.LightningModule):
         channels_last: NHWC memory layout for the convolutions (faster on GPUs and most CPUs).
         compile: run the backbone through torch.compile (checkpoints keep plain parameter names).
         feature_cache_mb: memory for cached features; images beyond it run the backbone every epoch.
+        augment: random ultrasound-safe augmentation of training batches (busi.augment).
+        class_weighting: `balanced` weighs the loss by the inverse class frequency of the train split.
+        optimizer: `adam` (the original) or `adamw`.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_epochs: linear learning-rate warm-up from 0, then `schedule`.
+        schedule: `constant` or `cosine` (decay to 0 at the last step).
+        tta: test-time augmentation: average the probabilities of the image and its mirror image.
     """
 
     def __init__(
@@ -166,8 +175,19 @@ class BusiClassifier(L.LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         feature_cache_mb: float = 4096,
+        augment: bool = False,
+        class_weighting: str = "none",
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        warmup_epochs: float = 0.0,
+        schedule: str = "constant",
+        tta: bool = False,
     ):
         super().__init__()
+        if class_weighting not in ("none", "balanced") or optimizer not in ("adam", "adamw"):
+            raise ValueError("class_weighting is none|balanced and optimizer adam|adamw")
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule {schedule!r}: use constant or cosine")
         self.save_hyperparameters()
         self.class_names = tuple(class_names)
         self.model = DenseNetClassifier(image_size, len(self.class_names), freeze_backbone)
@@ -178,6 +198,9 @@ class BusiClassifier(L.LightningModule):
         self._extract = torch.compile(self.model.extract) if compile else self.model.extract
         self._feature_cache: dict[str, torch.Tensor] = {}
         self._feature_cache_bytes = 0
+        # Temperature scaling, fitted on the validation split after training (busi.calibration).
+        self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("class_weight", torch.ones(len(self.class_names)), persistent=False)
         self.train_metrics = epoch_metrics(len(self.class_names), "train/")
         self.val_metrics = epoch_metrics(len(self.class_names), "val/")
         # torchmetrics rather than self.log averaging: exact over all processes under DDP
@@ -194,7 +217,7 @@ class BusiClassifier(L.LightningModule):
     def caches_features(self) -> bool:
         # Valid only while the backbone is a fixed function of the image: frozen weights, eval-mode
         # BatchNorm, and the same input pixels every epoch (no random augmentation).
-        return self.hparams.freeze_backbone and self.hparams.cache_features
+        return self.hparams.freeze_backbone and self.hparams.cache_features and not self.hparams.augment
 
     def logits(self, images: torch.Tensor, keys: list[str] | None = None) -> torch.Tensor:
         """Class logits; with a frozen backbone and image keys (content digests), backbone features
@@ -221,15 +244,29 @@ class BusiClassifier(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
+    def probabilities(
+        self, images: torch.Tensor, keys: list[str] | None = None, logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Calibrated class probabilities (logits / temperature), averaged with the mirror image's
+        when `tta` is on. `logits`: of `images`, when already computed."""
+        logits = self.logits(images, keys) if logits is None else logits
+        probabilities = (logits.float() / self.temperature).softmax(dim=1)
+        if self.hparams.tta:
+            mirrored = (self(images.flip(-1)).float() / self.temperature).softmax(dim=1)
+            probabilities = (probabilities + mirrored) / 2
+        return probabilities
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        # BusiDataModule yields uint8 images: normalising on the training device keeps the data
-        # path a plain memory copy.
-        if isinstance(batch, torch.Tensor):
-            return self.prepare_inputs(batch)
-        images, *rest = batch
-        return [self.prepare_inputs(images), *rest]
+        # BusiDataModule yields uint8 images: augmenting and normalising on the training device keeps
+        # the data path a plain memory copy.
+        if self.hparams.augment and self.trainer is not None and self.trainer.training:
+            return batch  # augmented in training_step, after StepSeed has seeded the step
+        images, *rest = (batch, []) if isinstance(batch, torch.Tensor) else batch
+        images = self.prepare_inputs(images)
+        return images if isinstance(batch, torch.Tensor) else [images, *rest]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))  # written before calibration existed
         current = self.model.features.state_dict()
         incoming = {k.removeprefix("model.features."): v for k, v in checkpoint["state_dict"].items()}
         if any(not torch.equal(value, incoming.get(key, value.new_empty(0))) for key, value in current.items()):
@@ -237,6 +274,10 @@ class BusiClassifier(L.LightningModule):
             self._feature_cache_bytes = 0
 
     def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.hparams.class_weighting == "balanced" and hasattr(datamodule, "split_counts"):
+            counts = torch.tensor(list(datamodule.split_counts()["train"].values()), dtype=torch.float32)
+            self.class_weight = (counts.sum() / (len(counts) * counts.clamp_min(1))).to(self.device)
         trainable, frozen = parameter_counts(self.model)
         rank_zero_info(
             f"Parameters: {trainable:,} trainable, {frozen:,} frozen (freeze_backbone={self.hparams.freeze_backbone})"
@@ -249,8 +290,10 @@ class BusiClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets, keys = batch
+        if self.hparams.augment:
+            images = self.prepare_inputs(to_model_input(augment_batch(images)))
         logits = self.logits(images, keys)
-        loss = F.cross_entropy(logits, targets)
+        loss = F.cross_entropy(logits, targets, weight=self.class_weight)
         self.train_metrics.update(logits, targets)
         self.train_loss.update(loss.detach(), weight=len(targets))
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
@@ -270,8 +313,10 @@ class BusiClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         images, targets, keys = batch
         logits = self.logits(images, keys).float()
-        loss = F.cross_entropy(logits, targets)
-        self.evaluations[f"{SPLIT_NAMES[dataloader_idx]}_split"].update(logits.softmax(dim=1), targets, loss)
+        probabilities = self.probabilities(images, keys, logits)
+        loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), targets)
+        raw = logits.softmax(dim=1)
+        self.evaluations[f"{SPLIT_NAMES[dataloader_idx]}_split"].update(probabilities, targets, loss, raw)
 
     def on_test_epoch_end(self) -> None:
         splits = {}
@@ -320,10 +365,30 @@ class BusiClassifier(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         images = batch[0] if isinstance(batch, list | tuple) else batch
-        return self(images).float().softmax(dim=1)
+        return self.probabilities(images)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam((p for p in self.parameters() if p.requires_grad), lr=self.hparams.lr, fused=True)
+    def configure_optimizers(self):
+        hp = self.hparams
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(parameters, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
+        else:
+            optimizer = torch.optim.Adam(parameters, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
+        if hp.schedule == "constant" and not hp.warmup_epochs:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_epochs * total / max(1, self.trainer.max_epochs or 1))
+        cosine = hp.schedule == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not cosine:
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "cpu") -> BusiClassifier:
@@ -348,6 +413,7 @@ def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "
         raise WeightsError(f"{path}: not a busi checkpoint (no state_dict / hyper_parameters)")
     hparams = {k: v for k, v in contents["hyper_parameters"].items() if not k.startswith("_")}
     hparams.update(weights=None, compile=False)
+    contents["state_dict"].setdefault("temperature", torch.ones(()))  # written before calibration existed
     try:
         classifier = BusiClassifier(**hparams)
     except (TypeError, ValueError) as error:

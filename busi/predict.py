@@ -82,11 +82,9 @@ def predict_files(
         if decoded:
             pixels = torch.stack([as_three_channels(p) for _, p in decoded]).to(device)
             inputs = classifier.prepare_inputs(pixels)
-            if cam_dir is None:
-                probabilities = classifier(inputs).float().softmax(dim=1).cpu()
-            else:
+            probabilities = classifier.probabilities(inputs).cpu()
+            if cam_dir is not None:
                 explanation = grad_cam(classifier, inputs)
-                probabilities = explanation.probabilities.cpu()
             for index, ((result, image), row) in enumerate(zip(decoded, probabilities, strict=True)):
                 result.probabilities = row.tolist()
                 if cam_dir is not None:

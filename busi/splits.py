@@ -69,3 +69,15 @@ def read_split_csv(path: Path) -> dict[str, tuple[str, str, int]]:
                 raise ValueError(f"{path}:{line}: split {row['split']!r} is not one of {SPLIT_NAMES}")
             entries[row["path"]] = (row["label"], row["split"], int(row["group"]))
     return entries
+
+
+def fold_splits(groups: Sequence[int], labels: Sequence[int], folds: int, fold: int, seed: int) -> list[str]:
+    """Split names for fold `fold` of `folds`-fold cross-validation: the images are cut into `folds`
+    stratified, duplicate-aware parts; part `fold` is the held-out test fold, the next part (cyclically)
+    validates (early stopping, checkpoint choice, temperature), the rest trains. Over all folds every
+    image is tested exactly once and validates exactly once."""
+    if folds < 3 or not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} of {folds}: need at least 3 folds and 0 <= fold < folds")
+    parts = assign_groups(groups, labels, [1.0] * folds, seed)
+    role = {fold: "test", (fold + 1) % folds: "val"}
+    return [role.get(part, "train") for part in parts]

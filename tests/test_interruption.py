@@ -75,10 +75,11 @@ def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_result(uninterru
     run_dir = tmp_path / "lightning_logs" / "version_0"
     assert not (tmp_path / "lightning_logs" / "version_1").exists()  # resumed in its own directory
     assert report(run_dir) == report(uninterrupted)
-    resumed, reference = load(run_dir / "checkpoints/best.ckpt"), load(uninterrupted / "checkpoints/best.ckpt")
-    assert resumed["epoch"] == reference["epoch"]
-    for key, value in reference["state_dict"].items():
-        assert torch.equal(resumed["state_dict"][key], value), key
+    for name in ("best.ckpt", "last.ckpt"):  # last: the weights after the epochs trained after the kill
+        resumed, reference = load(run_dir / "checkpoints" / name), load(uninterrupted / "checkpoints" / name)
+        assert resumed["epoch"] == reference["epoch"]
+        for key, value in reference["state_dict"].items():
+            assert torch.equal(resumed["state_dict"][key], value), (name, key)
 
 
 def test_two_runs_with_the_same_seed_give_identical_metrics_and_predictions(uninterrupted, busi_root, tmp_path):

@@ -1,0 +1,52 @@
+"""Augmentations that ultrasound tolerates, applied to whole batches on the training device, with
+an independent draw per image: small rotation, scaling and shift, horizontal flip (never vertical:
+the transducer is always at the top), brightness, contrast, gamma, and multiplicative speckle noise."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MAX_ROTATION_DEGREES = 10
+MAX_SCALE_CHANGE = 0.10
+MAX_SHIFT = 0.06  # of the image side
+MAX_BRIGHTNESS_CHANGE = 0.20
+MAX_CONTRAST_CHANGE = 0.20
+MAX_GAMMA = 1.25
+SPECKLE_SIGMA = 0.08
+
+
+def _uniform(n: int, bound: float, like: torch.Tensor) -> torch.Tensor:
+    return (torch.rand(n, device=like.device) * 2 - 1) * bound
+
+
+def augment_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 or [0, 1] float (N, C, H, W) → augmented float in [0, 1], same shape."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    n = x.shape[0]
+    angle = _uniform(n, math.radians(MAX_ROTATION_DEGREES), x)
+    scale = 1 + _uniform(n, MAX_SCALE_CHANGE, x)
+    flip = torch.where(torch.rand(n, device=x.device) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [
+            torch.stack([cos * flip, -sin, _uniform(n, 2 * MAX_SHIFT, x)], dim=1),
+            torch.stack([sin * flip, cos, _uniform(n, 2 * MAX_SHIFT, x)], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(
+        x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )  # black, like the scan's surround
+    per_image = (n, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = 1 + _uniform(n, MAX_CONTRAST_CHANGE, x).view(per_image)
+    brightness = 1 + _uniform(n, MAX_BRIGHTNESS_CHANGE, x).view(per_image)
+    x = (((x - mean) * contrast + mean) * brightness).clamp(0, 1)
+    gamma = torch.exp(_uniform(n, math.log(MAX_GAMMA), x)).view(per_image)
+    x = x.clamp_min(1e-6) ** gamma
+    speckle = 1 + SPECKLE_SIGMA * torch.randn(n, 1, *x.shape[-2:], device=x.device)
+    return (x * speckle).clamp(0, 1)

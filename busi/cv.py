@@ -1,0 +1,194 @@
+"""k-fold cross-validation: `python -m busi.cv --folds 5 [train.py options …]`.
+
+The images are cut into k stratified, duplicate-aware folds (busi.splits.fold_splits). Fold i trains
+a model on k-2 folds, picks its best epoch and fits its temperature on fold i+1, and is tested on fold
+i, so every image is tested exactly once by a model that never saw it or its near-duplicates. Each
+fold is an ordinary training run (RUN/fold_i/lightning_logs/version_0, checkpoints kept); the summary
+(per fold, mean ± sd, pooled out-of-fold confusion matrix and calibration) goes to RUN/cv_summary.json,
+RUN/cv_summary.txt and TensorBoard. A fold whose report exists is not trained again: rerun the same
+command to finish an interrupted cross-validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from torchmetrics.classification import MulticlassCalibrationError, MulticlassConfusionMatrix
+
+from busi.report import RELIABILITY_BINS, confusion_matrix_image, format_confusion_matrix
+
+SUMMARY_KEYS = ("accuracy", "macro_f1", "auroc_macro_ovr", "ece")
+
+
+def fold_dir(cv_dir: Path, fold: int) -> Path:
+    return cv_dir / f"fold_{fold}" / "lightning_logs" / "version_0"
+
+
+def write_out_of_fold(cli, run_dir: Path) -> None:
+    """The held-out fold's probabilities (calibrated as reported, and raw) for the pooled summary."""
+    model, datamodule = cli.model.eval(), cli.datamodule
+    rows = []
+    test = datamodule.dataset("test")
+    with torch.no_grad():
+        for start in range(0, len(test), 64):
+            items = [test[i] for i in range(start, min(start + 64, len(test)))]
+            images = model.prepare_inputs(torch.stack([item[0] for item in items]).to(model.device))
+            logits = model.logits(images).float()
+            calibrated, raw = model.probabilities(images, logits=logits).cpu(), logits.softmax(dim=1).cpu()
+            for offset, item in enumerate(items):
+                path = datamodule.catalog.relative(test.indices[start + offset])
+                rows.append([path, item[1], *calibrated[offset].tolist(), *raw[offset].tolist()])
+    names = model.class_names
+    with (run_dir / "out_of_fold.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", *(f"p_{n}" for n in names), *(f"raw_p_{n}" for n in names)])
+        writer.writerows(rows)
+
+
+def read_out_of_fold(path: Path, classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with path.open(encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))[1:]
+    labels = torch.tensor([int(row[1]) for row in rows])
+    calibrated = torch.tensor([[float(v) for v in row[2 : 2 + classes]] for row in rows])
+    raw = torch.tensor([[float(v) for v in row[2 + classes : 2 + 2 * classes]] for row in rows])
+    return labels, calibrated, raw
+
+
+def summarise(cv_dir: Path, folds: int) -> dict:
+    reports = [json.loads((fold_dir(cv_dir, k) / "report.json").read_text()) for k in range(folds)]
+    class_names = reports[0]["class_names"]
+    per_fold = []
+    for k, report in enumerate(reports):
+        test = report["splits"]["test"]
+        per_fold.append(
+            {
+                "fold": k,
+                "images": test["samples"],
+                **{key: test[key] for key in SUMMARY_KEYS},
+                "recall": {name: test["per_class"][name]["recall"] for name in class_names},
+                "temperature": report.get("temperature", 1.0),
+            }
+        )
+
+    def mean_sd(values: list[float]) -> dict:
+        return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+    summary = {key: mean_sd([fold[key] for fold in per_fold]) for key in SUMMARY_KEYS}
+    summary["recall"] = {name: mean_sd([fold["recall"][name] for fold in per_fold]) for name in class_names}
+    pooled = [read_out_of_fold(fold_dir(cv_dir, k) / "out_of_fold.csv", len(class_names)) for k in range(folds)]
+    labels = torch.cat([p[0] for p in pooled])
+    calibrated, raw = torch.cat([p[1] for p in pooled]), torch.cat([p[2] for p in pooled])
+    matrix = MulticlassConfusionMatrix(len(class_names))(calibrated.argmax(dim=1), labels)
+    ece = MulticlassCalibrationError(len(class_names), n_bins=RELIABILITY_BINS, norm="l1")
+    return {
+        "folds": folds,
+        "class_names": class_names,
+        "per_fold": per_fold,
+        "mean_sd": summary,
+        "out_of_fold": {
+            "images": int(labels.numel()),
+            "accuracy": float((calibrated.argmax(dim=1) == labels).float().mean()),
+            "confusion_matrix": matrix.tolist(),
+            "ece_calibrated": float(ece(calibrated, labels)),
+            "ece_uncalibrated": float(ece(raw, labels)),
+        },
+    }
+
+
+def format_summary(summary: dict) -> str:
+    names = summary["class_names"]
+    header = f"{'fold':>5} {'images':>7} {'accuracy':>9} {'macro-F1':>9} {'AUROC':>7} {'ECE':>7} {'T':>6} " + " ".join(
+        f"{'rec ' + n[:9]:>14}" for n in names
+    )
+    lines = [f"{summary['folds']}-fold cross-validation (test = held-out fold)", header]
+    for fold in summary["per_fold"]:
+        lines.append(
+            f"{fold['fold']:>5} {fold['images']:>7} {fold['accuracy']:>9.4f} {fold['macro_f1']:>9.4f} "
+            f"{fold['auroc_macro_ovr']:>7.4f} {fold['ece']:>7.4f} {fold['temperature']:>6.3f} "
+            + " ".join(f"{fold['recall'][n]:>14.4f}" for n in names)
+        )
+    m = summary["mean_sd"]
+    lines.append(
+        f"{'mean':>5} {'':>7} {m['accuracy']['mean']:>9.4f} {m['macro_f1']['mean']:>9.4f} "
+        f"{m['auroc_macro_ovr']['mean']:>7.4f} {m['ece']['mean']:>7.4f} {'':>6} "
+        + " ".join(f"{m['recall'][n]['mean']:>14.4f}" for n in names)
+    )
+    lines.append(
+        f"{'sd':>5} {'':>7} {m['accuracy']['sd']:>9.4f} {m['macro_f1']['sd']:>9.4f} "
+        f"{m['auroc_macro_ovr']['sd']:>7.4f} {m['ece']['sd']:>7.4f} {'':>6} "
+        + " ".join(f"{m['recall'][n]['sd']:>14.4f}" for n in names)
+    )
+    oof = summary["out_of_fold"]
+    lines += [
+        "",
+        f"Pooled out-of-fold: {oof['images']} images, accuracy {oof['accuracy']:.4f}, "
+        f"ECE {oof['ece_calibrated']:.4f} after temperature scaling ({oof['ece_uncalibrated']:.4f} before)",
+        format_confusion_matrix(oof["confusion_matrix"], tuple(names)),
+    ]
+    return "\n".join(lines)
+
+
+def log_to_tensorboard(summary: dict, cv_dir: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(cv_dir)) as writer:
+        for fold in summary["per_fold"]:
+            for key in SUMMARY_KEYS:
+                writer.add_scalar(f"cv/{key}", fold[key], fold["fold"])
+        writer.add_text("cv/summary", "    " + format_summary(summary).replace("\n", "\n    "))
+        matrix = summary["out_of_fold"]["confusion_matrix"]
+        writer.add_image(
+            "cv/out_of_fold_confusion_matrix",
+            confusion_matrix_image(matrix, tuple(summary["class_names"])),
+            0,
+            dataformats="HWC",
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from busi.checkpointing import ResumeError
+    from busi.cli import run
+    from busi.data import DataError
+    from busi.model import WeightsError
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=True)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--trainer.default_root_dir", dest="root_dir", type=Path, default=Path("runs"))
+    parser.add_argument("--name", default="cv", help="the folder under the root: ROOT/NAME")
+    args, train_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.folds < 3:
+        print("error: --folds must be at least 3 (one fold tests, one validates, the rest train)", file=sys.stderr)
+        return 2
+    cv_dir = args.root_dir / args.name
+    for fold in range(args.folds):
+        run_dir = fold_dir(cv_dir, fold)
+        if (run_dir / "out_of_fold.csv").is_file():
+            print(f"fold {fold}: done before, kept ({run_dir})")
+            continue
+        fold_args = [*train_args, f"--data.folds={args.folds}", f"--data.fold={fold}"]
+        fold_args.append(f"--trainer.default_root_dir={cv_dir / f'fold_{fold}'}")
+        try:
+            cli = run(fold_args)
+        except (DataError, WeightsError, ResumeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if cli.trainer.is_global_zero:
+            write_out_of_fold(cli, run_dir)
+    summary = summarise(cv_dir, args.folds)
+    (cv_dir / "cv_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    text = format_summary(summary)
+    (cv_dir / "cv_summary.txt").write_text(text + "\n", encoding="utf-8")
+    log_to_tensorboard(summary, cv_dir)
+    print(text)
+    print(f"\nCross-validation directory: {cv_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
