@@ -173,11 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         fold_args = [*train_args, f"--data.folds={args.folds}", f"--data.fold={fold}"]
         fold_args.append(f"--trainer.default_root_dir={cv_dir / f'fold_{fold}'}")
+        command_line, sys.argv = sys.argv, sys.argv[:1]  # arguments go to run(); LightningCLI warns about both
         try:
             cli = run(fold_args)
         except (DataError, WeightsError, ResumeError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        finally:
+            sys.argv = command_line
         if cli.trainer.is_global_zero:
             write_out_of_fold(cli, run_dir)
     summary = summarise(cv_dir, args.folds)
