@@ -82,9 +82,11 @@ def predict_files(
         if decoded:
             pixels = torch.stack([as_three_channels(p) for _, p in decoded]).to(device)
             inputs = classifier.prepare_inputs(pixels)
-            probabilities = classifier.probabilities(inputs).cpu()
-            if cam_dir is not None:
+            if cam_dir is None:
+                probabilities = classifier.probabilities(inputs).cpu()
+            else:  # one backbone pass gives both the probabilities and the heat-maps
                 explanation = grad_cam(classifier, inputs)
+                probabilities = explanation.probabilities.cpu()
             for index, ((result, image), row) in enumerate(zip(decoded, probabilities, strict=True)):
                 result.probabilities = row.tolist()
                 if cam_dir is not None:
