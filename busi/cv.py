@@ -19,11 +19,17 @@ import sys
 from pathlib import Path
 
 import torch
-from torchmetrics.classification import MulticlassCalibrationError, MulticlassConfusionMatrix
+from torchmetrics.classification import (
+    BinarySpecificityAtSensitivity,
+    MulticlassCalibrationError,
+    MulticlassConfusionMatrix,
+)
 
 from busi.report import RELIABILITY_BINS, confusion_matrix_image, format_confusion_matrix
 
 SUMMARY_KEYS = ("accuracy", "macro_f1", "auroc_macro_ovr", "ece")
+POSITIVE_CLASS = "malignant"  # a missed cancer costs more than a false alarm
+TARGET_SENSITIVITY = 0.80
 
 
 def fold_dir(cv_dir: Path, fold: int) -> Path:
@@ -86,18 +92,41 @@ def summarise(cv_dir: Path, folds: int) -> dict:
     calibrated, raw = torch.cat([p[1] for p in pooled]), torch.cat([p[2] for p in pooled])
     matrix = MulticlassConfusionMatrix(len(class_names))(calibrated.argmax(dim=1), labels)
     ece = MulticlassCalibrationError(len(class_names), n_bins=RELIABILITY_BINS, norm="l1")
+    out_of_fold = {
+        "images": int(labels.numel()),
+        "accuracy": float((calibrated.argmax(dim=1) == labels).float().mean()),
+        "confusion_matrix": matrix.tolist(),
+        "ece_calibrated": float(ece(calibrated, labels)),
+        "ece_uncalibrated": float(ece(raw, labels)),
+    }
+    if POSITIVE_CLASS in class_names:
+        out_of_fold["operating_point"] = operating_point(calibrated, labels, class_names.index(POSITIVE_CLASS))
     return {
         "folds": folds,
         "class_names": class_names,
         "per_fold": per_fold,
         "mean_sd": summary,
-        "out_of_fold": {
-            "images": int(labels.numel()),
-            "accuracy": float((calibrated.argmax(dim=1) == labels).float().mean()),
-            "confusion_matrix": matrix.tolist(),
-            "ece_calibrated": float(ece(calibrated, labels)),
-            "ece_uncalibrated": float(ece(raw, labels)),
-        },
+        "out_of_fold": out_of_fold,
+    }
+
+
+def operating_point(probabilities: torch.Tensor, labels: torch.Tensor, positive: int) -> dict:
+    """Positive class against the rest: where the reported argmax decision sits, and what the pooled
+    out-of-fold ROC would give at the target sensitivity. The latter threshold is read off the test
+    predictions themselves, so it describes the models; it is not a validated operating point."""
+    is_positive = labels == positive
+    predicted = probabilities.argmax(dim=1) == positive
+    specificity, threshold = BinarySpecificityAtSensitivity(min_sensitivity=TARGET_SENSITIVITY)(
+        probabilities[:, positive], is_positive.long()
+    )
+    return {
+        "class": POSITIVE_CLASS,
+        "rule": "argmax",
+        "sensitivity": float((predicted & is_positive).sum() / is_positive.sum().clamp(min=1)),
+        "specificity": float((~predicted & ~is_positive).sum() / (~is_positive).sum().clamp(min=1)),
+        "target_sensitivity": TARGET_SENSITIVITY,
+        "specificity_at_target": float(specificity),
+        "threshold_at_target": float(threshold),
     }
 
 
@@ -131,6 +160,16 @@ def format_summary(summary: dict) -> str:
         f"ECE {oof['ece_calibrated']:.4f} after temperature scaling ({oof['ece_uncalibrated']:.4f} before)",
         format_confusion_matrix(oof["confusion_matrix"], tuple(names)),
     ]
+    if "operating_point" in oof:
+        point = oof["operating_point"]
+        lines += [
+            "",
+            f"Operating point ({point['class']} against the rest, {point['rule']} of the calibrated probabilities): "
+            f"sensitivity {point['sensitivity']:.4f}, specificity {point['specificity']:.4f}",
+            f"Pooled out-of-fold ROC at sensitivity >= {point['target_sensitivity']:.2f}: specificity "
+            f"{point['specificity_at_target']:.4f} (p({point['class']}) >= {point['threshold_at_target']:.4f}; "
+            "read off these predictions, so descriptive, not a validated threshold)",
+        ]
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from busi.augment import augment_batch
 from busi.calibration import fit_temperature
 from busi.cli import DEFAULT_CONFIG, run
 from busi.cv import main as cv_main
+from busi.cv import operating_point
 from busi.model import load_classifier
 from busi.splits import fold_splits
 
@@ -85,6 +86,17 @@ def test_scratch_recipe_trains_with_balanced_loss_cosine_schedule_and_stores_its
     assert 0 <= test["ece"] <= 1 and 0 <= test["ece_uncalibrated"] <= 1
 
 
+def test_operating_point_reports_the_argmax_decision_and_the_roc_point_at_80_percent_sensitivity():
+    # 10 malignant (label 1), 10 others; p(malignant) ranks 9 of the 10 cancers above every other image
+    p_malignant = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.55, 0.45, 0.4, 0.35, 0.3, 0.05] + [0.2] * 9 + [0.1])
+    labels = torch.tensor([1] * 10 + [0] * 9 + [2])
+    probabilities = torch.stack([(1 - p_malignant) * 0.6, p_malignant, (1 - p_malignant) * 0.4], dim=1)
+    point = operating_point(probabilities, labels, positive=1)
+    assert point["sensitivity"] == pytest.approx(0.7)  # argmax picks malignant where p > 0.6 (1 - p): 7 of 10
+    assert point["specificity"] == 1.0
+    assert point["specificity_at_target"] == 1.0 and point["threshold_at_target"] == pytest.approx(0.35)
+
+
 def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(busi_root, tmp_path, capsys):
     args = [
         "--folds", "3", "--model.weights=none", f"--data.root={busi_root}", f"--data.image_size={IMAGE_SIZE}",
@@ -99,6 +111,8 @@ def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(busi
     assert sum(fold["images"] for fold in summary["per_fold"]) == images
     accuracies = [fold["accuracy"] for fold in summary["per_fold"]]
     assert summary["mean_sd"]["accuracy"]["mean"] == pytest.approx(sum(accuracies) / 3)
+    matrix, point = summary["out_of_fold"]["confusion_matrix"], summary["out_of_fold"]["operating_point"]
+    assert point["sensitivity"] == pytest.approx(matrix[1][1] / sum(matrix[1]))  # malignant recall, pooled
     assert "Pooled out-of-fold" in capsys.readouterr().out
     assert (tmp_path / "cv" / "cv_summary.txt").is_file() and list((tmp_path / "cv").glob("events.out.tfevents.*"))
     assert cv_main(args) == 0  # a finished cross-validation is summarised again, not retrained
