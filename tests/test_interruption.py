@@ -23,9 +23,9 @@ LAST = "lightning_logs/version_0/checkpoints/last.ckpt"
 
 
 def scratch_args(root: Path, runs: Path, epochs: int) -> list[str]:
-    """The whole network trains: dropout, BatchNorm and the shuffle all matter to the result."""
+    """The whole network trains: dropout, BatchNorm, augmentation and the shuffle all matter to the result."""
     return [
-        "--config", str(REPO / "configs" / "scratch.yaml"),
+        "--config", str(REPO / "configs" / "scratch.yaml"), "--model.augment=true",
         f"--data.root={root}", f"--data.image_size={IMAGE_SIZE}", "--data.batch_size=4",
         f"--trainer.max_epochs={epochs}", "--trainer.deterministic=true", "--seed_everything=7",
         f"--trainer.default_root_dir={runs}", "--trainer.enable_progress_bar=false",
