@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 from torchmetrics.classification import (
+    BinaryRecall,
+    BinarySpecificity,
     BinarySpecificityAtSensitivity,
     MulticlassCalibrationError,
     MulticlassConfusionMatrix,
@@ -90,11 +92,12 @@ def summarise(cv_dir: Path, folds: int) -> dict:
     pooled = [read_out_of_fold(fold_dir(cv_dir, k) / "out_of_fold.csv", len(class_names)) for k in range(folds)]
     labels = torch.cat([p[0] for p in pooled])
     calibrated, raw = torch.cat([p[1] for p in pooled]), torch.cat([p[2] for p in pooled])
-    matrix = MulticlassConfusionMatrix(len(class_names))(calibrated.argmax(dim=1), labels)
+    predicted = calibrated.argmax(dim=1)
+    matrix = MulticlassConfusionMatrix(len(class_names))(predicted, labels)
     ece = MulticlassCalibrationError(len(class_names), n_bins=RELIABILITY_BINS, norm="l1")
     out_of_fold = {
         "images": int(labels.numel()),
-        "accuracy": float((calibrated.argmax(dim=1) == labels).float().mean()),
+        "accuracy": float((predicted == labels).float().mean()),
         "confusion_matrix": matrix.tolist(),
         "ece_calibrated": float(ece(calibrated, labels)),
         "ece_uncalibrated": float(ece(raw, labels)),
@@ -114,16 +117,16 @@ def operating_point(probabilities: torch.Tensor, labels: torch.Tensor, positive:
     """Positive class against the rest: where the reported argmax decision sits, and what the pooled
     out-of-fold ROC would give at the target sensitivity. The latter threshold is read off the test
     predictions themselves, so it describes the models; it is not a validated operating point."""
-    is_positive = labels == positive
-    predicted = probabilities.argmax(dim=1) == positive
+    is_positive = (labels == positive).long()
+    predicted = (probabilities.argmax(dim=1) == positive).long()
     specificity, threshold = BinarySpecificityAtSensitivity(min_sensitivity=TARGET_SENSITIVITY)(
-        probabilities[:, positive], is_positive.long()
+        probabilities[:, positive], is_positive
     )
     return {
         "class": POSITIVE_CLASS,
         "rule": "argmax",
-        "sensitivity": float((predicted & is_positive).sum() / is_positive.sum().clamp(min=1)),
-        "specificity": float((~predicted & ~is_positive).sum() / (~is_positive).sum().clamp(min=1)),
+        "sensitivity": float(BinaryRecall()(predicted, is_positive)),
+        "specificity": float(BinarySpecificity()(predicted, is_positive)),
         "target_sensitivity": TARGET_SENSITIVITY,
         "specificity_at_target": float(specificity),
         "threshold_at_target": float(threshold),
