@@ -1,6 +1,9 @@
-"""Benchmark: `python -m busi.bench --root DATA [--per-class 50] [--full]` prints a table of speeds.
+"""Benchmark: `python -m busi.bench --root DATA [--per-class 50] [--full] [--parts …]` prints tables of speeds.
 
-Every figure is measured in this process on the same data; the protocol is printed with the table.
+Parts: `frozen` (data path, the frozen recipe, prediction), `training` (full-network training steps in
+each precision, memory layout and compilation, at 128 and 256 px) and `epoch` (whole full-network
+epochs on DATA at 128 px in fp32 and in the default precision, and the cost of writing last.ckpt).
+Every figure is measured in this process; the protocol is printed with each table.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import os
 import platform
@@ -19,11 +23,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import nn
 from torch.utils.data import DataLoader
 
 from busi import CLASS_NAMES
 from busi.cache import decode_file
-from busi.cli import run
+from busi.checkpointing import AtomicCheckpointIO
+from busi.cli import DEFAULT_CONFIG, run
 from busi.data import ImageTensors, read_catalog, scan_class_folders
 from busi.images import UnreadableImageError, as_three_channels, load_image, to_model_input
 from busi.model import BusiClassifier, load_classifier
@@ -190,44 +197,197 @@ def gpu_backbone(batch: int = 128, steps: int = 20) -> dict:
     return {"bare_images_per_s": bare_rate, "ours_images_per_s": our_rate, "fraction": our_rate / bare_rate}
 
 
+# Full-network training: the offline recipe's step (forward, backward, AdamW) in each setting.
+# (label, bf16 autocast, channels-last, torch.compile, head under autocast too); the first is the
+# baseline: today's fp32 eager path (channels-last has been the default since the speed issue 6).
+TRAINING_SETTINGS = (
+    ("fp32 eager, channels-last (baseline)", False, True, False, False),
+    ("fp32 eager, NCHW", False, False, False, False),
+    ("bf16-mixed eager, NCHW", True, False, False, False),
+    ("bf16-mixed eager, channels-last (CPU default)", True, True, False, False),
+    ("bf16-mixed eager, channels-last, head in bf16 too", True, True, False, True),
+    ("fp32 compiled, channels-last", False, True, True, False),
+    ("bf16-mixed compiled, channels-last", True, True, True, False),
+)
+
+
+def training_rate(
+    image_size: int,
+    bf16: bool,
+    channels_last: bool,
+    compile: bool,
+    head_in_bf16: bool = False,
+    batch: int = 16,
+    warmup: int = 3,
+    steps: int = 8,
+) -> dict:
+    """Images/s of full-network training steps of the offline recipe (random weights, AdamW) on a
+    fixed random batch: median of `steps` timed steps after `warmup` (which includes compilation)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    torch._dynamo.reset()  # each compiled setting compiles afresh, for its input size (not dynamic shapes)
+    model = BusiClassifier(
+        weights=None,
+        freeze_backbone=False,
+        image_size=image_size,
+        channels_last=channels_last,
+        compile=compile,
+        optimizer="adamw",
+        weight_decay=0.01,
+    ).to(device)
+    model.train()
+    optimizer = model.configure_optimizers()  # constant schedule: the optimizer alone
+    pixels = torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8, device=device)
+    targets = torch.arange(batch, device=device) % 3
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            features = model._extract(model.prepare_inputs(pixels))
+            # nn.Sequential.forward skips FullPrecisionHead's float32 region: the head as autocast runs it
+            logits = nn.Sequential.forward(model.model.head, features) if head_in_bf16 else model.model.head(features)
+            loss = F.cross_entropy(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    warmup_seconds, _ = clock(lambda: [step() for _ in range(warmup)])
+    seconds = statistics.median(clock(step)[0] for _ in range(steps))
+    return {"images_per_s": batch / seconds, "warmup_s": warmup_seconds}
+
+
+def training_rates(image_sizes: tuple[int, ...] = (128, 256)) -> dict:
+    return {
+        str(size): {label: training_rate(size, *setting) for label, *setting in TRAINING_SETTINGS}
+        for size in image_sizes
+    }
+
+
+class EpochClock(Callback):
+    """Wall time of each training epoch, from its start to the next one's: training steps,
+    validation, checkpoint writing and logging."""
+
+    def __init__(self):
+        self.marks: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.marks.append(time.perf_counter())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.marks.append(time.perf_counter())
+
+    @property
+    def seconds(self) -> list[float]:
+        return [end - start for start, end in itertools.pairwise(self.marks)]
+
+
+def full_network_epochs(root: Path, out: Path, cache_dir: Path, precision: str, epochs: int = 3) -> dict:
+    """`train.py --config configs/scratch.yaml` at 128 px on all of `root`: seconds per epoch."""
+    args = [
+        f"--config={DEFAULT_CONFIG.parent / 'scratch.yaml'}",
+        f"--data.root={root}",
+        f"--data.cache_dir={cache_dir}",
+        "--data.image_size=128",
+        f"--trainer.max_epochs={epochs}",
+        f"--trainer.default_root_dir={out}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.callbacks+={EpochClock.__module__}.EpochClock",  # __main__ under python -m
+        *([f"--trainer.precision={precision}"] if precision != "default" else []),
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):
+        wall, cli = clock(run, args)
+    epoch_clock = next(c for c in cli.trainer.callbacks if isinstance(c, EpochClock))
+    seconds = epoch_clock.seconds
+    return {
+        "precision": str(cli.trainer.precision),
+        "first_epoch_s": seconds[0],
+        "epoch_s": statistics.median(seconds[1:]),
+        "run_s": wall,
+        "train_images": len(cli.datamodule.dataset("train")),
+    }
+
+
+def checkpoint_write(image_size: int, out: Path) -> dict:
+    """Seconds to write `last.ckpt` of the offline recipe (weights and AdamW state) atomically, as
+    every epoch does, and its size."""
+    model = BusiClassifier(weights=None, freeze_backbone=False, image_size=image_size, optimizer="adamw")
+    optimizer = model.configure_optimizers()
+    model(model.prepare_inputs(torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8))).sum().backward()
+    optimizer.step()  # creates AdamW's two state tensors per parameter
+    state = {"state_dict": model.state_dict(), "optimizer_states": [optimizer.state_dict()]}
+    path = out / f"last_{image_size}.ckpt"
+    seconds = statistics.median(clock(AtomicCheckpointIO().save_checkpoint, state, path)[0] for _ in range(3))
+    return {"seconds": seconds, "mib": path.stat().st_size / 2**20}
+
+
+PARTS = ("frozen", "training", "epoch")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="BUSI-layout folder")
     parser.add_argument("--per-class", type=int, default=50, help="images per class for the recipe comparison")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--full", action="store_true", help="also run the cached recipe on the whole root")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help="comma-separated: frozen (data path, frozen recipe, prediction), training (full-network "
+        "training steps at 128 and 256 px), epoch (full-network epochs on ROOT at 128 px, checkpoint writes)",
+    )
     parser.add_argument("--output", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}")
     results: dict = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
     }
+    print(f"busi benchmark, {results['date']}, {results['machine']}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         cache_dir = scratch / "cache"
-        results["data_path"] = data_path(args.root, 256, cache_dir)
-        subset = subset_folder(args.root, args.per_class, scratch / "subset")
-        recipe = {}
-        recipe["cached_1_epoch_s"], _ = recipe_wall(subset, scratch / "r1", 1, True, cache_dir)
-        recipe["cached_s"], checkpoint = recipe_wall(subset, scratch / "r2", args.epochs, True, cache_dir)
-        recipe["uncached_s"], _ = recipe_wall(subset, scratch / "r3", args.epochs, False, cache_dir)
-        results["recipe_subset"] = recipe
-        if args.full:
-            parts = recipe_parts(args.root, scratch / "p", args.epochs, cache_dir)
-            parts["sum_s"] = parts["start_up_s"] + parts["backbone_pass_s"] + args.epochs * parts["head_epoch_s"]
-            parts["wall_s"], _ = recipe_wall(args.root, scratch / "full", args.epochs, True, cache_dir)
-            results["recipe_full"] = parts
-        images = [r.path for r in scan_class_folders(subset)[0]]
-        results["predict_cpu"] = prediction(checkpoint, images, "cpu")
-        if torch.cuda.is_available():
-            results["predict_gpu"] = prediction(checkpoint, images, "cuda")
-            results["gpu_backbone"] = gpu_backbone()
-    print(format_table(results, args))
+        if "frozen" in parts:
+            results.update(frozen_recipe(args, scratch, cache_dir))
+            print("\n".join(frozen_table(results, args)), flush=True)
+        if "training" in parts:
+            results["training"] = training_rates()
+            print("\n".join(training_table(results["training"])), flush=True)
+        if "epoch" in parts:
+            read_catalog(args.root, 128, -1, cache_dir=cache_dir)  # decoded once, before the clocks run
+            results["epochs"] = {
+                precision: full_network_epochs(args.root, scratch / f"epochs_{precision}", cache_dir, precision)
+                for precision in ("32-true", "default")
+            }
+            results["checkpoint_write"] = {str(size): checkpoint_write(size, scratch) for size in (128, 256)}
+            print("\n".join(epoch_table(results, args)), flush=True)
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def frozen_recipe(args, scratch: Path, cache_dir: Path) -> dict:
+    results = {"data_path": data_path(args.root, 256, cache_dir)}
+    subset = subset_folder(args.root, args.per_class, scratch / "subset")
+    recipe = {}
+    recipe["cached_1_epoch_s"], _ = recipe_wall(subset, scratch / "r1", 1, True, cache_dir)
+    recipe["cached_s"], checkpoint = recipe_wall(subset, scratch / "r2", args.epochs, True, cache_dir)
+    recipe["uncached_s"], _ = recipe_wall(subset, scratch / "r3", args.epochs, False, cache_dir)
+    results["recipe_subset"] = recipe
+    if args.full:
+        parts = recipe_parts(args.root, scratch / "p", args.epochs, cache_dir)
+        parts["sum_s"] = parts["start_up_s"] + parts["backbone_pass_s"] + args.epochs * parts["head_epoch_s"]
+        parts["wall_s"], _ = recipe_wall(args.root, scratch / "full", args.epochs, True, cache_dir)
+        results["recipe_full"] = parts
+    images = [r.path for r in scan_class_folders(subset)[0]]
+    results["predict_cpu"] = prediction(checkpoint, images, "cpu")
+    if torch.cuda.is_available():
+        results["predict_gpu"] = prediction(checkpoint, images, "cuda")
+        results["gpu_backbone"] = gpu_backbone()
+    return results
 
 
 def row(measure: str, value: float, baseline: float | None = None, value_format: str = "12.1f") -> str:
@@ -236,15 +396,18 @@ def row(measure: str, value: float, baseline: float | None = None, value_format:
     return f"{measure:<58} {value:{value_format}} {ratio}".rstrip()
 
 
-def format_table(results: dict, args) -> str:
+HEADER = f"{'measure':<58} {'value':>12} {'ratio':>8}"
+
+
+def frozen_table(results: dict, args) -> list[str]:
     data, recipe, epochs, per_class = results["data_path"], results["recipe_subset"], args.epochs, args.per_class
     cold = data["cold_decode_images_per_s"]
     lines = [
-        f"busi benchmark, {results['date']}, {results['machine']}",
+        "",
         f"data: {args.root} ({data['images']} images); recipe: frozen DenseNet121, no pretrained weights, "
         f"256 px, batch 16, split seed 42",
         "",
-        f"{'measure':<58} {'value':>12} {'ratio':>8}",
+        HEADER,
         row("data path: cold decode (images/s)", cold, cold),
         row("data path: decoded-image cache (images/s)", data["cache_images_per_s"], cold),
         row("data path: one epoch from memory (images/s)", data["epoch_loader_images_per_s"], cold),
@@ -293,7 +456,51 @@ def format_table(results: dict, args) -> str:
             ),
             row("gpu: busi feature extraction (images/s)", gpu["ours_images_per_s"], gpu["bare_images_per_s"]),
         ]
-    return "\n".join(lines)
+    return lines
+
+
+def training_table(training: dict) -> list[str]:
+    device = "GPU" if torch.cuda.is_available() else "CPU"
+    lines = [
+        "",
+        f"full-network training on the {device}: offline recipe (random weights, AdamW), batch 16, forward + "
+        "backward + optimiser step, median of 8 steps after 3 warm-up steps",
+        "",
+        HEADER,
+    ]
+    for size, rates in training.items():
+        baseline = next(iter(rates.values()))["images_per_s"]
+        for label, rate in rates.items():
+            lines.append(row(f"{size} px, {label} (images/s)", rate["images_per_s"], baseline))
+        for label, rate in rates.items():
+            if "compiled" in label:
+                lines.append(row(f"{size} px, {label}: 3 warm-up steps incl. compiling (s)", rate["warmup_s"]))
+    return lines
+
+
+def epoch_table(results: dict, args) -> list[str]:
+    epochs = results["epochs"]
+    fp32, default = epochs["32-true"], epochs["default"]
+    lines = [
+        "",
+        f"full-network epochs: train.py --config configs/scratch.yaml --data.root {args.root} --data.image_size 128, "
+        f"3 epochs, {fp32['train_images']} training images (split seed 42); an epoch is training, validation, "
+        "checkpoints, from its start to the next one's",
+        "",
+        HEADER,
+    ]
+    for name, measured in (("--trainer.precision 32-true", fp32), (f"default ({default['precision']})", default)):
+        lines += [
+            row(f"{name}: one epoch, 2nd and 3rd median (s)", measured["epoch_s"], fp32["epoch_s"]),
+            row(f"{name}: first epoch (s)", measured["first_epoch_s"]),
+            row(f"{name}: whole run incl. start-up and test report (s)", measured["run_s"], fp32["run_s"]),
+        ]
+    for size, write in results["checkpoint_write"].items():
+        lines += [
+            row(f"last.ckpt at {size} px: size (MiB)", write["mib"]),
+            row(f"last.ckpt at {size} px: atomic write, once per epoch (s)", write["seconds"]),
+        ]
+    return lines
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from busi.calibration import fit_temperature
@@ -26,12 +27,27 @@ from busi.report import format_report, write_report
 # BusiClassifier normalises uint8 batches on the device by design; Lightning warns whenever a
 # LightningModule and a LightningDataModule could both do it.
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
-def default_precision() -> str:
-    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: oneDNN runs bf16 convolutions natively (elsewhere it emulates them, slowly)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+
+
+def choose_precision(accelerator: str | None, freeze_backbone: bool) -> tuple[str, str]:
+    """The precision busi trains in when `--trainer.precision` is not given, and why."""
+    on_gpu = accelerator in (None, "auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu:
+        if torch.cuda.is_bf16_supported():
+            return "bf16-mixed", "this GPU supports bfloat16"
+        return "32-true", "this GPU has no bfloat16"
+    if not freeze_backbone and cpu_has_native_bf16():
+        return "bf16-mixed", "the whole network trains and this CPU computes bfloat16 natively"
+    return "32-true", "frozen backbone on a CPU" if freeze_backbone else "this CPU has no native bfloat16"
 
 
 class BusiCLI(LightningCLI):
@@ -64,6 +80,9 @@ class BusiCLI(LightningCLI):
         """Resume into the run's own directory: its TensorBoard curves continue, the best checkpoint is
         tracked across the interruption, and the run's split is reused."""
         config = self.config
+        if config.trainer.precision is None:
+            config.trainer.precision, why = choose_precision(config.trainer.accelerator, config.model.freeze_backbone)
+            rank_zero_info(f"precision: {config.trainer.precision}, since {why}; set it with --trainer.precision")
         if not config.ckpt_path:
             return
         ckpt, run_dir = find_resume_checkpoint(config.ckpt_path, config.trainer.default_root_dir or ".")
@@ -89,7 +108,6 @@ def run(args: list[str] | None = None) -> LightningCLI:
         run=False,
         args=args,
         trainer_defaults={
-            "precision": default_precision(),
             "callbacks": [ResumeCheckpoint(), StepSeed(), GradCamGrid()],
         },
         save_config_kwargs={"overwrite": True},

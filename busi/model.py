@@ -36,6 +36,16 @@ class WeightsError(ValueError):
     """Backbone weights cannot be found or do not fit; the message says what to do."""
 
 
+class FullPrecisionHead(nn.Sequential):
+    """The dense head, always in float32, also inside a bf16 autocast region: at batch 16 its first
+    layer is bound by reading its weights (16.8 M at 128 px, 67 M at 256 px), and autocast would cast
+    all of them to bf16 and their gradients back on every step, which costs more than the products."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(features.device.type, enabled=False):
+            return super().forward(features.float())
+
+
 class DenseNetClassifier(nn.Module):
     """torchvision DenseNet121 `features` → ReLU → Flatten → the original dense head (logits out)."""
 
@@ -46,7 +56,7 @@ class DenseNetClassifier(nn.Module):
         side = image_size // FEATURE_STRIDE
         self.freeze_backbone = freeze_backbone
         self.features = densenet121(weights=None).features
-        self.head = nn.Sequential(
+        self.head = FullPrecisionHead(
             nn.Flatten(),
             nn.Linear(FEATURE_CHANNELS * side * side, 1024),
             nn.ReLU(inplace=True),
@@ -135,6 +145,11 @@ def load_backbone_weights(features: nn.Module, weights: str | None) -> None:
         raise WeightsError(f"{weights}: weights do not fit DenseNet121 features ({detail})") from None
 
 
+def compute_dtype(device_type: str) -> torch.dtype:
+    """The dtype convolutions run in here: autocast's, else float32."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
+
+
 def parameter_counts(module: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
@@ -196,7 +211,7 @@ class BusiClassifier(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         # Kept outside the module tree so that state_dict keys never gain `_orig_mod.`.
         self._extract = torch.compile(self.model.extract) if compile else self.model.extract
-        self._feature_cache: dict[str, torch.Tensor] = {}
+        self._feature_cache: dict[tuple[str, torch.dtype], torch.Tensor] = {}
         self._feature_cache_bytes = 0
         # Temperature scaling, fitted on the validation split after training (busi.calibration).
         self.register_buffer("temperature", torch.ones(()))
@@ -224,6 +239,8 @@ class BusiClassifier(L.LightningModule):
         are computed once per image."""
         if keys is None or not self.caches_features:
             return self(images)
+        # Features computed under bf16 autocast (training) are not those of an fp32 pass (testing).
+        keys = [(key, compute_dtype(images.device.type)) for key in keys]
         if any(key not in self._feature_cache for key in keys):
             with torch.no_grad():
                 features = self._extract(images)
@@ -311,9 +328,12 @@ class BusiClassifier(L.LightningModule):
         self.log_dict(self.val_metrics, on_epoch=True)
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # The report scores the checkpoint as predict.py, calibration and the exports use it: in fp32,
+        # whatever precision it was trained in.
         images, targets, keys = batch
-        logits = self.logits(images, keys).float()
-        probabilities = self.probabilities(images, keys, logits)
+        with torch.autocast(images.device.type, enabled=False):
+            logits = self.logits(images, keys).float()
+            probabilities = self.probabilities(images, keys, logits)
         loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), targets)
         raw = logits.softmax(dim=1)
         self.evaluations[f"{SPLIT_NAMES[dataloader_idx]}_split"].update(probabilities, targets, loss, raw)
@@ -365,7 +385,8 @@ class BusiClassifier(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         images = batch[0] if isinstance(batch, list | tuple) else batch
-        return self.probabilities(images)
+        with torch.autocast(images.device.type, enabled=False):
+            return self.probabilities(images)
 
     def configure_optimizers(self):
         hp = self.hparams
