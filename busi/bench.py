@@ -102,9 +102,14 @@ def recipe_args(root: Path, out: Path, epochs: int, cache_features: bool, cache_
     ]
 
 
-def recipe_wall(root: Path, out: Path, epochs: int, cache_features: bool, cache_dir: Path) -> tuple[float, Path]:
+def timed_run(args: list[str]):
+    """(seconds, cli) of one whole `train.py` run with `args`."""
     with contextlib.redirect_stdout(io.StringIO()):  # the run's own report is not the benchmark's
-        seconds, cli = clock(run, recipe_args(root, out, epochs, cache_features, cache_dir))
+        return clock(run, args)
+
+
+def recipe_wall(root: Path, out: Path, epochs: int, cache_features: bool, cache_dir: Path) -> tuple[float, Path]:
+    seconds, cli = timed_run(recipe_args(root, out, epochs, cache_features, cache_dir))
     return seconds, Path(cli.trainer.checkpoint_callback.best_model_path)
 
 
@@ -283,19 +288,13 @@ class EpochClock(Callback):
 def full_network_epochs(root: Path, out: Path, cache_dir: Path, precision: str, epochs: int = 3) -> dict:
     """`train.py --config configs/scratch.yaml` at 128 px on all of `root`: seconds per epoch."""
     args = [
-        f"--config={DEFAULT_CONFIG.parent / 'scratch.yaml'}",
-        f"--data.root={root}",
-        f"--data.cache_dir={cache_dir}",
+        f"--config={DEFAULT_CONFIG.parent / 'scratch.yaml'}",  # first: the options below override it
+        *recipe_args(root, out, epochs, False, cache_dir),
         "--data.image_size=128",
-        f"--trainer.max_epochs={epochs}",
-        f"--trainer.default_root_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
         f"--trainer.callbacks+={EpochClock.__module__}.EpochClock",  # __main__ under python -m
         *([f"--trainer.precision={precision}"] if precision != "default" else []),
     ]
-    with contextlib.redirect_stdout(io.StringIO()):
-        wall, cli = clock(run, args)
+    wall, cli = timed_run(args)
     epoch_clock = next(c for c in cli.trainer.callbacks if isinstance(c, EpochClock))
     seconds = epoch_clock.seconds
     return {
