@@ -13,8 +13,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from busi.explain import grad_cam, overlay
+from busi.explain import overlay
 from busi.images import UnreadableImageError, as_three_channels, decode_image, resize_to_tensor
+from busi.inference import infer
 from busi.model import BusiClassifier, WeightsError, load_classifier
 
 MAX_UPLOAD_MB = 50
@@ -42,11 +43,11 @@ def classify_upload(classifier: BusiClassifier, name: str, data: bytes):
             Path(name), f"file too large ({len(data) / 2**20:.0f} MB; at most {MAX_UPLOAD_MB} MB)"
         )
     pixels = resize_to_tensor(decode_image(Path(name), data), classifier.hparams.image_size)
-    explanation = grad_cam(classifier, classifier.prepare_inputs(as_three_channels(pixels)[None]))
-    probabilities = explanation.probabilities[0].tolist()
+    outputs = infer(classifier, as_three_channels(pixels)[None], explain=True)
+    probabilities = outputs.probabilities[0].tolist()
     best = max(range(len(probabilities)), key=probabilities.__getitem__)
     caption = f"{classifier.class_names[best]} {probabilities[best]:.1%}"
-    return probabilities, overlay(pixels, explanation.cams[0], caption)
+    return probabilities, overlay(pixels, outputs.cams[0], caption)
 
 
 def show(classifier: BusiClassifier, upload) -> None:

@@ -1,11 +1,10 @@
 """Decode once: an on-disk cache of resized images, keyed by file content and preprocessing settings.
 
-`python -m busi.cache ROOT [--image-size 256] [--cache-dir DIR]` fills it ahead of time.
+`busi-cache --data.root ROOT [--data.image_size 256] [--data.cache_dir DIR]` fills it ahead of time.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import os
@@ -159,28 +158,3 @@ class DecodedImageCache:
             torch.save({"format": CACHE_FORMAT, "entries": self.entries}, handle)
         os.replace(handle.name, self.path)
         self._dirty = False
-
-
-def main(argv: list[str] | None = None) -> int:
-    from busi.data import DataError, read_catalog
-
-    parser = argparse.ArgumentParser(description="Decode a BUSI-layout folder once into the image cache.")
-    parser.add_argument("root", type=Path, help="folder with benign/, malignant/, normal/")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    args = parser.parse_args(argv)
-    try:
-        catalog = read_catalog(args.root, args.image_size, duplicate_distance=-1, cache_dir=args.cache_dir)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    cache = catalog.cache
-    size_mb = cache.path.stat().st_size / 2**20 if cache.path.is_file() else 0
-    print(
-        f"{len(catalog.records)} images: {cache.hits} from the cache, {cache.misses} decoded → {cache.path} ({size_mb:.1f} MiB)"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

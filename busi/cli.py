@@ -1,4 +1,5 @@
-"""`python train.py`: LightningCLI over BusiClassifier and BusiDataModule, then test the best checkpoint."""
+"""`busi-train` / `python train.py`: LightningCLI over BusiClassifier and BusiDataModule; then the best
+checkpoint is calibrated, tested on every split and reported."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pickle
 import signal
 import sys
 import warnings
+from importlib.resources import files
 from pathlib import Path
 
 import torch
@@ -21,15 +23,34 @@ from busi.calibration import fit_temperature
 from busi.checkpointing import AtomicCheckpointIO, ResumeCheckpoint, ResumeError, StepSeed, find_resume_checkpoint
 from busi.data import BusiDataModule, DataError
 from busi.explain import GradCamGrid, localisation_scores
+from busi.inference import infer_loader
 from busi.model import BusiClassifier, WeightsError
-from busi.report import format_report, write_report
+from busi.report import build_report, format_report, write_report
 
 # BusiClassifier normalises uint8 batches on the device by design; Lightning warns whenever a
 # LightningModule and a LightningDataModule could both do it.
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+RECIPES = Path(str(files("busi.configs")))  # configs/ in a checkout, busi/configs in an installed wheel
+DEFAULT_CONFIG = RECIPES / "default.yaml"
+
+
+def recipe_paths(args: list[str]) -> list[str]:
+    """`--config scratch` → the packaged recipe's path; paths to files are left as they are."""
+
+    def resolve(value: str) -> str:
+        packaged = RECIPES / f"{value}.yaml"
+        return str(packaged) if not Path(value).exists() and packaged.is_file() else value
+
+    resolved = []
+    for index, arg in enumerate(args):
+        if arg.startswith("--config="):
+            arg = "--config=" + resolve(arg.removeprefix("--config="))
+        elif index and args[index - 1] == "--config":
+            arg = resolve(arg)
+        resolved.append(arg)
+    return resolved
 
 
 def cpu_has_native_bf16() -> bool:
@@ -101,29 +122,41 @@ class BusiCLI(LightningCLI):
 
 
 def run(args: list[str] | None = None) -> LightningCLI:
-    """Fit, then test the best checkpoint (by validation macro-F1) on train, val and test."""
-    cli = BusiCLI(
-        BusiClassifier,
-        BusiDataModule,
-        run=False,
-        args=args,
-        trainer_defaults={
-            "callbacks": [ResumeCheckpoint(), StepSeed(), GradCamGrid()],
-        },
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
-    )
+    """Fit, fit the temperature of the best checkpoint (by validation macro-F1) on the validation split,
+    test it on train, val and test, and write the report into the run directory (`cli.report`)."""
+    with warnings.catch_warnings():  # args given from Python (busi.cv, tests) while sys.argv has its own
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = BusiCLI(
+            BusiClassifier,
+            BusiDataModule,
+            run=False,
+            args=recipe_paths(sys.argv[1:] if args is None else args),
+            trainer_defaults={"callbacks": [ResumeCheckpoint(), StepSeed(), GradCamGrid()]},
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
+        )
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     # weights_only: a checkpoint handed over by someone else cannot run code when it is loaded
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
-    best = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     temperature = calibrate(cli, Path(best)) if best else None
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
-    log_dir = cli.trainer.log_dir  # a broadcast under DDP: every process must ask
-    if cli.model.report and cli.trainer.is_global_zero:
-        if temperature is not None:
-            cli.model.report["temperature"] = temperature
-        add_localisation(cli, Path(log_dir) if log_dir else None)
-        print(format_report(cli.model.report))
+    trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+    cli.report = None
+    log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
+    if "test" in model.test_splits and trainer.is_global_zero:
+        test_images = [i for i, split in enumerate(datamodule.split_of) if split == "test"]
+        cli.report = build_report(
+            model.class_names,
+            best or "weights in memory (no checkpoint was loaded)",
+            model.test_splits,
+            temperature,
+            localisation_scores(model, datamodule.catalog, test_images),
+        )
+        if log_dir:
+            experiment = getattr(model.logger, "experiment", None)
+            experiment = experiment if hasattr(experiment, "add_image") else None
+            write_report(cli.report, Path(log_dir), experiment, model.global_step)
+        print(format_report(cli.report))
         print(f"\nRun directory: {log_dir}")
     return cli
 
@@ -133,34 +166,13 @@ def calibrate(cli: LightningCLI, best: Path) -> float:
     model, trainer = cli.model, cli.trainer
     state = torch.load(best, map_location="cpu", weights_only=True)
     model.load_state_dict(state["state_dict"])
-    model.eval()
-    logits, targets = [], []
-    with torch.no_grad():
-        for pixels, labels, keys in cli.datamodule.val_dataloader():
-            images = model.prepare_inputs(pixels.to(model.device))
-            logits.append(model.logits(images, list(keys)).float().cpu())
-            targets.append(labels)
-    temperature = fit_temperature(torch.cat(logits), torch.cat(targets))
+    outputs, targets = infer_loader(model.eval(), cli.datamodule.val_dataloader())
+    temperature = fit_temperature(outputs.logits, targets)
     state["state_dict"]["temperature"] = torch.tensor(temperature)
     if trainer.is_global_zero:
         AtomicCheckpointIO().save_checkpoint(state, best)
     trainer.strategy.barrier()  # every process tests the rewritten file
     return temperature
-
-
-def add_localisation(cli: LightningCLI, run_dir: Path | None) -> None:
-    """Grad-CAM localisation of the tested checkpoint on the test images with lesion masks."""
-    datamodule, model = cli.datamodule, cli.model
-    test_images = [i for i, split in enumerate(datamodule.split_of) if split == "test"]
-    scores = localisation_scores(model, datamodule.catalog, test_images)
-    model.report["localisation"] = scores
-    if run_dir is not None:
-        write_report(model.report, run_dir)
-    experiment = getattr(model.logger, "experiment", None)
-    if experiment is not None and hasattr(experiment, "add_scalar"):
-        for name, values in scores["per_class"].items():
-            for key in ("energy_inside", "pointing_hit"):
-                experiment.add_scalar(f"report/test_cam_{key}_{name}", values[key], model.global_step)
 
 
 def main(args: list[str] | None = None) -> int:

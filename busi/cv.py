@@ -1,11 +1,11 @@
-"""k-fold cross-validation: `python -m busi.cv --folds 5 [train.py options …]`.
+"""k-fold cross-validation: `busi-cv --folds 5 [busi-train options …]` (or `python -m busi.cv`).
 
 The images are cut into k stratified, duplicate-aware folds (busi.splits.fold_splits). Fold i trains
 a model on k-2 folds, picks its best epoch and fits its temperature on fold i+1, and is tested on fold
 i, so every image is tested exactly once by a model that never saw it or its near-duplicates. Each
 fold is an ordinary training run (RUN/fold_i/lightning_logs/version_0, checkpoints kept); the summary
 (per fold, mean ± sd, pooled out-of-fold confusion matrix and calibration) goes to RUN/cv_summary.json,
-RUN/cv_summary.txt and TensorBoard. A fold whose report exists is not trained again: rerun the same
+RUN/cv_summary.txt, RUN/confusion_matrix.png, RUN/reliability.png, RUN/curves.png and TensorBoard. A fold whose report exists is not trained again: rerun the same
 command to finish an interrupted cross-validation.
 """
 
@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 from torchmetrics.classification import (
     BinaryRecall,
     BinarySpecificity,
@@ -27,7 +29,14 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
-from busi.report import RELIABILITY_BINS, confusion_matrix_image, format_confusion_matrix
+from busi.checkpointing import ResumeError
+from busi.cli import run
+from busi.data import DataError
+from busi.inference import infer_loader
+from busi.metrics import RELIABILITY_BINS, reliability
+from busi.network import WeightsError
+from busi.plots import confusion_matrix_figure, figure_pixels, fold_curves_figure, reliability_figure
+from busi.report import format_confusion_matrix, training_history
 
 SUMMARY_KEYS = ("accuracy", "macro_f1", "auroc_macro_ovr", "ece")
 POSITIVE_CLASS = "malignant"  # a missed cancer costs more than a false alarm
@@ -41,22 +50,16 @@ def fold_dir(cv_dir: Path, fold: int) -> Path:
 def write_out_of_fold(cli, run_dir: Path) -> None:
     """The held-out fold's probabilities (calibrated as reported, and raw) for the pooled summary."""
     model, datamodule = cli.model.eval(), cli.datamodule
-    rows = []
-    test = datamodule.dataset("test")
-    with torch.no_grad():
-        for start in range(0, len(test), 64):
-            items = [test[i] for i in range(start, min(start + 64, len(test)))]
-            images = model.prepare_inputs(torch.stack([item[0] for item in items]).to(model.device))
-            logits = model.logits(images).float()
-            calibrated, raw = model.probabilities(images, logits=logits).cpu(), logits.softmax(dim=1).cpu()
-            for offset, item in enumerate(items):
-                path = datamodule.catalog.relative(test.indices[start + offset])
-                rows.append([path, item[1], *calibrated[offset].tolist(), *raw[offset].tolist()])
+    test = datamodule.dataset("test")  # all of it: this runs on one process only
+    outputs, labels = infer_loader(model, DataLoader(test, batch_size=datamodule.hparams.eval_batch_size))
+    raw = outputs.logits.softmax(dim=1)
     names = model.class_names
     with (run_dir / "out_of_fold.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", *(f"p_{n}" for n in names), *(f"raw_p_{n}" for n in names)])
-        writer.writerows(rows)
+        for row, index in enumerate(test.indices):
+            path = datamodule.catalog.relative(index)
+            writer.writerow([path, int(labels[row]), *outputs.probabilities[row].tolist(), *raw[row].tolist()])
 
 
 def read_out_of_fold(path: Path, classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -101,6 +104,7 @@ def summarise(cv_dir: Path, folds: int) -> dict:
         "confusion_matrix": matrix.tolist(),
         "ece_calibrated": float(ece(calibrated, labels)),
         "ece_uncalibrated": float(ece(raw, labels)),
+        "reliability": reliability(calibrated.max(dim=1).values, (predicted == labels).float()),
     }
     if POSITIVE_CLASS in class_names:
         out_of_fold["operating_point"] = operating_point(calibrated, labels, class_names.index(POSITIVE_CLASS))
@@ -176,30 +180,35 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def log_to_tensorboard(summary: dict, cv_dir: Path) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
+def write_summary(summary: dict, cv_dir: Path) -> None:
+    """cv_summary.json/.txt, the pooled out-of-fold confusion matrix and reliability diagram, every
+    fold's validation curves, as files and in TensorBoard."""
+    (cv_dir / "cv_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    (cv_dir / "cv_summary.txt").write_text(format_summary(summary) + "\n", encoding="utf-8")
+    oof, folds = summary["out_of_fold"], summary["folds"]
+    title = f"{folds}-fold out-of-fold, {oof['images']} images"
+    figures = {
+        "confusion_matrix": confusion_matrix_figure(oof["confusion_matrix"], tuple(summary["class_names"]), title),
+        "reliability": reliability_figure(oof["reliability"], oof["ece_calibrated"], f"{folds}-fold out-of-fold"),
+        "curves": fold_curves_figure({k: training_history(fold_dir(cv_dir, k)) for k in range(folds)}),
+    }
     with SummaryWriter(str(cv_dir)) as writer:
         for fold in summary["per_fold"]:
             for key in SUMMARY_KEYS:
                 writer.add_scalar(f"cv/{key}", fold[key], fold["fold"])
         writer.add_text("cv/summary", "    " + format_summary(summary).replace("\n", "\n    "))
-        matrix = summary["out_of_fold"]["confusion_matrix"]
-        writer.add_image(
-            "cv/out_of_fold_confusion_matrix",
-            confusion_matrix_image(matrix, tuple(summary["class_names"])),
-            0,
-            dataformats="HWC",
-        )
+        for name, figure in figures.items():
+            figure.savefig(cv_dir / f"{name}.png", dpi=120)
+            writer.add_image(
+                f"cv/out_of_fold_{name}" if name != "curves" else "cv/curves",
+                figure_pixels(figure),
+                0,
+                dataformats="HWC",
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
-    from busi.checkpointing import ResumeError
-    from busi.cli import run
-    from busi.data import DataError
-    from busi.model import WeightsError
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=True)
+    parser = argparse.ArgumentParser(prog="busi-cv", description=__doc__.split("\n\n")[0], add_help=True)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--trainer.default_root_dir", dest="root_dir", type=Path, default=Path("runs"))
     parser.add_argument("--name", default="cv", help="the folder under the root: ROOT/NAME")
@@ -215,22 +224,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         fold_args = [*train_args, f"--data.folds={args.folds}", f"--data.fold={fold}"]
         fold_args.append(f"--trainer.default_root_dir={cv_dir / f'fold_{fold}'}")
-        command_line, sys.argv = sys.argv, sys.argv[:1]  # arguments go to run(); LightningCLI warns about both
         try:
             cli = run(fold_args)
         except (DataError, WeightsError, ResumeError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        finally:
-            sys.argv = command_line
         if cli.trainer.is_global_zero:
             write_out_of_fold(cli, run_dir)
     summary = summarise(cv_dir, args.folds)
-    (cv_dir / "cv_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    text = format_summary(summary)
-    (cv_dir / "cv_summary.txt").write_text(text + "\n", encoding="utf-8")
-    log_to_tensorboard(summary, cv_dir)
-    print(text)
+    write_summary(summary, cv_dir)
+    print(format_summary(summary))
     print(f"\nCross-validation directory: {cv_dir}")
     return 0
 

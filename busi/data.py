@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from jsonargparse import ArgumentParser
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -439,3 +440,23 @@ class BusiDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         """The report evaluates the chosen checkpoint on every split, in SPLIT_NAMES order."""
         return [self._loader(split, shuffle=False) for split in SPLIT_NAMES]
+
+
+def cache_main(argv: list[str] | None = None) -> int:
+    """`busi-cache --data.root DATA [--data.image_size 256]`: decode a folder once into the image cache."""
+    parser = ArgumentParser(prog="busi-cache", description="Decode a BUSI-layout folder once into the image cache.")
+    parser.add_argument("--data.root", type=Path, required=True, help="folder with benign/, malignant/, normal/")
+    parser.add_argument("--data.image_size", type=int, default=256)
+    parser.add_argument("--data.cache_dir", type=Path, default=default_cache_dir())
+    data = parser.parse_args(argv).data
+    try:
+        catalog = read_catalog(data.root, data.image_size, duplicate_distance=-1, cache_dir=data.cache_dir)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    cache = catalog.cache
+    size_mb = cache.path.stat().st_size / 2**20 if cache.path.is_file() else 0
+    print(
+        f"{len(catalog.records)} images: {cache.hits} from the cache, {cache.misses} decoded → {cache.path} ({size_mb:.1f} MiB)"
+    )
+    return 0

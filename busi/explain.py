@@ -8,49 +8,31 @@ rate (the heat-map's maximum falls inside the mask, dilated by a few pixels).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import Callback
 from PIL import Image, ImageDraw
 
+from busi.data import DataError, read_catalog
 from busi.images import UnreadableImageError, as_three_channels, decode_image
+from busi.inference import infer
+from busi.model import WeightsError, load_classifier
+from busi.report import format_localisation
+from busi.splits import read_split_csv
 
 CAPTION_HEIGHT = 32  # two lines of Pillow's default font
-POINTING_DILATION = 5  # pixels at the model's input size: a peak on the lesion's border counts
-
-
-@dataclass
-class Explanation:
-    probabilities: torch.Tensor  # (N, classes)
-    classes: torch.Tensor  # (N,) the class each heat-map explains
-    cams: torch.Tensor  # (N, H, W) in [0, 1], at the input size
-
-
-def grad_cam(classifier, images: torch.Tensor, classes: torch.Tensor | None = None) -> Explanation:
-    """Grad-CAM (Selvaraju et al. 2017) of `classes` (default: the predicted ones) on the final
-    DenseNet121 feature map, for prepared inputs (BusiClassifier.prepare_inputs). Works inside
-    Lightning's inference-mode loops: only the head is differentiated, never the backbone."""
-    with torch.inference_mode(False):
-        with torch.no_grad():
-            features = classifier._extract(images.clone())
-        features = features.clone().requires_grad_(True)
-        with torch.enable_grad():
-            logits = classifier.model.head(features).float()
-            chosen = logits.argmax(dim=1) if classes is None else classes.to(logits.device)
-            (gradient,) = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), features)
-        weights = gradient.mean(dim=(2, 3), keepdim=True)
-        cams = F.relu((weights * features.detach()).sum(dim=1, keepdim=True)).float()
-        cams = F.interpolate(cams, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        cams = cams / cams.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-        probabilities = classifier.probabilities(images, logits=logits.detach())  # temperature, TTA
-        return Explanation(probabilities, chosen.detach(), cams)
+POINTING_DILATION = 5
+HEAT_MAP = matplotlib.colormaps[
+    "jet"
+]  # Grad-CAM's customary colour map: blue (0) to red (1)  # pixels at the model's input size: a peak on the lesion's border counts
 
 
 def load_mask(paths: tuple[Path, ...], image_size: int) -> torch.Tensor:
@@ -93,7 +75,6 @@ def localisation_scores(classifier, catalog, indices: list[int], batch_size: int
     """Grad-CAM of the true class for every image of `indices` that has a non-empty lesion mask."""
     classifier.eval()
     image_size = classifier.hparams.image_size
-    device = next(classifier.parameters()).device
     candidates = []
     for index in indices:
         record = catalog.records[index]
@@ -107,45 +88,19 @@ def localisation_scores(classifier, catalog, indices: list[int], batch_size: int
     rows = []
     for start in range(0, len(candidates), batch_size):
         chunk = candidates[start : start + batch_size]
-        pixels = torch.stack([as_three_channels(catalog.image(i)) for i, _ in chunk]).to(device)
+        pixels = torch.stack([as_three_channels(catalog.image(i)) for i, _ in chunk])
         targets = torch.tensor([catalog.records[i].label for i, _ in chunk])
-        explanation = grad_cam(classifier, classifier.prepare_inputs(pixels), targets)
-        for (index, mask), cam in zip(chunk, explanation.cams, strict=True):
+        outputs = infer(classifier, pixels, explain=targets)
+        for (index, mask), cam in zip(chunk, outputs.cams, strict=True):
             label = classifier.class_names[catalog.records[index].label]
             rows.append({"path": catalog.relative(index), "label": label, **localisation(cam, mask)})
     return {"dilation_px": POINTING_DILATION, "per_class": summarise(rows, classifier.class_names), "images": rows}
 
 
-def format_localisation(
-    scores: dict, title: str = "Grad-CAM localisation (true class, images with lesion masks)"
-) -> str:
-    lines = [
-        title,
-        f"{'class':>10} {'images':>7} {'energy in mask':>15} {'mask area':>10} {'pointing hit':>13}",
-    ]
-    for name, values in scores["per_class"].items():
-        lines.append(
-            f"{name:>10} {values['images']:>7} {values['energy_inside']:>15.3f} {values['mask_area']:>10.3f} "
-            f"{values['pointing_hit']:>13.3f}"
-        )
-    lines.append(
-        f"(mask area: the energy share of a uniform heat-map; pointing hit: peak within {scores['dilation_px']} px of the mask)"
-    )
-    return "\n".join(lines)
-
-
-def _jet(values: np.ndarray) -> np.ndarray:
-    """[0, 1] → RGB uint8 with the classic jet colour map."""
-    red = np.clip(1.5 - np.abs(4 * values - 3), 0, 1)
-    green = np.clip(1.5 - np.abs(4 * values - 2), 0, 1)
-    blue = np.clip(1.5 - np.abs(4 * values - 1), 0, 1)
-    return (np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
-
-
 def overlay(pixels: torch.Tensor, cam: torch.Tensor, caption: str, alpha: float = 0.45) -> Image.Image:
     """The model's view of the image beside it with the heat-map over it, and a caption below."""
     image = as_three_channels(pixels.cpu()).permute(1, 2, 0).numpy().astype(np.float32)
-    heat = _jet(cam.detach().cpu().numpy()).astype(np.float32)
+    heat = HEAT_MAP(cam.detach().cpu().numpy())[..., :3].astype(np.float32) * 255
     blended = ((1 - alpha) * image + alpha * heat).astype(np.uint8)
     side = image.shape[0]
     canvas = Image.new("RGB", (2 * side, side + CAPTION_HEIGHT), "white")
@@ -177,12 +132,12 @@ class GradCamGrid(Callback):
         chosen = [i for group in zip(*by_class.values(), strict=False) for i in group][: self.images]
         if not chosen:
             return
-        pixels = torch.stack([dataset[i][0] for i in chosen]).to(pl_module.device)
-        explanation = grad_cam(pl_module, pl_module.prepare_inputs(pixels))
+        pixels = torch.stack([dataset[i][0] for i in chosen])
+        outputs = infer(pl_module, pixels, explain=True)
         names = pl_module.class_names
         tiles = []
         for i, image, cam, row, predicted in zip(
-            chosen, pixels, explanation.cams, explanation.probabilities, explanation.classes, strict=True
+            chosen, pixels, outputs.cams, outputs.probabilities, outputs.explained, strict=True
         ):
             caption = f"pred {names[predicted]} {float(row[predicted]):.0%}\ntrue {names[dataset[i][1]]}"
             tiles.append(np.asarray(overlay(image, cam, caption)))
@@ -191,33 +146,32 @@ class GradCamGrid(Callback):
         experiment.add_image("val/grad_cam", grid, trainer.global_step, dataformats="HWC")
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Grad-CAM localisation scores against the BUSI lesion masks.")
-    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint, e.g. RUN/checkpoints/best.ckpt")
-    parser.add_argument("--data.root", dest="root", required=True, type=Path, help="folder with the class folders")
-    parser.add_argument(
-        "--split", default="test", choices=["train", "val", "test", "all"], help="images to score (default: test)"
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="busi-explain", description="Grad-CAM localisation scores against the BUSI lesion masks."
     )
-    parser.add_argument("--split-csv", type=Path, help="default: split.csv of the checkpoint's run")
-    parser.add_argument("--output", type=Path, help="also write the scores, per image, as JSON")
-    parser.add_argument("--cam-dir", type=Path, help="also write an overlay PNG per scored image")
-    return parser.parse_args(argv)
+    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint, e.g. RUN/checkpoints/best.ckpt")
+    parser.add_argument("--data.root", required=True, type=Path, help="folder with the class folders")
+    parser.add_argument("--split", default="test", type=Literal["train", "val", "test", "all"], help="images to score")
+    parser.add_argument(
+        "--split_csv", type=Path | None, default=None, help="default: split.csv of the checkpoint's run"
+    )
+    parser.add_argument("--output", type=Path | None, default=None, help="also write the scores, per image, as JSON")
+    parser.add_argument("--cam_dir", type=Path | None, default=None, help="also write an overlay PNG per scored image")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from busi.data import DataError, read_catalog
-    from busi.model import WeightsError, load_classifier
-    from busi.splits import read_split_csv
-
-    args = _parse_args(argv)
+    args = parser().parse_args(argv)
+    root = args.data.root
     try:
         classifier = load_classifier(args.ckpt)
-        catalog = read_catalog(args.root, classifier.hparams.image_size, duplicate_distance=-1)
+        catalog = read_catalog(root, classifier.hparams.image_size, duplicate_distance=-1)
         indices = list(range(len(catalog.records)))
         if args.split != "all":
             split_csv = args.split_csv or args.ckpt.resolve().parent.parent / "split.csv"
             if not split_csv.is_file():
-                raise DataError(f"{split_csv}: no split file; pass --split-csv RUN/split.csv or --split all")
+                raise DataError(f"{split_csv}: no split file; pass --split_csv RUN/split.csv or --split all")
             splits = {path: entry[1] for path, entry in read_split_csv(split_csv).items()}
             indices = [i for i in indices if splits.get(catalog.relative(i)) == args.split]
     except (DataError, WeightsError, ValueError) as error:
@@ -225,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scores = localisation_scores(classifier, catalog, indices)
     which = "all images" if args.split == "all" else f"the {args.split} split"
-    print(format_localisation(scores, f"Grad-CAM localisation on {which} of {args.root} (true class)"))
+    print(format_localisation(scores, f"Grad-CAM localisation on {which} of {root} (true class)"))
     if args.output:
         args.output.write_text(json.dumps(scores, indent=2), encoding="utf-8")
     if args.cam_dir:
@@ -237,12 +191,12 @@ def write_overlays(classifier, catalog, indices: list[int], folder: Path) -> Non
     folder.mkdir(parents=True, exist_ok=True)
     for index in indices:
         pixels = catalog.image(index)
-        explanation = grad_cam(classifier, classifier.prepare_inputs(as_three_channels(pixels)[None]))
-        label = classifier.class_names[int(explanation.classes[0])]
+        outputs = infer(classifier, as_three_channels(pixels)[None], explain=True)
+        label = classifier.class_names[int(outputs.explained[0])]
         truth = classifier.class_names[catalog.records[index].label]
-        caption = f"{label} {float(explanation.probabilities[0].max()):.1%}\ntrue: {truth}"
+        caption = f"{label} {float(outputs.probabilities[0].max()):.1%}\ntrue: {truth}"
         name = catalog.relative(index).replace("/", "__")
-        overlay(pixels, explanation.cams[0], caption).save(folder / Path(name).with_suffix(".png"))
+        overlay(pixels, outputs.cams[0], caption).save(folder / Path(name).with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Export a checkpoint for use without busi: `python -m busi.export --ckpt RUN/checkpoints/best.ckpt --format onnx`.
+"""Export a checkpoint for use without busi: `busi-export --ckpt RUN/checkpoints/best.ckpt --format onnx`.
 
 The exported model takes what any image library gives after two steps, and does the rest itself:
 
@@ -12,13 +12,14 @@ order of `class_names`. A JSON file beside the model records all of this.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import torch
+from jsonargparse import ArgumentParser
 from torch import nn
 
 from busi.images import IMAGENET_MEAN, IMAGENET_STD
@@ -99,10 +100,14 @@ def export(classifier: BusiClassifier, model_format: str, output: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export a busi checkpoint to ONNX, TorchScript or torch.export.")
+    parser = ArgumentParser(
+        prog="busi-export", description="Export a busi checkpoint to ONNX, TorchScript or torch.export."
+    )
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint, e.g. RUN/checkpoints/best.ckpt")
-    parser.add_argument("--format", default="onnx", choices=list(FORMATS))
-    parser.add_argument("--output", type=Path, help="default: beside the checkpoint, e.g. best.onnx")
+    parser.add_argument("--format", default="onnx", type=Literal["onnx", "torchscript", "exported-program"])
+    parser.add_argument(
+        "--output", type=Path | None, default=None, help="default: beside the checkpoint, e.g. best.onnx"
+    )
     args = parser.parse_args(argv)
     try:
         classifier = load_classifier(args.ckpt)

@@ -1,11 +1,11 @@
-"""DenseNet121 features + the original 1024-1024-512-128-3 head, and the LightningModule that trains it."""
+"""BusiClassifier: the LightningModule that trains busi.network.DenseNetClassifier and scores it."""
 
 from __future__ import annotations
 
 import math
 import pickle
-import re
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -13,147 +13,15 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
-from torchvision.models import DenseNet121_Weights, densenet121
 
 from busi import CLASS_NAMES
 from busi.augment import augment_batch
+from busi.feature_cache import FeatureCache
 from busi.images import to_model_input
-from busi.report import (
-    SplitEvaluation,
-    confusion_matrix_image,
-    epoch_metrics,
-    format_report,
-    reliability_diagram_image,
-    write_report,
-)
+from busi.inference import infer
+from busi.metrics import SplitEvaluation, epoch_metrics
+from busi.network import DenseNetClassifier, WeightsError, load_backbone_weights, parameter_counts
 from busi.splits import SPLIT_NAMES
-
-FEATURE_CHANNELS = 1024
-FEATURE_STRIDE = 32
-
-
-class WeightsError(ValueError):
-    """Backbone weights cannot be found or do not fit; the message says what to do."""
-
-
-class FullPrecisionHead(nn.Sequential):
-    """The dense head, always in float32, also inside a bf16 autocast region: at batch 16 its first
-    layer is bound by reading its weights (16.8 M at 128 px, 67 M at 256 px), and autocast would cast
-    all of them to bf16 and their gradients back on every step, which costs more than the products."""
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(features.device.type, enabled=False):
-            return super().forward(features.float())
-
-
-class DenseNetClassifier(nn.Module):
-    """torchvision DenseNet121 `features` → ReLU → Flatten → the original dense head (logits out)."""
-
-    def __init__(self, image_size: int = 256, num_classes: int = 3, freeze_backbone: bool = True):
-        super().__init__()
-        if image_size % FEATURE_STRIDE:
-            raise ValueError(f"image_size {image_size} must be a multiple of {FEATURE_STRIDE}")
-        side = image_size // FEATURE_STRIDE
-        self.freeze_backbone = freeze_backbone
-        self.features = densenet121(weights=None).features
-        self.head = FullPrecisionHead(
-            nn.Flatten(),
-            nn.Linear(FEATURE_CHANNELS * side * side, 1024),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-            nn.Linear(1024, 1024),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.3),
-            nn.Linear(1024, 512),
-            nn.ReLU(inplace=True),
-            nn.Linear(512, 128),
-            nn.ReLU(inplace=True),
-            nn.Linear(128, num_classes),
-        )
-        self.features.requires_grad_(not freeze_backbone)
-        self.train()
-
-    def train(self, mode: bool = True) -> DenseNetClassifier:
-        # Frozen like Keras: besides requires_grad=False, BatchNorm must keep its running
-        # statistics, so the backbone stays in eval mode whatever `train()` is asked for.
-        super().train(mode)
-        if self.freeze_backbone:
-            self.features.eval()
-        return self
-
-    def extract(self, images: torch.Tensor) -> torch.Tensor:
-        # torchvision applies this ReLU in DenseNet.forward, Keras as the last layer of `features`.
-        return F.relu(self.features(images))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.extract(images))
-
-
-_LEGACY_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
-)
-
-
-def _feature_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept a full DenseNet121 state dict, a `features` one, or a busi checkpoint's; fix legacy
-    `norm.1` key names as torchvision does."""
-    state_dict = state_dict.get("state_dict", state_dict)
-    features = {}
-    for key, value in state_dict.items():
-        match = _LEGACY_KEY.match(key)
-        if match:
-            key = match.group(1) + match.group(2)
-        if "features." in key:
-            features[key.split("features.", 1)[1]] = value
-        elif not key.startswith(("classifier.", "head.", "model.head.")):
-            features[key] = value
-    return features
-
-
-def imagenet_weights_file() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(DenseNet121_Weights.IMAGENET1K_V1.url).name
-
-
-def load_backbone_weights(features: nn.Module, weights: str | None) -> None:
-    """`imagenet` (torch hub cache, else download), a path to a state dict, or None/`none`."""
-    if weights is None or weights.lower() == "none":
-        return
-    if weights.lower() == "imagenet":
-        try:
-            state_dict = DenseNet121_Weights.IMAGENET1K_V1.get_state_dict(
-                progress=False, check_hash=True, weights_only=True
-            )
-        except (OSError, RuntimeError) as error:
-            raise WeightsError(
-                f"ImageNet weights for DenseNet121 are not in {imagenet_weights_file()} and could not be "
-                f"downloaded ({type(error).__name__}: {error}). Copy densenet121-a639ec97.pth there "
-                "(set $TORCH_HOME to move the cache), pass --model.weights /path/to/weights.pth, "
-                "or train without them: --model.weights none (see configs/scratch.yaml)"
-            ) from None
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsError(f"{path}: weights file not found; pass a state dict file, 'imagenet' or 'none'")
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise WeightsError(f"{path}: not a loadable state dict ({type(error).__name__}: {error})") from None
-    try:
-        features.load_state_dict(_feature_state_dict(state_dict))
-    except RuntimeError as error:
-        detail = " ".join(str(error).split())[:300]
-        raise WeightsError(f"{weights}: weights do not fit DenseNet121 features ({detail})") from None
-
-
-def compute_dtype(device_type: str) -> torch.dtype:
-    """The dtype convolutions run in here: autocast's, else float32."""
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
-
-
-def parameter_counts(module: nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
-    return trainable, frozen
 
 
 class BusiClassifier(L.LightningModule):
@@ -191,18 +59,14 @@ class BusiClassifier(L.LightningModule):
         compile: bool = False,
         feature_cache_mb: float = 4096,
         augment: bool = False,
-        class_weighting: str = "none",
-        optimizer: str = "adam",
+        class_weighting: Literal["none", "balanced"] = "none",
+        optimizer: Literal["adam", "adamw"] = "adam",
         weight_decay: float = 0.0,
         warmup_epochs: float = 0.0,
-        schedule: str = "constant",
+        schedule: Literal["constant", "cosine"] = "constant",
         tta: bool = False,
     ):
         super().__init__()
-        if class_weighting not in ("none", "balanced") or optimizer not in ("adam", "adamw"):
-            raise ValueError("class_weighting is none|balanced and optimizer adam|adamw")
-        if schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule {schedule!r}: use constant or cosine")
         self.save_hyperparameters()
         self.class_names = tuple(class_names)
         self.model = DenseNetClassifier(image_size, len(self.class_names), freeze_backbone)
@@ -211,8 +75,7 @@ class BusiClassifier(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         # Kept outside the module tree so that state_dict keys never gain `_orig_mod.`.
         self._extract = torch.compile(self.model.extract) if compile else self.model.extract
-        self._feature_cache: dict[tuple[str, torch.dtype], torch.Tensor] = {}
-        self._feature_cache_bytes = 0
+        self.feature_cache = FeatureCache(feature_cache_mb)
         # Temperature scaling, fitted on the validation split after training (busi.calibration).
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("class_weight", torch.ones(len(self.class_names)), persistent=False)
@@ -223,7 +86,7 @@ class BusiClassifier(L.LightningModule):
         self.val_samples = SumMetric()
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
         self.evaluations = nn.ModuleDict({f"{s}_split": SplitEvaluation(len(self.class_names)) for s in SPLIT_NAMES})
-        self.report: dict | None = None
+        self.test_splits: dict[str, dict] = {}  # the report's numbers, per split, after `trainer.test`
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.head(self._extract(images))
@@ -239,19 +102,7 @@ class BusiClassifier(L.LightningModule):
         are computed once per image."""
         if keys is None or not self.caches_features:
             return self(images)
-        # Features computed under bf16 autocast (training) are not those of an fp32 pass (testing).
-        keys = [(key, compute_dtype(images.device.type)) for key in keys]
-        if any(key not in self._feature_cache for key in keys):
-            with torch.no_grad():
-                features = self._extract(images)
-            limit = self.hparams.feature_cache_mb * 2**20
-            for key, feature in zip(keys, features, strict=True):
-                size = feature.numel() * feature.element_size()
-                if key not in self._feature_cache and self._feature_cache_bytes + size <= limit:
-                    self._feature_cache[key] = feature.clone()  # not a view that keeps the whole batch alive
-                    self._feature_cache_bytes += size
-            return self.model.head(features)
-        return self.model.head(torch.stack([self._feature_cache[key] for key in keys]))
+        return self.model.head(self.feature_cache.features(keys, images.device.type, lambda: self._extract(images)))
 
     def prepare_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 1 or 3, H, W) → normalised float in the model's memory layout."""
@@ -283,12 +134,20 @@ class BusiClassifier(L.LightningModule):
         return images if isinstance(batch, torch.Tensor) else [images, *rest]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))  # written before calibration existed
+        state_dict = checkpoint.get("state_dict")
+        if not isinstance(state_dict, dict) or not any(key.startswith("model.features.") for key in state_dict):
+            raise WeightsError("not a busi checkpoint (no busi model weights in its state_dict)")
+        state_dict.setdefault("temperature", torch.ones(()))  # written before calibration existed
+        expected, found = set(self.state_dict()), set(state_dict)
+        if expected != found:
+            differ = sorted(expected ^ found)
+            raise WeightsError(
+                f"checkpoint does not match the busi model ({len(differ)} keys differ, e.g. {differ[0]})"
+            )
         current = self.model.features.state_dict()
-        incoming = {k.removeprefix("model.features."): v for k, v in checkpoint["state_dict"].items()}
+        incoming = {k.removeprefix("model.features."): v for k, v in state_dict.items()}
         if any(not torch.equal(value, incoming.get(key, value.new_empty(0))) for key, value in current.items()):
-            self._feature_cache.clear()
-            self._feature_cache_bytes = 0
+            self.feature_cache.clear()
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -329,64 +188,32 @@ class BusiClassifier(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         # The report scores the checkpoint as predict.py, calibration and the exports use it: in fp32,
-        # whatever precision it was trained in.
+        # whatever precision it was trained in (busi.inference.infer).
         images, targets, keys = batch
-        with torch.autocast(images.device.type, enabled=False):
-            logits = self.logits(images, keys).float()
-            probabilities = self.probabilities(images, keys, logits)
-        loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), targets)
-        raw = logits.softmax(dim=1)
-        self.evaluations[f"{SPLIT_NAMES[dataloader_idx]}_split"].update(probabilities, targets, loss, raw)
+        outputs = infer(self, images, keys)
+        evaluation = self.evaluations[f"{SPLIT_NAMES[dataloader_idx]}_split"]
+        evaluation.update(outputs.probabilities, targets, outputs.logits.softmax(dim=1))
+
+    def on_test_epoch_start(self) -> None:
+        self.test_splits = {}
 
     def on_test_epoch_end(self) -> None:
-        splits = {}
         for split in SPLIT_NAMES:
             evaluation = self.evaluations[f"{split}_split"]
             if evaluation.loss.update_count:
-                splits[split] = evaluation.compute_report(self.class_names)
+                self.test_splits[split] = evaluation.compute_report(self.class_names)
             evaluation.reset()
-        if "test" not in splits:
+        if "test" not in self.test_splits:
             return
-        for split, values in splits.items():
+        for split, values in self.test_splits.items():
             for name in ("loss", "accuracy", "macro_f1"):
                 self.log(f"report/{split}_{name}", values[name], add_dataloader_idx=False, sync_dist=True)
-        self.log("report/test_auroc_macro", splits["test"]["auroc_macro_ovr"], add_dataloader_idx=False, sync_dist=True)
-        self.report = {"class_names": list(self.class_names), "checkpoint": self._tested_checkpoint(), "splits": splits}
-        log_dir = self.trainer.log_dir  # a broadcast under DDP: every process must ask
-        if self.trainer.is_global_zero and log_dir:
-            write_report(self.report, Path(log_dir))
-            self._log_report_to_tensorboard()
-
-    def _tested_checkpoint(self) -> str:
-        path = self.trainer.ckpt_path
-        return str(path) if path else "weights in memory (no checkpoint was loaded)"
-
-    def _log_report_to_tensorboard(self) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if experiment is None or not hasattr(experiment, "add_image"):
-            return
-        matrix = self.report["splits"]["test"]["confusion_matrix"]
-        experiment.add_image(
-            "test/confusion_matrix",
-            confusion_matrix_image(matrix, self.class_names),
-            self.global_step,
-            dataformats="HWC",
-        )
-        test = self.report["splits"]["test"]
-        experiment.add_image(
-            "test/reliability_diagram",
-            reliability_diagram_image(test["reliability"], test["ece"]),
-            self.global_step,
-            dataformats="HWC",
-        )
-        experiment.add_text(
-            "test/report", "    " + format_report(self.report).replace("\n", "\n    "), self.global_step
-        )
+        auroc = self.test_splits["test"]["auroc_macro_ovr"]
+        self.log("report/test_auroc_macro", auroc, add_dataloader_idx=False, sync_dist=True)
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         images = batch[0] if isinstance(batch, list | tuple) else batch
-        with torch.autocast(images.device.type, enabled=False):
-            return self.probabilities(images)
+        return infer(self, images).probabilities
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -413,13 +240,18 @@ class BusiClassifier(L.LightningModule):
 
 
 def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "cpu") -> BusiClassifier:
-    """Rebuild a trained classifier from a checkpoint without unpickling code (weights_only=True)
-    and without fetching backbone weights again: the checkpoint holds all of them."""
+    """A trained classifier from a checkpoint, through Lightning's `load_from_checkpoint` with
+    `weights_only=True` (no code is unpickled) and without fetching backbone weights again (the
+    checkpoint holds all of them); every failure is one WeightsError line naming the file."""
     path = Path(checkpoint)
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found; pass RUN/checkpoints/best.ckpt from a training run")
     try:
-        contents = torch.load(path, map_location=map_location, weights_only=True)
+        classifier = BusiClassifier.load_from_checkpoint(
+            path, map_location=map_location, weights_only=True, weights=None, compile=False
+        )
+    except WeightsError as error:
+        raise WeightsError(f"{path}: {error}") from None
     except pickle.UnpicklingError as error:
         refused = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
         detail = f" ({refused[0]})" if refused else ""
@@ -427,20 +259,12 @@ def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "
             f"{path}: refused: the checkpoint holds pickled objects other than tensors and plain values{detail}; "
             "only load checkpoints written by busi's train.py"
         ) from None
-    except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise WeightsError(f"{path}: not a readable checkpoint ({reason})") from None
-    if not isinstance(contents, dict) or "state_dict" not in contents or "hyper_parameters" not in contents:
-        raise WeightsError(f"{path}: not a busi checkpoint (no state_dict / hyper_parameters)")
-    hparams = {k: v for k, v in contents["hyper_parameters"].items() if not k.startswith("_")}
-    hparams.update(weights=None, compile=False)
-    contents["state_dict"].setdefault("temperature", torch.ones(()))  # written before calibration existed
-    try:
-        classifier = BusiClassifier(**hparams)
-    except (TypeError, ValueError) as error:
-        raise WeightsError(f"{path}: not a busi checkpoint (its hyper-parameters do not fit: {error})") from None
-    try:
-        classifier.load_state_dict(contents["state_dict"])
     except RuntimeError as error:
-        raise WeightsError(f"{path}: checkpoint does not match the busi model ({str(error).splitlines()[0]})") from None
+        reason = str(error).splitlines()[0]
+        if "state_dict" in reason:  # load_state_dict: the tensors' shapes differ
+            raise WeightsError(f"{path}: checkpoint does not match the busi model ({reason})") from None
+        raise WeightsError(f"{path}: not a readable checkpoint ({reason})") from None  # torch.load
+    except Exception as error:  # a readable file with other contents (Lightning's migration, hparams)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise WeightsError(f"{path}: not a busi checkpoint ({type(error).__name__}: {reason})") from None
     return classifier.eval()

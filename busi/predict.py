@@ -1,8 +1,7 @@
-"""Classify image files with a trained checkpoint and write one CSV row per file."""
+"""`busi-predict` / `python predict.py`: classify image files with a trained checkpoint, one CSV row per file."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from collections.abc import Iterator
@@ -10,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from jsonargparse import ArgumentParser
 
-from busi.explain import grad_cam, overlay
+from busi.explain import overlay
 from busi.images import (
     UnreadableImageError,
     as_three_channels,
@@ -21,6 +21,7 @@ from busi.images import (
     load_image,
     missing_file_reason,
 )
+from busi.inference import infer
 from busi.model import BusiClassifier, WeightsError, load_classifier
 
 
@@ -54,7 +55,6 @@ def _batches(paths: Iterator[Path], size: int) -> Iterator[list[Path]]:
         yield batch
 
 
-@torch.inference_mode()
 def predict_files(
     classifier: BusiClassifier,
     paths: list[Path],
@@ -80,20 +80,17 @@ def predict_files(
                     result.error = str(error)
             results.append(result)
         if decoded:
-            pixels = torch.stack([as_three_channels(p) for _, p in decoded]).to(device)
-            inputs = classifier.prepare_inputs(pixels)
-            if cam_dir is None:
-                probabilities = classifier.probabilities(inputs).cpu()
-            else:  # one backbone pass gives both the probabilities and the heat-maps
-                explanation = grad_cam(classifier, inputs)
-                probabilities = explanation.probabilities.cpu()
+            pixels = torch.stack([as_three_channels(p) for _, p in decoded])
+            # with overlays, one backbone pass gives both the probabilities and the heat-maps
+            outputs = infer(classifier, pixels, explain=cam_dir is not None)
+            probabilities = outputs.probabilities.cpu()
             for index, ((result, image), row) in enumerate(zip(decoded, probabilities, strict=True)):
                 result.probabilities = row.tolist()
                 if cam_dir is not None:
                     best = int(row.argmax())
                     caption = f"{classifier.class_names[best]} {float(row[best]):.1%}\n{result.path.name}"
                     result.cam = _unique(cam_dir / f"{result.path.stem}.png", names)
-                    overlay(image, explanation.cams[index], caption).save(result.cam)
+                    overlay(image, outputs.cams[index], caption).save(result.cam)
         yield from results
 
 
@@ -125,15 +122,19 @@ def csv_row(prediction: Prediction, class_names: tuple[str, ...]) -> list[str]:
     ]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Classify breast ultrasound images with a busi checkpoint.")
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="busi-predict", description="Classify breast ultrasound images with a busi checkpoint."
+    )
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (recursed; masks skipped)")
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint, e.g. RUN/checkpoints/best.ckpt")
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="CSV to write")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
-    parser.add_argument("--cam", type=Path, metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--cam", type=Path | None, default=None, help="write a Grad-CAM overlay PNG per image into this folder"
+    )
+    return parser
 
 
 def choose_device(name: str) -> torch.device:
@@ -149,7 +150,7 @@ def choose_device(name: str) -> torch.device:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         device = choose_device(args.device)
         classifier = load_classifier(args.ckpt)

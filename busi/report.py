@@ -1,132 +1,31 @@
-"""Evaluation report: torchmetrics collections → report.json, report.txt and a confusion-matrix image."""
+"""The report of a trained model on labelled images: assembled, formatted and written in one place
+(report.json, report.txt, confusion_matrix.png, reliability.png, curves.png and TensorBoard)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassAUROC,
-    MulticlassCalibrationError,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
-from torchmetrics.utilities import dim_zero_cat
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-RELIABILITY_BINS = 10
+from busi.metrics import RELIABILITY_BINS
+from busi.plots import confusion_matrix_figure, curves_figure, figure_pixels, reliability_figure
 
 
-def epoch_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """What is logged every epoch: accuracy and macro-F1."""
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "macro_f1": MulticlassF1Score(num_classes, average="macro"),
-        },
-        prefix=prefix,
-    )
-
-
-def report_metrics(num_classes: int) -> MetricCollection:
-    """Everything the report shows, from probabilities and targets."""
-    metrics = {
-        "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-        "confusion_matrix": MulticlassConfusionMatrix(num_classes),
-        "auroc_macro": MulticlassAUROC(num_classes, average="macro"),
-        "ece": MulticlassCalibrationError(num_classes, n_bins=RELIABILITY_BINS, norm="l1"),
-    }
-    for average in ("none", "macro", "weighted"):
-        name = "per_class" if average == "none" else average
-        metrics[f"precision_{name}"] = MulticlassPrecision(num_classes, average=average)
-        metrics[f"recall_{name}"] = MulticlassRecall(num_classes, average=average)
-        metrics[f"f1_{name}"] = MulticlassF1Score(num_classes, average=average)
-    return MetricCollection(metrics)
-
-
-class SplitEvaluation(torch.nn.Module):
-    """Mean loss plus the report metrics of one split."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.loss = MeanMetric()
-        self.metrics = report_metrics(num_classes)
-        self.uncalibrated_ece = MulticlassCalibrationError(num_classes, n_bins=RELIABILITY_BINS, norm="l1")
-
-    def update(
-        self, probabilities: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, uncalibrated: torch.Tensor
-    ) -> None:
-        """`probabilities`: what the model reports (temperature, TTA); `uncalibrated`: softmax(logits)."""
-        self.loss.update(loss, weight=targets.numel())
-        self.metrics.update(probabilities, targets)
-        self.uncalibrated_ece.update(uncalibrated, targets)
-
-    def compute_report(self, class_names: tuple[str, ...]) -> dict:
-        values = {k: v.detach().cpu() for k, v in self.metrics.compute().items()}
-        matrix = values["confusion_matrix"].long()
-        support = matrix.sum(dim=1).tolist()
-        per_class = {
-            name: {
-                "precision": values["precision_per_class"][i].item(),
-                "recall": values["recall_per_class"][i].item(),
-                "f1": values["f1_per_class"][i].item(),
-                "support": support[i],
-            }
-            for i, name in enumerate(class_names)
-        }
-        averages = {
-            average: {
-                "precision": values[f"precision_{average}"].item(),
-                "recall": values[f"recall_{average}"].item(),
-                "f1": values[f"f1_{average}"].item(),
-                "support": sum(support),
-            }
-            for average in ("macro", "weighted")
-        }
-        return {
-            "samples": sum(support),
-            "loss": self.loss.compute().item(),
-            "accuracy": values["accuracy"].item(),
-            "macro_f1": averages["macro"]["f1"],
-            "auroc_macro_ovr": values["auroc_macro"].item(),
-            "ece": values["ece"].item(),
-            "ece_uncalibrated": self.uncalibrated_ece.compute().item(),
-            "reliability": self.reliability(),
-            "per_class": per_class,
-            "averages": averages,
-            "confusion_matrix": matrix.tolist(),
-        }
-
-    def reliability(self) -> list[dict]:
-        """Per confidence bin: images, mean confidence, accuracy (from the calibration metric's states)."""
-        ece = self.metrics["ece"]
-        with ece.sync_context():  # every process's images under DDP
-            confidences, correct = dim_zero_cat(ece.confidences).float(), dim_zero_cat(ece.accuracies).float()
-        bins = torch.clamp((confidences * RELIABILITY_BINS).long(), max=RELIABILITY_BINS - 1)
-        rows = []
-        for b in range(RELIABILITY_BINS):
-            chosen = bins == b
-            count = int(chosen.sum())
-            rows.append(
-                {
-                    "bin": [b / RELIABILITY_BINS, (b + 1) / RELIABILITY_BINS],
-                    "images": count,
-                    "confidence": float(confidences[chosen].mean()) if count else None,
-                    "accuracy": float(correct[chosen].mean()) if count else None,
-                }
-            )
-        return rows
-
-    def reset(self) -> None:
-        self.loss.reset()
-        self.metrics.reset()
-        self.uncalibrated_ece.reset()
+def build_report(
+    class_names: tuple[str, ...],
+    checkpoint: str,
+    splits: dict[str, dict],
+    temperature: float | None = None,
+    localisation: dict | None = None,
+) -> dict:
+    """`splits`: BusiClassifier.test_splits; `localisation`: busi.explain.localisation_scores."""
+    report = {"class_names": list(class_names), "checkpoint": checkpoint, "splits": splits}
+    if temperature is not None:
+        report["temperature"] = temperature
+    if localisation is not None:
+        report["localisation"] = localisation
+    return report
 
 
 def format_classification_report(split: dict, class_names: tuple[str, ...]) -> str:
@@ -163,6 +62,10 @@ def format_report(report: dict) -> str:
     class_names = tuple(report["class_names"])
     test = report["splits"]["test"]
     lines = [f"Checkpoint: {report['checkpoint']}", ""]
+    if "data" in report:  # busi-evaluate: every image of a folder
+        data = report["data"]
+        models = f", mean of {data['models']} fold models" if data["models"] > 1 else ""
+        lines[1:1] = [f"Evaluated on every image of {data['root']} ({data['images']} images{models}); split 'test' = all of them"]
     lines += [f"{'split':>6} {'images':>7} {'loss':>8} {'accuracy':>9} {'macro-F1':>9}"]
     for name, split in report["splits"].items():
         lines.append(
@@ -180,56 +83,75 @@ def format_report(report: dict) -> str:
         format_confusion_matrix(test["confusion_matrix"], class_names),
     ]
     if report.get("localisation"):
-        from busi.explain import format_localisation
-
         lines += ["", format_localisation(report["localisation"], "Grad-CAM localisation, test split (true class)")]
     return "\n".join(lines)
 
 
-def write_report(report: dict, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    (run_dir / "report.txt").write_text(format_report(report) + "\n", encoding="utf-8")
+def format_localisation(
+    scores: dict, title: str = "Grad-CAM localisation (true class, images with lesion masks)"
+) -> str:
+    lines = [
+        title,
+        f"{'class':>10} {'images':>7} {'energy in mask':>15} {'mask area':>10} {'pointing hit':>13}",
+    ]
+    for name, values in scores["per_class"].items():
+        lines.append(
+            f"{name:>10} {values['images']:>7} {values['energy_inside']:>15.3f} {values['mask_area']:>10.3f} "
+            f"{values['pointing_hit']:>13.3f}"
+        )
+    lines.append(
+        f"(mask area: the energy share of a uniform heat-map; pointing hit: peak within {scores['dilation_px']} px of the mask)"
+    )
+    return "\n".join(lines)
 
 
-def confusion_matrix_image(matrix: list[list[int]], class_names: tuple[str, ...], cell: int = 96) -> np.ndarray:
-    """A labelled confusion-matrix picture (H, W, 3 uint8) drawn with Pillow alone."""
-    counts = np.asarray(matrix, dtype=np.float64)
-    row_totals = np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    share = counts / row_totals
-    margin, size = 110, len(class_names)
-    image = Image.new("RGB", (margin + size * cell + 10, margin + size * cell + 10), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((margin, 10), "predicted ->", fill="black")
-    draw.text((10, 10), "true (rows)", fill="black")
-    for i, name in enumerate(class_names):
-        draw.text((margin + i * cell + 8, margin - 25), name, fill="black")
-        draw.text((10, margin + i * cell + cell // 2 - 6), name, fill="black")
-        for j in range(size):
-            shade = int(255 - 200 * share[i, j])
-            box = (margin + j * cell, margin + i * cell, margin + (j + 1) * cell, margin + (i + 1) * cell)
-            draw.rectangle(box, fill=(shade, shade, 255), outline="gray")
-            text_colour = "white" if share[i, j] > 0.6 else "black"
-            draw.text((box[0] + 10, box[1] + cell // 2 - 12), f"{int(counts[i, j])}", fill=text_colour)
-            draw.text((box[0] + 10, box[1] + cell // 2 + 2), f"{share[i, j]:.0%}", fill=text_colour)
-    return np.asarray(image)
+def write_report(report: dict, folder: Path, experiment=None, step: int = 0, split: str = "test") -> None:
+    """report.json, report.txt, confusion_matrix.png, reliability.png and, for a training run whose
+    TensorBoard events are in `folder`, curves.png; the same pictures, text and localisation scores
+    go to `experiment` (a TensorBoard SummaryWriter) when given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (folder / "report.txt").write_text(format_report(report) + "\n", encoding="utf-8")
+    scored = report["splits"][split]
+    figures = {
+        "confusion_matrix": confusion_matrix_figure(
+            scored["confusion_matrix"], tuple(report["class_names"]), f"{split} split: {scored['samples']} images"
+        ),
+        "reliability": reliability_figure(scored["reliability"], scored["ece"], f"{split} split"),
+    }
+    history = training_history(folder)
+    if history:
+        best = max(history, key=lambda row: row.get("val/macro_f1", float("-inf")))
+        figures["curves"] = curves_figure(history, f"training curves of {folder.name}", best["epoch"])
+    for name, figure in figures.items():
+        figure.savefig(folder / f"{name}.png", dpi=120)
+    if experiment is None:
+        return
+    for name, figure in figures.items():
+        tag = {"confusion_matrix": "confusion_matrix", "reliability": "reliability_diagram"}.get(name, name)
+        experiment.add_image(f"{split}/{tag}", figure_pixels(figure), step, dataformats="HWC")
+    experiment.add_text(f"{split}/report", "    " + format_report(report).replace("\n", "\n    "), step)
+    for name, values in (report.get("localisation") or {}).get("per_class", {}).items():
+        for key in ("energy_inside", "pointing_hit"):
+            experiment.add_scalar(f"report/{split}_cam_{key}_{name}", values[key], step)
 
 
-def reliability_diagram_image(rows: list[dict], ece: float, size: int = 320) -> np.ndarray:
-    """Accuracy against confidence per bin, with the diagonal of perfect calibration (H, W, 3 uint8)."""
-    margin = 40
-    image = Image.new("RGB", (size + 2 * margin, size + 2 * margin), "white")
-    draw = ImageDraw.Draw(image)
-    x0, y0 = margin, margin + size  # origin at the bottom left
-    draw.rectangle((x0, margin, x0 + size, y0), outline="black")
-    draw.line((x0, y0, x0 + size, margin), fill="gray")
-    width = size / len(rows)
-    for index, row in enumerate(rows):
-        if row["images"]:
-            top = y0 - row["accuracy"] * size
-            draw.rectangle((x0 + index * width + 2, top, x0 + (index + 1) * width - 2, y0), fill=(90, 120, 220))
-            draw.text((x0 + index * width + 4, y0 + 4), str(row["images"]), fill="black")
-    draw.text((x0, 8), f"reliability (test): ECE {ece:.3f}", fill="black")
-    draw.text((x0, y0 + 20), "confidence -> (bar labels: images)", fill="black")
-    draw.text((4, margin), "acc.", fill="black")
-    return np.asarray(image)
+def training_history(folder: Path) -> list[dict]:
+    """Per epoch (from 0): the train/ and val/ scalars that training logged to TensorBoard in
+    `folder`; a resumed run's repeated steps count once (the later value)."""
+    if not any(folder.glob("events.out.tfevents.*")):
+        return []
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    if "epoch" not in tags:
+        return []
+    epoch_of = {event.step: int(event.value) for event in events.Scalars("epoch")}
+    epochs: dict[int, dict] = {}
+    for tag in tags:
+        if tag.startswith(("train/", "val/")):
+            for event in events.Scalars(tag):
+                if event.step in epoch_of:
+                    epoch = epoch_of[event.step]
+                    epochs.setdefault(epoch, {"epoch": epoch})[tag] = event.value
+    return [epochs[epoch] for epoch in sorted(epochs)]

@@ -55,13 +55,14 @@ def test_a_corrupt_cache_file_is_ignored_and_rebuilt(busi_root, tmp_path, capsys
 
 
 def test_cache_command_fills_the_cache_ahead_of_time(busi_root, tmp_path, capsys):
-    from busi.cache import main
+    from busi.data import cache_main
 
-    assert main([str(busi_root), "--image-size", str(IMAGE_SIZE), "--cache-dir", str(tmp_path)]) == 0
+    args = [f"--data.root={busi_root}", f"--data.image_size={IMAGE_SIZE}", f"--data.cache_dir={tmp_path}"]
+    assert cache_main(args) == 0
     assert f"{distinct_contents(busi_root)} decoded" in capsys.readouterr().out
-    assert main([str(busi_root), "--image-size", str(IMAGE_SIZE), "--cache-dir", str(tmp_path)]) == 0
+    assert cache_main(args) == 0
     assert " 0 decoded" in capsys.readouterr().out
-    assert main([str(tmp_path / "missing")]) == 2
+    assert cache_main([f"--data.root={tmp_path / 'missing'}"]) == 2
 
 
 def test_images_beyond_the_memory_limit_are_read_from_disk_unchanged(busi_root, tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from busi.bench_memory import write_synthetic_folder
+from benchmarks.bench_memory import write_synthetic_folder
 from busi.cache import DecodedImageCache
 from busi.cli import run
 
@@ -28,7 +28,7 @@ def test_twenty_thousand_images_train_within_the_memory_limit(tmp_path):
     assert len(catalog.records) == COUNT
     assert 0 < held <= LIMIT_MB * 2**20 and catalog.streamed > COUNT // 2
     assert cli.trainer.global_step == 3 and cli.datamodule.num_workers >= 1  # workers decode from disk
-    assert 0 < cli.model._feature_cache_bytes <= LIMIT_MB * 2**20
+    assert 0 < cli.model.feature_cache.bytes <= LIMIT_MB * 2**20
     cache = DecodedImageCache(tmp_path / "cache", 32, LIMIT_MB * 2**20)
     assert len(cache.entries) == COUNT and cache.pixel_bytes <= LIMIT_MB * 2**20
     audit = json.loads((Path(cli.trainer.log_dir) / "audit.json").read_text())

@@ -6,7 +6,8 @@ import torch
 from torchvision.models import densenet121
 
 from busi.data import BusiDataModule
-from busi.model import BusiClassifier, DenseNetClassifier, WeightsError, imagenet_weights_file, parameter_counts
+from busi.model import BusiClassifier
+from busi.network import DenseNetClassifier, WeightsError, imagenet_weights_file, parameter_counts
 
 from fake_busi import IMAGE_SIZE
 

@@ -1,4 +1,4 @@
-"""Benchmark: `python -m busi.bench --root DATA [--per-class 50] [--full] [--parts …]` prints tables of speeds.
+"""Benchmark: `python -m benchmarks.bench --root DATA [--per-class 50] [--full] [--parts …]` prints tables of speeds.
 
 Parts: `frozen` (data path, the frozen recipe, prediction), `training` (full-network training steps in
 each precision, memory layout and compilation, at 128 and 256 px) and `epoch` (whole full-network

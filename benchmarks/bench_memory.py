@@ -1,4 +1,4 @@
-"""Peak memory on a large folder: `python -m busi.bench_memory [--images 20000] [--memory-limit-mb 256]`.
+"""Peak memory on a large folder: `python -m benchmarks.bench_memory [--images 20000] [--memory-limit-mb 256]`.
 
 Writes a BUSI-layout folder of synthetic ultrasound-like PNGs once (`--workdir`), then trains a few
 steps of the default recipe (no pretrained weights) in a fresh process per setting, each with an
@@ -72,9 +72,9 @@ def child(args: list[str]) -> int:
 
 def measure(root: Path, image_size: int, memory_limit_mb: float, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as work:
-        command = [sys.executable, "-m", "busi.bench_memory", "--child"]
+        command = [sys.executable, "-m", "benchmarks.bench_memory", "--child"]
         command += train_args(root, Path(work), image_size, memory_limit_mb, steps)
-        finished = subprocess.run(command, capture_output=True, text=True)
+        finished = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     lines = [line for line in finished.stdout.splitlines() if line.startswith("BENCH ")]
     if finished.returncode or not lines:
         raise RuntimeError(f"benchmark run failed:\n{finished.stderr[-3000:]}")

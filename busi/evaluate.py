@@ -1,0 +1,119 @@
+"""`busi-evaluate --ckpt CKPT --data.root FOLDER`: the full report of a trained model on every image of a
+labelled folder in the BUSI layout (another hospital's scans, a later export), not only on the split it
+was trained with: report.json/.txt, confusion_matrix.png, reliability.png, Grad-CAM localisation where
+lesion masks exist, predictions.csv (predict.py's columns) and TensorBoard, in `--output`.
+
+`--ckpt` may be a cross-validation folder (`busi-cv`'s RUN): its fold models' calibrated
+probabilities are averaged (an ensemble); the report then has no localisation.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import torch
+from jsonargparse import ArgumentParser
+from torch.utils.tensorboard import SummaryWriter
+
+from busi.data import DataError, format_audit, read_catalog
+from busi.explain import localisation_scores
+from busi.images import as_three_channels
+from busi.inference import Outputs, infer
+from busi.metrics import SplitEvaluation
+from busi.model import BusiClassifier, load_classifier
+from busi.network import WeightsError
+from busi.predict import Prediction, choose_device, csv_columns, csv_row
+from busi.report import build_report, format_report, write_report
+
+
+def load_models(ckpt: Path, device: torch.device) -> list[BusiClassifier]:
+    """One checkpoint, or every fold's best.ckpt of a cross-validation folder."""
+    if ckpt.is_dir():
+        paths = sorted(ckpt.glob("fold_*/lightning_logs/version_*/checkpoints/best.ckpt"))
+        if not paths:
+            raise WeightsError(
+                f"{ckpt}: no fold_*/lightning_logs/version_*/checkpoints/best.ckpt; pass a checkpoint or a busi-cv folder"
+            )
+    else:
+        paths = [ckpt]
+    models = [load_classifier(path).to(device) for path in paths]
+    if len({(m.class_names, m.hparams.image_size) for m in models}) > 1:
+        raise WeightsError(f"{ckpt}: the fold models differ in classes or image size; they cannot be averaged")
+    return models
+
+
+def ensemble(models: list[BusiClassifier], pixels: torch.Tensor) -> Outputs:
+    """Mean calibrated probabilities; `logits` are the log of the mean uncalibrated probabilities."""
+    outputs = [infer(model, pixels) for model in models]
+    if len(outputs) == 1:
+        return outputs[0]
+    raw = torch.stack([o.logits.softmax(dim=1) for o in outputs]).mean(dim=0)
+    return Outputs(torch.stack([o.probabilities for o in outputs]).mean(dim=0), raw.log())
+
+
+def evaluate(ckpt: Path, root: Path, output: Path, batch_size: int = 32, device: str = "auto") -> dict:
+    models = load_models(ckpt, choose_device(device))
+    first = models[0]
+    catalog = read_catalog(root, first.hparams.image_size, duplicate_distance=-1, class_names=first.class_names)
+    evaluation = SplitEvaluation(len(first.class_names))
+    predictions = []
+    for start in range(0, len(catalog.records), batch_size):
+        indices = range(start, min(start + batch_size, len(catalog.records)))
+        pixels = torch.stack([as_three_channels(catalog.image(i)) for i in indices])
+        targets = torch.tensor([catalog.records[i].label for i in indices])
+        outputs = ensemble(models, pixels)
+        evaluation.update(outputs.probabilities.cpu(), targets, outputs.logits.softmax(dim=1).cpu())
+        predictions += [
+            Prediction(catalog.records[i].path, row.tolist())
+            for i, row in zip(indices, outputs.probabilities, strict=True)
+        ]
+    localisation = None
+    if len(models) == 1:
+        localisation = localisation_scores(first, catalog, list(range(len(catalog.records))))
+    report = build_report(
+        first.class_names,
+        str(ckpt),
+        {"test": evaluation.compute_report(first.class_names)},
+        float(first.temperature) if len(models) == 1 else None,
+        localisation,
+    )
+    report["data"] = {"root": str(root), "images": len(catalog.records), "models": len(models)}
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "audit.txt").write_text(format_audit(catalog.audit) + "\n", encoding="utf-8")
+    with (output / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(csv_columns(first.class_names))
+        writer.writerows(csv_row(p, first.class_names) for p in predictions)
+    with SummaryWriter(str(output)) as experiment:
+        write_report(report, output, experiment)
+    return report
+
+
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="busi-evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, type=Path, help="RUN/checkpoints/best.ckpt, or a busi-cv folder")
+    parser.add_argument("--data.root", required=True, type=Path, help="labelled folder: benign/, malignant/, normal/")
+    parser.add_argument("--output", type=Path | None, default=None, help="default: runs/evaluate/<folder name>")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    root = args.data.root
+    output = args.output or Path("runs") / "evaluate" / root.resolve().name
+    try:
+        report = evaluate(args.ckpt, root, output, args.batch_size, args.device)
+    except (DataError, WeightsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    print(f"\nEvaluation directory: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

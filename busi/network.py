@@ -1,0 +1,134 @@
+"""The network: torchvision DenseNet121 `features` and the original 1024-1024-512-128-3 dense head, and
+how backbone weights are found and loaded (ImageNet through the torch hub cache, a local file, or none)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import DenseNet121_Weights, densenet121
+
+FEATURE_CHANNELS = 1024
+FEATURE_STRIDE = 32
+
+
+class WeightsError(ValueError):
+    """Backbone weights cannot be found or do not fit; the message says what to do."""
+
+
+class FullPrecisionHead(nn.Sequential):
+    """The dense head, always in float32, also inside a bf16 autocast region: at batch 16 its first
+    layer is bound by reading its weights (16.8 M at 128 px, 67 M at 256 px), and autocast would cast
+    all of them to bf16 and their gradients back on every step, which costs more than the products."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(features.device.type, enabled=False):
+            return super().forward(features.float())
+
+
+class DenseNetClassifier(nn.Module):
+    """torchvision DenseNet121 `features` → ReLU → Flatten → the original dense head (logits out)."""
+
+    def __init__(self, image_size: int = 256, num_classes: int = 3, freeze_backbone: bool = True):
+        super().__init__()
+        if image_size % FEATURE_STRIDE:
+            raise ValueError(f"image_size {image_size} must be a multiple of {FEATURE_STRIDE}")
+        side = image_size // FEATURE_STRIDE
+        self.freeze_backbone = freeze_backbone
+        self.features = densenet121(weights=None).features
+        self.head = FullPrecisionHead(
+            nn.Flatten(),
+            nn.Linear(FEATURE_CHANNELS * side * side, 1024),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(1024, 1024),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.3),
+            nn.Linear(1024, 512),
+            nn.ReLU(inplace=True),
+            nn.Linear(512, 128),
+            nn.ReLU(inplace=True),
+            nn.Linear(128, num_classes),
+        )
+        self.features.requires_grad_(not freeze_backbone)
+        self.train()
+
+    def train(self, mode: bool = True) -> DenseNetClassifier:
+        # Frozen like Keras: besides requires_grad=False, BatchNorm must keep its running
+        # statistics, so the backbone stays in eval mode whatever `train()` is asked for.
+        super().train(mode)
+        if self.freeze_backbone:
+            self.features.eval()
+        return self
+
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        # torchvision applies this ReLU in DenseNet.forward, Keras as the last layer of `features`.
+        return F.relu(self.features(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.extract(images))
+
+
+_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+
+
+def _feature_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept a full DenseNet121 state dict, a `features` one, or a busi checkpoint's; fix legacy
+    `norm.1` key names as torchvision does."""
+    state_dict = state_dict.get("state_dict", state_dict)
+    features = {}
+    for key, value in state_dict.items():
+        match = _LEGACY_KEY.match(key)
+        if match:
+            key = match.group(1) + match.group(2)
+        if "features." in key:
+            features[key.split("features.", 1)[1]] = value
+        elif not key.startswith(("classifier.", "head.", "model.head.")):
+            features[key] = value
+    return features
+
+
+def imagenet_weights_file() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(DenseNet121_Weights.IMAGENET1K_V1.url).name
+
+
+def load_backbone_weights(features: nn.Module, weights: str | None) -> None:
+    """`imagenet` (torch hub cache, else download), a path to a state dict, or None/`none`."""
+    if weights is None or weights.lower() == "none":
+        return
+    if weights.lower() == "imagenet":
+        try:
+            state_dict = DenseNet121_Weights.IMAGENET1K_V1.get_state_dict(
+                progress=False, check_hash=True, weights_only=True
+            )
+        except (OSError, RuntimeError) as error:
+            raise WeightsError(
+                f"ImageNet weights for DenseNet121 are not in {imagenet_weights_file()} and could not be "
+                f"downloaded ({type(error).__name__}: {error}). Copy densenet121-a639ec97.pth there "
+                "(set $TORCH_HOME to move the cache), pass --model.weights /path/to/weights.pth, "
+                "or train without them: --model.weights none (see configs/scratch.yaml)"
+            ) from None
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"{path}: weights file not found; pass a state dict file, 'imagenet' or 'none'")
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise WeightsError(f"{path}: not a loadable state dict ({type(error).__name__}: {error})") from None
+    try:
+        features.load_state_dict(_feature_state_dict(state_dict))
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())[:300]
+        raise WeightsError(f"{weights}: weights do not fit DenseNet121 features ({detail})") from None
+
+
+def parameter_counts(module: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    return trainable, frozen

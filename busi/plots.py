@@ -1,0 +1,100 @@
+"""The report's pictures, drawn with matplotlib: confusion matrix, reliability diagram, training curves.
+
+Figures are made with `matplotlib.figure.Figure` (no pyplot, no global state), written as PNGs and
+turned into pixels for TensorBoard."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def confusion_matrix_figure(matrix: list[list[int]], class_names: tuple[str, ...], title: str) -> Figure:
+    """Counts and row shares (recall on the diagonal); colour by row share."""
+    counts = np.asarray(matrix, dtype=np.float64)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure = Figure(figsize=(4.8, 4.2), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(counts):
+        colour = "white" if share[row, column] > 0.6 else "black"
+        axes.text(column, row, f"{int(count)}\n{share[row, column]:.0%}", ha="center", va="center", color=colour)
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, class_names)
+    axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, label="share of the true class", shrink=0.8)
+    return figure
+
+
+def reliability_figure(rows: list[dict], ece: float, title: str) -> Figure:
+    """Accuracy against mean confidence per bin, beside the diagonal of perfect calibration; bar
+    labels count the images in each bin."""
+    figure = Figure(figsize=(4.8, 4.2), layout="constrained")
+    axes = figure.add_subplot()
+    lefts = [row["bin"][0] for row in rows]
+    width = rows[0]["bin"][1] - rows[0]["bin"][0]
+    accuracy = [row["accuracy"] or 0.0 for row in rows]
+    bars = axes.bar(lefts, accuracy, width=width, align="edge", edgecolor="white", label="accuracy in the bin")
+    axes.bar_label(bars, labels=[str(row["images"]) if row["images"] else "" for row in rows], fontsize=8)
+    filled = [row for row in rows if row["images"]]
+    axes.plot(
+        [row["confidence"] for row in filled],
+        [row["accuracy"] for row in filled],
+        "o",
+        color="C1",
+        label="mean confidence",
+    )
+    axes.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    axes.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence of the predicted class", ylabel="accuracy")
+    axes.set_title(f"{title}: ECE {ece:.3f}")
+    axes.legend(loc="upper left", fontsize=8)
+    return figure
+
+
+CURVES = (("loss", "loss"), ("acc", "accuracy"), ("macro_f1", "macro-F1"))
+
+
+def curves_figure(history: list[dict], title: str, best_epoch: int | None = None) -> Figure:
+    """Training and validation loss, accuracy and macro-F1 per epoch (epochs counted from 1)."""
+    figure = Figure(figsize=(11, 3.4), layout="constrained")
+    for column, (key, label) in enumerate(CURVES):
+        axes = figure.add_subplot(1, len(CURVES), column + 1)
+        for split in ("train", "val"):
+            points = [(row["epoch"] + 1, row[f"{split}/{key}"]) for row in history if f"{split}/{key}" in row]
+            if points:
+                axes.plot(*zip(*points, strict=True), marker="o", markersize=3, label=split)
+        if best_epoch is not None:
+            axes.axvline(best_epoch + 1, color="grey", linestyle=":", label="best epoch")
+        axes.set(xlabel="epoch", ylabel=label, title=label)
+        axes.grid(alpha=0.3)
+        if key != "loss":
+            axes.set_ylim(0, 1)
+        axes.legend(fontsize=8)
+    figure.suptitle(title)
+    return figure
+
+
+def figure_pixels(figure: Figure) -> np.ndarray:
+    """(H, W, 3) uint8 rendering, for TensorBoard's add_image."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def fold_curves_figure(histories: dict[int, list[dict]]) -> Figure:
+    """Each cross-validation fold's validation loss and macro-F1 per epoch."""
+    figure = Figure(figsize=(9, 3.4), layout="constrained")
+    for column, (key, label) in enumerate((("val/loss", "validation loss"), ("val/macro_f1", "validation macro-F1"))):
+        axes = figure.add_subplot(1, 2, column + 1)
+        for fold, history in histories.items():
+            points = [(row["epoch"] + 1, row[key]) for row in history if key in row]
+            if points:
+                axes.plot(*zip(*points, strict=True), marker="o", markersize=2, label=f"fold {fold}")
+        axes.set(xlabel="epoch", ylabel=label, title=label)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    return figure
