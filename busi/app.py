@@ -13,10 +13,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from busi.explain import overlay
 from busi.images import UnreadableImageError, as_three_channels, decode_image, resize_to_tensor
 from busi.inference import infer
 from busi.model import BusiClassifier, WeightsError, load_classifier
+from busi.plots import overlay
 
 MAX_UPLOAD_MB = 50
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]

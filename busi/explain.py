@@ -1,4 +1,4 @@
-"""Grad-CAM on the DenseNet121 feature map, overlays, and how well heat-maps point at the lesion masks.
+"""Grad-CAM overlays in TensorBoard, and how well heat-maps point at the lesion masks.
 
 `python -m busi.explain --ckpt RUN/checkpoints/best.ckpt --data.root DATA [--split test]` prints the
 localisation scores per class: the share of the heat-map's energy inside the lesion mask (next to
@@ -13,26 +13,22 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
 from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import Callback
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from busi.data import DataError, read_catalog
 from busi.images import UnreadableImageError, as_three_channels, decode_image
 from busi.inference import infer
 from busi.model import WeightsError, load_classifier
+from busi.plots import overlay
 from busi.report import format_localisation
 from busi.splits import read_split_csv
 
-CAPTION_HEIGHT = 32  # two lines of Pillow's default font
-POINTING_DILATION = 5
-HEAT_MAP = matplotlib.colormaps[
-    "jet"
-]  # Grad-CAM's customary colour map: blue (0) to red (1)  # pixels at the model's input size: a peak on the lesion's border counts
+POINTING_DILATION = 5  # pixels at the model's input size: a peak on the lesion's border counts
 
 
 def load_mask(paths: tuple[Path, ...], image_size: int) -> torch.Tensor:
@@ -95,19 +91,6 @@ def localisation_scores(classifier, catalog, indices: list[int], batch_size: int
             label = classifier.class_names[catalog.records[index].label]
             rows.append({"path": catalog.relative(index), "label": label, **localisation(cam, mask)})
     return {"dilation_px": POINTING_DILATION, "per_class": summarise(rows, classifier.class_names), "images": rows}
-
-
-def overlay(pixels: torch.Tensor, cam: torch.Tensor, caption: str, alpha: float = 0.45) -> Image.Image:
-    """The model's view of the image beside it with the heat-map over it, and a caption below."""
-    image = as_three_channels(pixels.cpu()).permute(1, 2, 0).numpy().astype(np.float32)
-    heat = HEAT_MAP(cam.detach().cpu().numpy())[..., :3].astype(np.float32) * 255
-    blended = ((1 - alpha) * image + alpha * heat).astype(np.uint8)
-    side = image.shape[0]
-    canvas = Image.new("RGB", (2 * side, side + CAPTION_HEIGHT), "white")
-    canvas.paste(Image.fromarray(image.astype(np.uint8)), (0, 0))
-    canvas.paste(Image.fromarray(blended), (side, 0))
-    ImageDraw.Draw(canvas).multiline_text((6, side + 4), caption, fill="black", spacing=2)
-    return canvas
 
 
 class GradCamGrid(Callback):

@@ -1,13 +1,22 @@
-"""The report's pictures, drawn with matplotlib: confusion matrix, reliability diagram, training curves.
+"""Pictures for people: the report's confusion matrix, reliability diagram and training curves (matplotlib),
+and Grad-CAM overlays (a matplotlib colour map on the model's view of the image).
 
 Figures are made with `matplotlib.figure.Figure` (no pyplot, no global state), written as PNGs and
 turned into pixels for TensorBoard."""
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+
+from busi.images import as_three_channels
+
+CAPTION_HEIGHT = 32  # two lines of Pillow's default font
+HEAT_MAP = matplotlib.colormaps["jet"]  # Grad-CAM's customary colour map: blue (0) to red (1)
 
 
 def confusion_matrix_figure(matrix: list[list[int]], class_names: tuple[str, ...], title: str) -> Figure:
@@ -98,3 +107,16 @@ def fold_curves_figure(histories: dict[int, list[dict]]) -> Figure:
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
     return figure
+
+
+def overlay(pixels: torch.Tensor, cam: torch.Tensor, caption: str, alpha: float = 0.45) -> Image.Image:
+    """The model's view of the image beside it with the heat-map over it, and a caption below."""
+    image = as_three_channels(pixels.cpu()).permute(1, 2, 0).numpy().astype(np.float32)
+    heat = HEAT_MAP(cam.detach().cpu().numpy())[..., :3].astype(np.float32) * 255
+    blended = ((1 - alpha) * image + alpha * heat).astype(np.uint8)
+    side = image.shape[0]
+    canvas = Image.new("RGB", (2 * side, side + CAPTION_HEIGHT), "white")
+    canvas.paste(Image.fromarray(image.astype(np.uint8)), (0, 0))
+    canvas.paste(Image.fromarray(blended), (side, 0))
+    ImageDraw.Draw(canvas).multiline_text((6, side + 4), caption, fill="black", spacing=2)
+    return canvas

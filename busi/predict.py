@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from jsonargparse import ArgumentParser
 
-from busi.explain import overlay
 from busi.images import (
     UnreadableImageError,
     as_three_channels,
@@ -23,6 +22,7 @@ from busi.images import (
 )
 from busi.inference import infer
 from busi.model import BusiClassifier, WeightsError, load_classifier
+from busi.plots import overlay
 
 
 @dataclass

@@ -65,7 +65,9 @@ def format_report(report: dict) -> str:
     if "data" in report:  # busi-evaluate: every image of a folder
         data = report["data"]
         models = f", mean of {data['models']} fold models" if data["models"] > 1 else ""
-        lines[1:1] = [f"Evaluated on every image of {data['root']} ({data['images']} images{models}); split 'test' = all of them"]
+        lines[1:1] = [
+            f"Evaluated on every image of {data['root']} ({data['images']} images{models}); split 'test' = all of them"
+        ]
     lines += [f"{'split':>6} {'images':>7} {'loss':>8} {'accuracy':>9} {'macro-F1':>9}"]
     for name, split in report["splits"].items():
         lines.append(

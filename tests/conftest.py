@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_busi import IMAGE_SIZE, write_busi_folder
+from fake_busi import train_args, write_busi_folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,15 +26,5 @@ def trained_run(busi_root, tmp_path_factory):
     """One real `train.py` run (frozen recipe, no pretrained weights, 64 px, 2 epochs) shared by tests."""
     from busi.cli import run
 
-    cli = run(
-        [
-            "--model.weights=none",
-            f"--data.root={busi_root}",
-            f"--data.image_size={IMAGE_SIZE}",
-            "--data.batch_size=8",
-            "--trainer.max_epochs=2",
-            f"--trainer.default_root_dir={tmp_path_factory.mktemp('runs')}",
-            "--trainer.enable_progress_bar=false",
-        ]
-    )
+    cli = run(train_args(busi_root, tmp_path_factory.mktemp("runs"), epochs=2))
     return cli, Path(cli.trainer.log_dir)

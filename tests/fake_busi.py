@@ -81,3 +81,13 @@ def real_busi_root() -> Path | None:
         if candidate and (Path(candidate) / "benign").is_dir():
             return Path(candidate)
     return None
+
+
+def train_args(root: Path, runs: Path, *extra: str, epochs: int = 2) -> list[str]:
+    """The tests' busi-train options: the default recipe without pretrained weights, at 64 px, batch 8;
+    `extra` options come last and override these."""
+    return [
+        "--model.weights=none", f"--data.root={root}", f"--data.image_size={IMAGE_SIZE}", "--data.batch_size=8",
+        f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={runs}", "--trainer.enable_progress_bar=false",
+        *extra,
+    ]  # fmt: skip

@@ -17,7 +17,7 @@ from PIL import Image
 from busi.cli import main as train_main
 from busi.predict import main as predict_main
 
-from fake_busi import IMAGE_SIZE, ultrasound_like, write_busi_folder
+from fake_busi import train_args, ultrasound_like, write_busi_folder
 
 
 def scan(seed: int, size: tuple[int, int] = (90, 110)) -> Image.Image:
@@ -117,10 +117,7 @@ def messy(tmp_path_factory):
     (root / "notes" / "protocol.png").write_text("not data")
     paths = {name: write_case(name, root / "benign") for name in MATRIX}
     runs = base / "runs"
-    code = train_main([
-        "--model.weights=none", f"--data.root={root}", f"--data.image_size={IMAGE_SIZE}", "--data.batch_size=8",
-        "--trainer.max_epochs=1", f"--trainer.default_root_dir={runs}", "--trainer.enable_progress_bar=false",
-    ])  # fmt: skip
+    code = train_main(train_args(root, runs, epochs=1))
     assert code == 0
     run_dir = runs / "lightning_logs" / "version_0"
     output = base / "predictions.csv"

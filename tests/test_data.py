@@ -1,17 +1,13 @@
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from busi import CLASS_NAMES
 from busi.data import BusiDataModule, DataError, read_catalog, scan_class_folders
-from busi.duplicates import perceptual_hash
-from busi.splits import assign_groups, read_split_csv, write_split_csv
+from busi.splits import read_split_csv, write_split_csv
 
-from fake_busi import IMAGE_SIZE, ultrasound_like, write_busi_folder
+from fake_busi import IMAGE_SIZE, write_busi_folder
 
 
 def datamodule(root: Path, **overrides) -> BusiDataModule:
@@ -42,41 +38,6 @@ def test_audit_names_unreadable_conflicting_and_duplicate_files(busi_root):
     assert ["benign/benign (1).png", "benign/benign (11).png"] in grouped
     assert audit["masks_per_image"]["2"] == sum(1 for p in busi_root.rglob("*_mask_1.png"))
     assert audit["modes"] == {"L": audit["modes"]["L"], "RGB": audit["modes"]["RGB"]}
-
-
-def test_near_duplicates_hash_close_and_distinct_scans_far():
-    rng = np.random.default_rng(1)
-    scan = ultrasound_like(rng, 0, 120, 110)
-    nearly = np.clip(scan[3:-3, 2:-2].astype(np.int16) + 4, 0, 255).astype(np.uint8)
-    other = ultrasound_like(rng, 0, 120, 110)
-    hash_of = lambda a: perceptual_hash(Image.fromarray(a))  # noqa: E731
-    assert np.sum(hash_of(scan) != hash_of(nearly)) <= 4
-    assert np.sum(hash_of(scan) != hash_of(other)) > 10
-
-
-def test_split_is_stratified_and_keeps_groups_whole():
-    rng = np.random.default_rng(0)
-    labels = [0] * 300 + [1] * 150 + [2] * 90
-    groups = list(range(len(labels)))
-    for start in range(0, 120, 3):  # forty groups of three near-duplicates
-        groups[start + 1] = groups[start + 2] = groups[start]
-    rng.shuffle(groups[300:])
-    parts = assign_groups(groups, labels, (0.7, 0.15, 0.15), seed=3)
-    members = defaultdict(set)
-    for group, part in zip(groups, parts, strict=True):
-        members[group].add(part)
-    assert all(len(p) == 1 for p in members.values())
-    for label, size in ((0, 300), (1, 150), (2, 90)):
-        counts = np.bincount([p for p, lab in zip(parts, labels, strict=True) if lab == label], minlength=3)
-        assert np.allclose(counts / size, (0.7, 0.15, 0.15), atol=0.02), counts
-
-
-def test_split_is_reproducible_and_depends_on_seed():
-    labels = [i % 3 for i in range(200)]
-    groups = list(range(200))
-    first = assign_groups(groups, labels, (0.7, 0.15, 0.15), seed=1)
-    assert first == assign_groups(groups, labels, (0.7, 0.15, 0.15), seed=1)
-    assert first != assign_groups(groups, labels, (0.7, 0.15, 0.15), seed=2)
 
 
 def test_datamodule_splits_every_class_and_keeps_duplicates_together(busi_root):

@@ -15,7 +15,7 @@ from busi.data import BusiDataModule
 from busi.model import BusiClassifier
 from busi.predict import main as predict_main
 
-from fake_busi import IMAGE_SIZE
+from fake_busi import IMAGE_SIZE, train_args
 
 SCRATCH = str(DEFAULT_CONFIG.parent / "scratch.yaml")
 
@@ -78,11 +78,9 @@ def predicted_probabilities(run_dir: Path, root: Path, tmp_path: Path) -> tuple[
 @pytest.mark.parametrize("recipe", ["frozen", "scratch"])
 def test_a_bf16_trained_model_is_tested_in_float32_like_predict(recipe, busi_root, tmp_path):
     config = ["--config", SCRATCH, "--trainer.max_epochs=1"] if recipe == "scratch" else ["--trainer.max_epochs=2"]
-    cli = run([
-        "--model.weights=none", f"--data.root={busi_root}", f"--data.image_size={IMAGE_SIZE}", "--data.batch_size=8",
-        f"--trainer.default_root_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false",
-        "--trainer.accelerator=cpu", "--trainer.precision=bf16-mixed", *config,
-    ])  # fmt: skip
+    cli = run(
+        train_args(busi_root, tmp_path / "runs", "--trainer.accelerator=cpu", "--trainer.precision=bf16-mixed", *config)
+    )
     run_dir = Path(cli.trainer.log_dir)
     probabilities, labels = predicted_probabilities(run_dir, cli.datamodule.catalog.root, tmp_path)
     test = json.loads((run_dir / "report.json").read_text())["splits"]["test"]

@@ -13,7 +13,7 @@ from busi.data import BusiDataModule
 from busi.model import BusiClassifier, load_classifier
 from busi.predict import main as predict_main
 
-from fake_busi import IMAGE_SIZE
+from fake_busi import IMAGE_SIZE, train_args
 
 
 def test_run_directory_holds_checkpoints_split_audit_and_report(trained_run):
@@ -113,18 +113,7 @@ def test_training_resumes_from_last_checkpoint_in_its_own_run_directory(trained_
     cli, run_dir = trained_run
     copied = tmp_path / "lightning_logs" / "version_0"
     shutil.copytree(run_dir, copied)
-    resumed = run(
-        [
-            "--model.weights=none",
-            f"--data.root={busi_root}",
-            f"--data.image_size={IMAGE_SIZE}",
-            "--data.batch_size=8",
-            "--trainer.max_epochs=3",
-            f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false",
-            "--ckpt_path=last",
-        ]
-    )
+    resumed = run(train_args(busi_root, tmp_path, "--ckpt_path=last", epochs=3))
     steps_per_epoch = cli.trainer.global_step // 2
     assert resumed.trainer.current_epoch == 3
     assert resumed.trainer.global_step == 3 * steps_per_epoch

@@ -1,0 +1,48 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from busi.evaluate import main as evaluate_main
+from busi.predict import main as predict_main
+
+
+def read_csv(path):
+    with path.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_evaluate_reports_on_every_image_of_a_labelled_folder(trained_run, busi_root, tmp_path):
+    _, run_dir = trained_run
+    ckpt = str(run_dir / "checkpoints/best.ckpt")
+    output = tmp_path / "evaluation"
+    assert evaluate_main(["--ckpt", ckpt, "--data.root", str(busi_root), "--output", str(output)]) == 0
+    report = json.loads((output / "report.json").read_text())
+    audit = json.loads((run_dir / "audit.json").read_text())
+    test = report["splits"]["test"]
+    assert list(report["splits"]) == ["test"] and test["samples"] == audit["images"]  # every readable image
+    assert report["data"]["images"] == audit["images"]
+    assert sum(map(sum, test["confusion_matrix"])) == audit["images"]
+    assert report["localisation"]["per_class"]  # the fake folder has lesion masks
+    for name in ("report.txt", "confusion_matrix.png", "reliability.png"):
+        assert (output / name).is_file()
+    evaluated = read_csv(output / "predictions.csv")
+    assert predict_main(["--ckpt", ckpt, str(busi_root), "--output", str(tmp_path / "predicted.csv")]) == 0
+    predicted = {row["path"]: row for row in read_csv(tmp_path / "predicted.csv") if not row["error"]}
+    assert len(evaluated) == test["samples"] == len(predicted)
+    for row in evaluated:
+        for column in ("p_benign", "p_malignant", "p_normal"):
+            assert float(row[column]) == pytest.approx(float(predicted[row["path"]][column]), abs=1e-6)
+    labels = {name: i for i, name in enumerate(report["class_names"])}
+    truth = [Path(row["path"]).relative_to(busi_root).parts[0] for row in evaluated]
+    correct = sum(labels[row["label"]] == labels[true] for row, true in zip(evaluated, truth, strict=True))
+    assert test["accuracy"] == pytest.approx(correct / len(evaluated))
+
+
+def test_evaluate_refuses_a_missing_folder_with_one_line(trained_run, tmp_path, capsys):
+    _, run_dir = trained_run
+    code = evaluate_main(["--ckpt", str(run_dir / "checkpoints/best.ckpt"), "--data.root", str(tmp_path / "nowhere")])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "nowhere" in error

@@ -1,0 +1,36 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from busi.inference import infer
+from busi.model import BusiClassifier
+
+
+def reference_grad_cam(classifier, images, classes):
+    """Grad-CAM the textbook way: backpropagate through the whole network to the feature map."""
+    features = F.relu(classifier.model.features(images.clone().requires_grad_(True)))
+    features.retain_grad()
+    logits = classifier.model.head(features)
+    logits.gather(1, classes[:, None]).sum().backward()
+    weights = features.grad.mean(dim=(2, 3), keepdim=True)
+    cams = F.relu((weights * features).sum(dim=1, keepdim=True))
+    cams = F.interpolate(cams, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return cams / cams.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # a map can be all zero
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_grad_cam_matches_the_textbook_computation_even_in_inference_mode(frozen):
+    torch.manual_seed(0)
+    classifier = BusiClassifier(weights=None, freeze_backbone=frozen, image_size=128, channels_last=False).eval()
+    images = torch.randn(3, 3, 128, 128)
+    classes = torch.tensor([0, 2, 1])
+    expected = reference_grad_cam(classifier, images, classes)
+    with torch.inference_mode():  # as in Lightning's validation and test loops
+        explanation = infer(classifier, images, explain=classes)
+    assert explanation.cams.shape == (3, 128, 128)
+    assert torch.allclose(explanation.cams, expected, atol=1e-5)
+    peaks = explanation.cams.amax(dim=(1, 2))
+    assert ((peaks == 1) | (peaks == 0)).all() and (peaks == 1).any()
+    with torch.no_grad():
+        assert torch.allclose(explanation.probabilities, classifier(images).softmax(1), atol=1e-6)
+    assert infer(classifier, images, explain=True).explained.tolist() == explanation.probabilities.argmax(1).tolist()

@@ -1,0 +1,79 @@
+import urllib.error
+
+import pytest
+import torch
+from torchvision.models import densenet121
+
+from busi.model import BusiClassifier
+from busi.network import DenseNetClassifier, WeightsError, imagenet_weights_file, parameter_counts
+
+from fake_busi import IMAGE_SIZE
+
+
+def test_head_matches_the_original_recipe_at_256_pixels():
+    network = DenseNetClassifier(image_size=256, freeze_backbone=True)
+    linear_shapes = [tuple(m.weight.shape) for m in network.head if isinstance(m, torch.nn.Linear)]
+    assert linear_shapes == [(1024, 8 * 8 * 1024), (1024, 1024), (512, 1024), (128, 512), (3, 128)]
+    dropouts = [m.p for m in network.head if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [0.5, 0.3]
+    assert parameter_counts(network) == (68_750_339, 6_953_856)
+    assert parameter_counts(DenseNetClassifier(image_size=256, freeze_backbone=False)) == (75_704_195, 0)
+
+
+def test_forward_returns_logits_for_a_batch():
+    network = DenseNetClassifier(image_size=IMAGE_SIZE).eval()
+    with torch.no_grad():
+        logits = network(torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE))
+    assert logits.shape == (2, 3)
+    assert not torch.allclose(logits.softmax(1).sum(1), logits.sum(1))  # logits, not probabilities
+
+
+def test_imagenet_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state_dict = fake_imagenet_state_dict()
+    imagenet_weights_file().parent.mkdir(parents=True)
+    torch.save(state_dict, imagenet_weights_file())
+    classifier = BusiClassifier(weights="imagenet", image_size=IMAGE_SIZE)
+    assert torch.equal(classifier.model.features.conv0.weight, state_dict["features.conv0.weight"])
+    assert torch.equal(
+        classifier.model.features.denseblock4.denselayer16.norm2.running_var,
+        state_dict["features.denseblock4.denselayer16.norm2.running_var"],
+    )
+
+
+def test_local_weights_file_with_legacy_keys_loads(tmp_path):
+    legacy = {}
+    for key, value in fake_imagenet_state_dict().items():
+        legacy[key.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2.")] = value
+    assert any(".norm.1." in key for key in legacy)
+    path = tmp_path / "densenet121.pth"
+    torch.save(legacy, path)
+    classifier = BusiClassifier(weights=str(path), image_size=IMAGE_SIZE)
+    expected = legacy["features.denseblock1.denselayer1.norm.1.weight"]
+    assert torch.equal(classifier.model.features.denseblock1.denselayer1.norm1.weight, expected)
+
+
+def test_offline_without_cached_imagenet_weights_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(WeightsError) as error:
+        BusiClassifier(weights="imagenet", image_size=IMAGE_SIZE)
+    message = str(error.value)
+    assert str(imagenet_weights_file()) in message and "--model.weights none" in message
+    assert "\n" not in message
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path):
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
+    with pytest.raises(WeightsError, match="do not fit DenseNet121"):
+        BusiClassifier(weights=str(path), image_size=IMAGE_SIZE)
+
+
+def fake_imagenet_state_dict() -> dict[str, torch.Tensor]:
+    torch.manual_seed(123)
+    return densenet121(weights=None).state_dict()

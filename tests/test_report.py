@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from busi import CLASS_NAMES
+from busi.metrics import reliability
+from busi.plots import confusion_matrix_figure
+from busi.report import format_report, training_history
+
+PICTURES = ("confusion_matrix.png", "reliability.png", "curves.png")
+
+
+def test_every_run_directory_holds_the_report_and_its_three_pictures(trained_run):
+    cli, run_dir = trained_run
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report == cli.report
+    assert (run_dir / "report.txt").read_text() == format_report(report) + "\n"
+    for name in PICTURES:
+        with Image.open(run_dir / name) as picture:
+            pixels = np.asarray(picture.convert("L"))
+        assert picture.width >= 400 and picture.height >= 300, name
+        assert pixels.std() > 10, f"{name} is blank"
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert {"test/confusion_matrix", "test/reliability_diagram", "test/curves"} <= set(events.Tags()["images"])
+
+
+def test_training_curves_come_from_every_epoch_logged(trained_run):
+    cli, run_dir = trained_run
+    history = training_history(run_dir)
+    assert [row["epoch"] for row in history] == list(range(cli.trainer.max_epochs))
+    for row in history:
+        assert {"train/loss", "train/acc", "train/macro_f1", "val/loss", "val/acc", "val/macro_f1"} <= row.keys()
+        assert 0 <= row["val/macro_f1"] <= 1 and row["train/loss"] > 0
+    best = torch.load(run_dir / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
+    assert max(history, key=lambda row: row["val/macro_f1"])["epoch"] == best["epoch"]
+
+
+def test_reliability_bins_count_images_and_average_confidence_and_accuracy():
+    rows = reliability(torch.tensor([0.05, 0.55, 0.58, 0.99, 1.0]), torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0]))
+    assert len(rows) == 10 and [row["images"] for row in rows] == [1, 0, 0, 0, 0, 2, 0, 0, 0, 2]
+    assert rows[0]["confidence"] == pytest.approx(0.05) and rows[0]["accuracy"] == 1.0
+    assert rows[5]["confidence"] == pytest.approx(0.565) and rows[5]["accuracy"] == 0.5
+    assert rows[9]["confidence"] == pytest.approx(0.995) and rows[9]["accuracy"] == 0.5  # 1.0 falls in the last bin
+    assert rows[1]["confidence"] is None and rows[1]["accuracy"] is None
+
+
+def test_confusion_matrix_picture_shows_counts_and_row_shares():
+    figure = confusion_matrix_figure([[3, 1, 0], [0, 2, 2], [0, 0, 5]], CLASS_NAMES, "test")
+    labels = [text.get_text() for text in figure.axes[0].texts]
+    assert labels[:3] == ["3\n75%", "1\n25%", "0\n0%"] and labels[-1] == "5\n100%"
+    assert [tick.get_text() for tick in figure.axes[0].get_xticklabels()] == list(CLASS_NAMES)
