@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw
 
 from busi.images import as_three_channels
@@ -47,8 +48,12 @@ def reliability_figure(rows: list[dict], ece: float, title: str) -> Figure:
     lefts = [row["bin"][0] for row in rows]
     width = rows[0]["bin"][1] - rows[0]["bin"][0]
     accuracy = [row["accuracy"] or 0.0 for row in rows]
-    bars = axes.bar(lefts, accuracy, width=width, align="edge", edgecolor="white", label="accuracy in the bin")
-    axes.bar_label(bars, labels=[str(row["images"]) if row["images"] else "" for row in rows], fontsize=8)
+    axes.bar(lefts, accuracy, width=width, align="edge", edgecolor="white", label="accuracy in the bin")
+    for left, row in zip(lefts, rows, strict=True):
+        if row["images"]:
+            axes.text(
+                left + width / 2, 0.015, f"n={row['images']}", ha="center", va="bottom", fontsize=7, color="white"
+            )
     filled = [row for row in rows if row["images"]]
     axes.plot(
         [row["confidence"] for row in filled],
@@ -59,7 +64,7 @@ def reliability_figure(rows: list[dict], ece: float, title: str) -> Figure:
     )
     axes.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     axes.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence of the predicted class", ylabel="accuracy")
-    axes.set_title(f"{title}: ECE {ece:.3f}")
+    axes.set_title(f"{title}: ECE {ece:.3f} (n: images per bin)")
     axes.legend(loc="upper left", fontsize=8)
     return figure
 
@@ -79,6 +84,7 @@ def curves_figure(history: list[dict], title: str, best_epoch: int | None = None
         if best_epoch is not None:
             axes.axvline(best_epoch + 1, color="grey", linestyle=":", label="best epoch")
         axes.set(xlabel="epoch", ylabel=label, title=label)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         if key != "loss":
             axes.set_ylim(0, 1)
@@ -104,6 +110,7 @@ def fold_curves_figure(histories: dict[int, list[dict]]) -> Figure:
             if points:
                 axes.plot(*zip(*points, strict=True), marker="o", markersize=2, label=f"fold {fold}")
         axes.set(xlabel="epoch", ylabel=label, title=label)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
     return figure
