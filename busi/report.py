@@ -61,31 +61,31 @@ def format_confusion_matrix(matrix: list[list[int]], class_names: tuple[str, ...
 def format_report(report: dict) -> str:
     class_names = tuple(report["class_names"])
     test = report["splits"]["test"]
+    scope, where = "test", "test split"  # a training run; busi-evaluate scores every image of a folder
     lines = [f"Checkpoint: {report['checkpoint']}", ""]
-    if "data" in report:  # busi-evaluate: every image of a folder
+    if "data" in report:
         data = report["data"]
+        scope, where = "all images", "all images"
         models = f", mean of {data['models']} fold models" if data["models"] > 1 else ""
-        lines[1:1] = [
-            f"Evaluated on every image of {data['root']} ({data['images']} images{models}); split 'test' = all of them"
-        ]
+        lines[1:1] = [f"Evaluated on every image of {data['root']} ({data['images']} images{models})"]
     lines += [f"{'split':>6} {'images':>7} {'loss':>8} {'accuracy':>9} {'macro-F1':>9}"]
     for name, split in report["splits"].items():
         lines.append(
             f"{name:>6} {split['samples']:7d} {split['loss']:8.4f} {split['accuracy']:9.4f} {split['macro_f1']:9.4f}"
         )
-    lines += ["", "Test classification report", format_classification_report(test, class_names), ""]
-    lines += [f"Macro one-vs-rest AUROC (test): {test['auroc_macro_ovr']:.4f}"]
+    lines += ["", f"Classification report ({where})", format_classification_report(test, class_names), ""]
+    lines += [f"Macro one-vs-rest AUROC ({scope}): {test['auroc_macro_ovr']:.4f}"]
     lines += [
-        f"Expected calibration error (test, {RELIABILITY_BINS} bins): {test['ece']:.4f} "
+        f"Expected calibration error ({scope}, {RELIABILITY_BINS} bins): {test['ece']:.4f} "
         f"(temperature {report.get('temperature', 1.0):.3f}; {test['ece_uncalibrated']:.4f} without it)",
         "",
     ]
     lines += [
-        "Test confusion matrix (rows: true class, columns: predicted)",
+        f"Confusion matrix ({where}; rows: true class, columns: predicted)",
         format_confusion_matrix(test["confusion_matrix"], class_names),
     ]
     if report.get("localisation"):
-        lines += ["", format_localisation(report["localisation"], "Grad-CAM localisation, test split (true class)")]
+        lines += ["", format_localisation(report["localisation"], f"Grad-CAM localisation, {where} (true class)")]
     return "\n".join(lines)
 
 
@@ -115,11 +115,12 @@ def write_report(report: dict, folder: Path, experiment=None, step: int = 0, spl
     (folder / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (folder / "report.txt").write_text(format_report(report) + "\n", encoding="utf-8")
     scored = report["splits"][split]
+    where = "all images" if "data" in report else f"{split} split"
     figures = {
         "confusion_matrix": confusion_matrix_figure(
-            scored["confusion_matrix"], tuple(report["class_names"]), f"{split} split: {scored['samples']} images"
+            scored["confusion_matrix"], tuple(report["class_names"]), f"{where}: {scored['samples']} images"
         ),
-        "reliability": reliability_figure(scored["reliability"], scored["ece"], f"{split} split"),
+        "reliability": reliability_figure(scored["reliability"], scored["ece"], where),
     }
     history = training_history(folder)
     if history:
