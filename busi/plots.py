@@ -60,7 +60,7 @@ def reliability_figure(rows: list[dict], ece: float, title: str) -> Figure:
         [row["accuracy"] for row in filled],
         "o",
         color="C1",
-        label="mean confidence",
+        label="bin: mean confidence, accuracy",
     )
     axes.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     axes.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence of the predicted class", ylabel="accuracy")
