@@ -1,25 +1,43 @@
-"""Web app: `streamlit run busi/app.py` (after `pip install -e ".[app]"`).
+"""Web app: `busi-app` (or `streamlit run busi/app.py`), after `pip install -e ".[app]"`.
 
-Upload one or more ultrasound images and see, for each, the predicted class, the probabilities as a
-bar chart, and the Grad-CAM heat-map of the predicted class. The sidebar picks the checkpoint (default:
-$BUSI_CHECKPOINT, else the newest runs/**/checkpoints/best.ckpt). Bad uploads get a message; the app
-keeps running.
+Upload one or more ultrasound images. Each gets its scan at its true aspect ratio beside the same scan
+under the Grad-CAM heat-map of the predicted class, and the three calibrated probabilities as numbers
+and as bars on a fixed 0–1 scale. A table sums up every upload and downloads as predict.py's CSV, the
+overlays as a zip. The sidebar picks the checkpoint (default: $BUSI_CHECKPOINT, else the newest
+runs/**/checkpoints/best.ckpt) and says what it is, what it was trained on and how it scored. Each
+file's result is cached by its content, so adding a file computes only that file. Bad uploads get one
+line each; the app keeps running.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import sys
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
+from matplotlib.figure import Figure
+from PIL import Image
+from streamlit.web import cli as streamlit_cli
 
+from busi import __version__
 from busi.images import UnreadableImageError, as_three_channels, decode_image, resize_to_tensor
 from busi.inference import infer
 from busi.model import BusiClassifier, WeightsError, load_classifier
-from busi.plots import overlay
+from busi.plots import HEAT_MAP
+from busi.predict import Prediction, csv_columns, csv_row
 
-MAX_UPLOAD_MB = 50
+MAX_UPLOAD_MB = 50  # also Streamlit's server.maxUploadSize: .streamlit/config.toml and busi-app
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
+DISCLAIMER = (
+    "Research tool, not a medical device. Every prediction needs a clinician's reading; the heat-map shows "
+    "where the model looked, not where a lesion is."
+)
 
 
 def default_checkpoint() -> str:
@@ -29,65 +47,201 @@ def default_checkpoint() -> str:
     return str(found[-1]) if found else ""
 
 
+def percent(probability: float) -> str:
+    """A calibrated probability as people read it: never a certain-looking 100.0 % or 0.0 %."""
+    if probability > 0.999:
+        return "> 99.9 %"
+    if probability < 0.001:
+        return "< 0.1 %"
+    return f"{probability:.1%}".replace("%", " %")
+
+
+@dataclass
+class Result:
+    name: str
+    probabilities: list[float] | None = None
+    error: str = ""
+    scan: np.ndarray | None = None  # the decoded image, (H, W, 3) uint8 at its own size
+    cam: np.ndarray | None = None  # heat-map in [0, 1] at the model's input size
+
+
 @st.cache_resource(max_entries=2)
 def cached_classifier(path: str, modified: float) -> BusiClassifier:  # `modified`: reload a rewritten file
     return load_classifier(Path(path))
 
 
-def classify_upload(classifier: BusiClassifier, name: str, data: bytes):
-    """(probabilities, overlay picture) for one uploaded file, or UnreadableImageError saying why not."""
+def classify_upload(classifier: BusiClassifier, name: str, data: bytes) -> Result:
+    """Probabilities and heat-map for one uploaded file, or UnreadableImageError saying why not."""
     if not data:
         raise UnreadableImageError(Path(name), "empty file (0 bytes)")
     if len(data) > MAX_UPLOAD_MB * 2**20:
         raise UnreadableImageError(
             Path(name), f"file too large ({len(data) / 2**20:.0f} MB; at most {MAX_UPLOAD_MB} MB)"
         )
-    pixels = resize_to_tensor(decode_image(Path(name), data), classifier.hparams.image_size)
+    image = decode_image(Path(name), data)
+    pixels = resize_to_tensor(image, classifier.hparams.image_size)
     outputs = infer(classifier, as_three_channels(pixels)[None], explain=True)
-    probabilities = outputs.probabilities[0].tolist()
-    best = max(range(len(probabilities)), key=probabilities.__getitem__)
-    caption = f"{classifier.class_names[best]} {probabilities[best]:.1%}"
-    return probabilities, overlay(pixels, outputs.cams[0], caption)
+    return Result(
+        name,
+        outputs.probabilities[0].tolist(),
+        scan=np.asarray(image.convert("RGB")),
+        cam=outputs.cams[0].cpu().numpy(),
+    )
 
 
-def show(classifier: BusiClassifier, upload) -> None:
-    st.subheader(upload.name)
+@st.cache_data(max_entries=256, show_spinner=False)
+def analyse(path: str, modified: float, name: str, data: bytes) -> dict:
+    """One upload's result as Result's fields, cached by the checkpoint and the file's content."""
     try:
-        probabilities, picture = classify_upload(classifier, upload.name, upload.getvalue())
+        return vars(classify_upload(cached_classifier(path, modified), name, data))
     except UnreadableImageError as error:
-        st.error(str(error))
+        return vars(Result(name, error=str(error)))
+    except Exception as error:  # a result for this file, never a crashed page
+        return vars(Result(name, error=f"{name}: could not be classified ({type(error).__name__}: {error})"))
+
+
+def overlay_figure(result: Result, opacity: float) -> Figure:
+    """The scan at its true aspect ratio beside the same scan under the heat-map, with a colour bar."""
+    height, width = result.scan.shape[:2]
+    heat = np.asarray(Image.fromarray(result.cam.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR))
+    figure = Figure(figsize=(10, 10 * height / (2 * width) + 0.6), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    left.imshow(result.scan)
+    left.set_title("scan", fontsize=10)
+    right.imshow(result.scan)
+    shown = right.imshow(heat, cmap=HEAT_MAP, alpha=opacity, vmin=0, vmax=1)
+    right.set_title("Grad-CAM of the predicted class", fontsize=10)
+    for axes in (left, right):
+        axes.set_axis_off()
+    bar = figure.colorbar(shown, ax=[left, right], orientation="horizontal", fraction=0.04, shrink=0.5)
+    bar.set_label("model attention: low → high", fontsize=9)
+    bar.solids.set_alpha(1)
+    return figure
+
+
+def png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def predictions_csv(results: list[Result], class_names: tuple[str, ...]) -> bytes:
+    """The CSV predict.py writes, with the upload's file name as the path."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(csv_columns(class_names))
+    for result in results:
+        writer.writerow(csv_row(Prediction(Path(result.name), result.probabilities, result.error), class_names))
+    return buffer.getvalue().encode("utf-8")
+
+
+def model_panel(classifier: BusiClassifier, path: str) -> None:
+    summary = classifier.summary
+    st.subheader("Model")
+    if summary is None:
+        st.caption(
+            f"{classifier.hparams.image_size} px input. This checkpoint holds no training summary (written by "
+            "an older busi): its run's report.txt has the scores."
+        )
         return
-    except Exception as error:
-        st.error(f"{upload.name}: could not be classified ({type(error).__name__}: {error})")
-        return
-    names = classifier.class_names
-    best = max(range(len(names)), key=probabilities.__getitem__)
-    st.markdown(f"**{names[best]}** with probability {probabilities[best]:.1%}")
-    chart, heat_map = st.columns(2)
-    chart.bar_chart({"probability": dict(zip(names, probabilities, strict=True))}, horizontal=True)
-    heat_map.image(picture, caption="model input (left) and Grad-CAM of the predicted class (right)")
+    st.markdown(
+        f"**{summary['recipe']}** recipe · {summary['image_size']} px · {summary['head']} head · "
+        f"weights: {summary['weights']}{' (frozen)' if summary['freeze_backbone'] else ''}  \n"
+        f"trained {summary['trained'][:10]} with busi {summary['busi_version']} (this app: {__version__})"
+    )
+    data = summary["data"]
+    st.caption(
+        f"Trained on {data['root']}: "
+        + ", ".join(f"{name} {count}" for name, count in data["per_class"].items())
+        + " images; split "
+        + " / ".join(f"{split} {sum(counts.values())}" for split, counts in data["splits"].items())
+    )
+    test = summary["test"]
+    st.markdown(f"**Held-out test split** ({test['images']} images)")
+    st.table(
+        {
+            "measure": ["accuracy", "macro-F1", "malignant recall", "calibration error (ECE)"],
+            "value": [
+                f"{test['accuracy']:.3f}",
+                f"{test['macro_f1']:.3f}",
+                f"{test['recall'].get('malignant', float('nan')):.3f}",
+                f"{test['ece']:.3f}",
+            ],
+        }
+    )
+
+
+def show(result: Result, class_names: tuple[str, ...], opacity: float) -> bytes | None:
+    """One upload on the page; returns its overlay PNG."""
+    st.subheader(result.name)
+    if result.error:
+        st.error(result.error)
+        return None
+    probabilities = result.probabilities
+    best = max(range(len(class_names)), key=probabilities.__getitem__)
+    picture, numbers = st.columns([3, 1])
+    overlay = png(overlay_figure(result, opacity))
+    picture.image(overlay, width="stretch")
+    numbers.markdown(f"**{class_names[best]}** · {percent(probabilities[best])}")
+    for name, probability in zip(class_names, probabilities, strict=True):
+        numbers.progress(float(probability), text=f"{name}: {percent(probability)}")
+    numbers.caption("Calibrated probabilities; the bars run from 0 to 1.")
+    return overlay
 
 
 def main() -> None:
     st.set_page_config(page_title="busi: breast ultrasound classifier", layout="wide")
     st.title("Breast ultrasound: benign, malignant or normal")
-    st.caption("A research tool, not a medical device: every prediction needs a clinician's reading.")
+    st.warning(DISCLAIMER, icon="⚠️")
     with st.sidebar:
         path = st.text_input(
             "Checkpoint", value=default_checkpoint(), help="RUN/checkpoints/best.ckpt of a training run"
         )
     if not path:
-        st.info("Enter the path of a checkpoint (RUN/checkpoints/best.ckpt from `python train.py`) in the sidebar.")
+        st.info("Enter the path of a checkpoint (RUN/checkpoints/best.ckpt from `busi-train`) in the sidebar.")
         return
+    modified = Path(path).stat().st_mtime if Path(path).is_file() else 0.0
     try:
-        classifier = cached_classifier(path, Path(path).stat().st_mtime if Path(path).is_file() else 0.0)
+        classifier = cached_classifier(path, modified)
     except WeightsError as error:
         st.error(str(error))
         return
-    st.sidebar.caption(f"classes: {', '.join(classifier.class_names)}; input {classifier.hparams.image_size} px")
-    uploads = st.file_uploader("Ultrasound images", type=IMAGE_TYPES, accept_multiple_files=True)
-    for upload in uploads or []:
-        show(classifier, upload)
+    with st.sidebar:
+        model_panel(classifier, path)
+        opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05)
+    uploads = st.file_uploader(
+        f"Ultrasound images ({', '.join(IMAGE_TYPES)}; up to {MAX_UPLOAD_MB} MB each)",
+        type=IMAGE_TYPES,
+        accept_multiple_files=True,
+    )
+    if not uploads:
+        return
+    names = classifier.class_names
+    results = [Result(**analyse(path, modified, upload.name, upload.getvalue())) for upload in uploads]
+    st.subheader("All uploads")
+    table = list(csv.DictReader(io.StringIO(predictions_csv(results, names).decode("utf-8"))))
+    st.dataframe(table, hide_index=True)
+    downloads = st.columns(2)
+    downloads[0].download_button(
+        "Download the table (predict.py's CSV)", predictions_csv(results, names), "predictions.csv", "text/csv"
+    )
+    overlays = {r.name: show(r, names, opacity) for r in results}
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for name, picture in overlays.items():
+            if picture is not None:
+                bundle.writestr(f"{Path(name).stem}_gradcam.png", picture)
+    downloads[1].download_button("Download the overlays (zip)", archive.getvalue(), "overlays.zip", "application/zip")
 
 
-main()
+def launch() -> None:
+    """`busi-app`: the app with its upload limit and a reader's toolbar, wherever busi is installed."""
+    sys.argv = [
+        "streamlit", "run", str(Path(__file__)), f"--server.maxUploadSize={MAX_UPLOAD_MB}",
+        "--client.toolbarMode=minimal", *sys.argv[1:],
+    ]  # fmt: skip
+    sys.exit(streamlit_cli.main())
+
+
+if __name__ == "__main__":
+    main()

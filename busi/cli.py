@@ -7,6 +7,7 @@ import pickle
 import signal
 import sys
 import warnings
+from datetime import datetime, timezone
 from importlib.resources import files
 from pathlib import Path
 
@@ -19,12 +20,13 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from busi import __version__
 from busi.calibration import fit_temperature
 from busi.checkpointing import AtomicCheckpointIO, ResumeCheckpoint, ResumeError, StepSeed, find_resume_checkpoint
 from busi.data import BusiDataModule, DataError
 from busi.explain import GradCamGrid, localisation_scores
 from busi.inference import infer_loader
-from busi.model import BusiClassifier, WeightsError
+from busi.model import SUMMARY_KEY, BusiClassifier, WeightsError
 from busi.report import build_report, format_report, write_report
 
 # BusiClassifier normalises uint8 batches on the device by design; Lightning warns whenever a
@@ -156,9 +158,46 @@ def run(args: list[str] | None = None) -> LightningCLI:
             experiment = getattr(model.logger, "experiment", None)
             experiment = experiment if hasattr(experiment, "add_image") else None
             write_report(cli.report, Path(log_dir), experiment, model.global_step)
+        if best:
+            store_summary(Path(best), model_summary(cli, cli.report))
         print(format_report(cli.report))
         print(f"\nRun directory: {log_dir}")
     return cli
+
+
+def model_summary(cli: LightningCLI, report: dict) -> dict:
+    """What a checkpoint is, what it was trained on and how it scored, kept inside it for the web app."""
+    hparams, datamodule = cli.model.hparams, cli.datamodule
+    test = report["splits"]["test"]
+    recipes = [Path(str(path)).stem for path in cli.config.get("config") or []]
+    return {
+        "busi_version": __version__,
+        "trained": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe": "+".join(recipes) or "default",
+        "image_size": hparams.image_size,
+        "weights": str(hparams.weights),
+        "freeze_backbone": hparams.freeze_backbone,
+        "head": "flatten",
+        "data": {
+            "root": str(datamodule.hparams.root),
+            "per_class": {name: c["images"] for name, c in datamodule.catalog.audit["per_class"].items()},
+            "splits": datamodule.split_counts(),
+        },
+        "test": {
+            "images": test["samples"],
+            "accuracy": test["accuracy"],
+            "macro_f1": test["macro_f1"],
+            "recall": {name: values["recall"] for name, values in test["per_class"].items()},
+            "ece": test["ece"],
+            "temperature": report.get("temperature", 1.0),
+        },
+    }
+
+
+def store_summary(best: Path, summary: dict) -> None:
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    state[SUMMARY_KEY] = summary
+    AtomicCheckpointIO().save_checkpoint(state, best)
 
 
 def calibrate(cli: LightningCLI, best: Path) -> float:

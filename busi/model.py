@@ -23,6 +23,8 @@ from busi.metrics import SplitEvaluation, epoch_metrics
 from busi.network import DenseNetClassifier, WeightsError, load_backbone_weights, parameter_counts
 from busi.splits import SPLIT_NAMES
 
+SUMMARY_KEY = "busi_summary"  # in best.ckpt: recipe, training data and test scores (busi.cli.model_summary)
+
 
 class BusiClassifier(L.LightningModule):
     """Trains DenseNetClassifier with Adam and cross-entropy; tests the chosen checkpoint on every split.
@@ -87,6 +89,7 @@ class BusiClassifier(L.LightningModule):
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
         self.evaluations = nn.ModuleDict({f"{s}_split": SplitEvaluation(len(self.class_names)) for s in SPLIT_NAMES})
         self.test_splits: dict[str, dict] = {}  # the report's numbers, per split, after `trainer.test`
+        self.summary: dict | None = None  # read from a checkpoint's SUMMARY_KEY
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.head(self._extract(images))
@@ -138,6 +141,7 @@ class BusiClassifier(L.LightningModule):
         if not isinstance(state_dict, dict) or not any(key.startswith("model.features.") for key in state_dict):
             raise WeightsError("not a busi checkpoint (no busi model weights in its state_dict)")
         state_dict.setdefault("temperature", torch.ones(()))  # written before calibration existed
+        self.summary = checkpoint.get(SUMMARY_KEY)
         expected, found = set(self.state_dict()), set(state_dict)
         if expected != found:
             differ = sorted(expected ^ found)

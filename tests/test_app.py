@@ -9,6 +9,9 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
+import busi.app as app_module
+from busi.app import DISCLAIMER, MAX_UPLOAD_MB, percent
+
 APP = Path(__file__).resolve().parents[1] / "busi" / "app.py"
 
 
@@ -29,10 +32,13 @@ def app(trained_run, monkeypatch, tmp_path):
     return test, trained_run[1] / "checkpoints" / "best.ckpt"
 
 
-def test_uploads_get_a_class_probabilities_and_a_heat_map_and_bad_ones_a_message(app, busi_root):
+def test_uploads_get_a_class_probabilities_a_heat_map_and_a_table_and_bad_ones_a_message(app, busi_root):
     test, ckpt = app
     test.sidebar.text_input[0].set_value(str(ckpt)).run()
     assert not test.exception and not test.error
+    assert test.warning[0].value == DISCLAIMER
+    panel = " ".join(m.value for m in test.sidebar.markdown)
+    assert "recipe" in panel and "Held-out test split" in panel  # the summary stored in best.ckpt
     good = [p for p in sorted((busi_root / "malignant").glob("*.png")) if "_mask" not in p.name][:2]
     uploads = [(p.name, p.read_bytes(), "image/png") for p in good]
     uploads += [
@@ -42,17 +48,49 @@ def test_uploads_get_a_class_probabilities_and_a_heat_map_and_bad_ones_a_message
     ]
     test.file_uploader[0].set_value(uploads).run()
     assert not test.exception
-    assert [s.value for s in test.subheader] == [name for name, _, _ in uploads]
+    names = [name for name, _, _ in uploads]
+    assert [s.value for s in test.subheader if s.value in names] == names
     errors = [e.value for e in test.error]
     assert len(errors) == 3
     assert errors[0] == "empty.png: empty file (0 bytes)"
     assert "notes.png" in errors[1] and "unknown or unsupported format" in errors[1]
     assert "huge.png" in errors[2] and "too large to decode safely" in errors[2]
-    verdicts = [m.value for m in test.markdown if "with probability" in m.value]
+    verdicts = [m.value for m in test.main.markdown if " · " in m.value and m.value.startswith("**")]
     assert len(verdicts) == len(good)
     assert all(v.split("**")[1] in ("benign", "malignant", "normal") for v in verdicts)
-    assert len(test.get("vega_lite_chart")) == len(good)  # the probability bar charts
-    assert len(test.get("image")) == len(good)  # the Grad-CAM overlays
+    assert len(test.get("progress")) == 3 * len(good)  # one fixed 0-1 bar per class
+    assert len(test.get("image")) == len(good)  # the scan beside its Grad-CAM
+    table = test.dataframe[0].value
+    assert list(table.columns) == ["path", "label", "confidence", "p_benign", "p_malignant", "p_normal", "error"]
+    assert list(table["path"]) == names and (table["error"] != "").sum() == 3
+    assert len(test.get("download_button")) == 2
+
+
+@pytest.mark.parametrize(
+    ("probability", "shown"), [(0.548, "54.8 %"), (0.99995, "> 99.9 %"), (0.00004, "< 0.1 %"), (0.999, "99.9 %")]
+)
+def test_probabilities_never_read_as_certain(probability, shown):
+    assert percent(probability) == shown
+
+
+def test_adding_a_file_computes_only_that_file(trained_run, busi_root, monkeypatch):
+    ckpt = str(trained_run[1] / "checkpoints" / "best.ckpt")
+    calls = []
+    classify = app_module.classify_upload
+    monkeypatch.setattr(app_module, "classify_upload", lambda *args: calls.append(args[1]) or classify(*args))
+    files = [p for p in sorted((busi_root / "benign").glob("*.png")) if "_mask" not in p.name][:3]
+    modified = Path(ckpt).stat().st_mtime
+    for count in (2, 3):
+        results = [app_module.analyse(ckpt, modified, p.name, p.read_bytes()) for p in files[:count]]
+    assert calls == [p.name for p in files]  # each file once, although the second page showed three
+    assert all(result["probabilities"] for result in results)
+
+
+def test_upload_limit_is_the_same_in_the_app_and_streamlit_config():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((APP.parents[1] / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == MAX_UPLOAD_MB
+    assert config["client"]["toolbarMode"] == "minimal"
 
 
 def test_a_missing_checkpoint_shows_the_reason(app, tmp_path):

@@ -1,0 +1,121 @@
+"""The web app in a real browser: `streamlit run` in a subprocess, Debian's chromium driven by selenium.
+Skipped, with the reason, where no chromium/chromedriver is installed (`.ci/run` installs them)."""
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from busi.app import MAX_UPLOAD_MB, percent
+from busi.predict import main as predict_main
+
+REPO = Path(__file__).resolve().parents[1]
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (BROWSER and DRIVER), reason="no chromium and chromedriver: apt-get install chromium chromium-driver"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def served(trained_run, tmp_path):
+    """`streamlit run busi/app.py` from the repository root, with the test run's checkpoint."""
+    port = free_port()
+    env = {**os.environ, "BUSI_CHECKPOINT": str(trained_run[1] / "checkpoints" / "best.ckpt")}
+    log = (tmp_path / "streamlit.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "busi/app.py", "--server.headless=true", f"--server.port={port}",
+         "--browser.gatherUsageStats=false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}", env["BUSI_CHECKPOINT"]
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2400"):
+        options.add_argument(argument)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads)})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+def test_a_browser_upload_shows_predict_py_numbers_and_downloads_its_csv(served, browser, busi_root, tmp_path):
+    url, ckpt = served
+    good = busi_root / "malignant" / "malignant (2).png"
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    browser.get(url)
+    wait = WebDriverWait(browser, 120)
+    wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
+    page = browser.find_element(By.TAG_NAME, "body").text
+    assert "Research tool, not a medical device" in page and f"{MAX_UPLOAD_MB}MB per file" in page
+    assert "Deploy" not in page
+    browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(f"{good}\n{bad}")
+    wait.until(lambda driver: "could not" in driver.page_source or "not a readable image" in driver.page_source)
+    wait.until(lambda driver: "Download the overlays" in driver.find_element(By.TAG_NAME, "body").text)
+    page = browser.find_element(By.TAG_NAME, "body").text
+
+    expected_csv = tmp_path / "expected.csv"
+    assert predict_main(["--ckpt", ckpt, str(good), "--output", str(expected_csv)]) == 0
+    with expected_csv.open(encoding="utf-8") as handle:
+        expected = next(csv.DictReader(handle))
+    for name in ("benign", "malignant", "normal"):
+        assert f"{name}: {percent(float(expected[f'p_{name}']))}" in page
+    assert f"**{expected['label']}**" not in page and expected["label"] in page
+    assert "notes.png: not a readable image" in page
+
+    button = next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Download the table" in b.text)
+    button.click()
+    deadline = time.monotonic() + 30
+    while not list(browser.downloads.glob("*.csv")) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    (downloaded,) = browser.downloads.glob("*.csv")
+    with downloaded.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["path"] for row in rows] == [good.name, bad.name]
+    for name in ("p_benign", "p_malignant", "p_normal"):
+        assert float(rows[0][name]) == pytest.approx(float(expected[name]), abs=1e-6)
+    assert rows[1]["label"] == "" and "not a readable image" in rows[1]["error"]
+
+    shots = Path(os.environ.get("BUSI_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    height = browser.execute_script(  # Streamlit scrolls inside its main section, not the body
+        "return Math.max(...[...document.querySelectorAll('section, div')].map(e => e.scrollHeight))"
+    )
+    browser.set_window_size(1400, min(height + 100, 6000))
+    time.sleep(1)  # the layout settles at the new size
+    assert browser.save_screenshot(str(shots / "app.png"))
