@@ -119,9 +119,11 @@ def overlay_figure(result: Result, opacity: float) -> Figure:
     return figure
 
 
-def png(figure: Figure) -> bytes:
+@st.cache_data(max_entries=256, show_spinner=False)
+def overlay_png(path: str, modified: float, name: str, data: bytes, opacity: float) -> bytes:
+    """The overlay picture of one upload, cached like its result (and by the opacity)."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    overlay_figure(Result(**analyse(path, modified, name, data)), opacity).savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
@@ -171,22 +173,20 @@ def model_panel(classifier: BusiClassifier, path: str) -> None:
     )
 
 
-def show(result: Result, class_names: tuple[str, ...], opacity: float) -> bytes | None:
-    """One upload on the page; returns its overlay PNG."""
+def show(result: Result, overlay: bytes | None, class_names: tuple[str, ...]) -> None:
+    """One upload on the page."""
     st.subheader(result.name)
     if result.error:
         st.error(result.error)
-        return None
+        return
     probabilities = result.probabilities
     best = max(range(len(class_names)), key=probabilities.__getitem__)
     picture, numbers = st.columns([3, 1])
-    overlay = png(overlay_figure(result, opacity))
     picture.image(overlay, width="stretch")
     numbers.markdown(f"**{class_names[best]}** · {percent(probabilities[best])}")
     for name, probability in zip(class_names, probabilities, strict=True):
         numbers.progress(float(probability), text=f"{name}: {percent(probability)}")
     numbers.caption("Calibrated probabilities; the bars run from 0 to 1.")
-    return overlay
 
 
 def main() -> None:
@@ -225,12 +225,13 @@ def main() -> None:
     downloads[0].download_button(
         "Download the table (predict.py's CSV)", predictions_csv(results, names), "predictions.csv", "text/csv"
     )
-    overlays = {r.name: show(r, names, opacity) for r in results}
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as bundle:
-        for name, picture in overlays.items():
-            if picture is not None:
-                bundle.writestr(f"{Path(name).stem}_gradcam.png", picture)
+        for upload, result in zip(uploads, results, strict=True):
+            overlay = None if result.error else overlay_png(path, modified, upload.name, upload.getvalue(), opacity)
+            show(result, overlay, names)
+            if overlay is not None:
+                bundle.writestr(f"{Path(upload.name).stem}_gradcam.png", overlay)
     downloads[1].download_button("Download the overlays (zip)", archive.getvalue(), "overlays.zip", "application/zip")
 
 
