@@ -177,7 +177,7 @@ def model_summary(cli: LightningCLI, report: dict) -> dict:
         "image_size": hparams.image_size,
         "weights": str(hparams.weights),
         "freeze_backbone": hparams.freeze_backbone,
-        "head": "flatten",
+        "head": hparams.head,
         "data": {
             "root": str(datamodule.hparams.root),
             "per_class": {name: c["images"] for name, c in datamodule.catalog.audit["per_class"].items()},

@@ -9,6 +9,7 @@ import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -257,6 +258,23 @@ class ImageTensors(Dataset):
         return as_three_channels(self.catalog.image(i)), self.catalog.records[i].label, self.catalog.digests[i]
 
 
+class ClassBalancedSampler(DistributedSampler):
+    """An epoch of len(dataset) draws with replacement, each class equally likely: a function of
+    (seed, epoch) only, so a resumed run draws what the uninterrupted one drew, and sharded over
+    processes like DistributedSampler (Lightning leaves DistributedSampler subclasses unwrapped)."""
+
+    def __init__(self, dataset: Dataset, labels: list[int], num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        counts = Counter(labels)
+        self.weights = torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.float64)
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
+        return iter(draws[self.rank : self.total_size : self.num_replicas].tolist())
+
+
 class BusiDataModule(L.LightningDataModule):
     """BUSI-layout folders → audited, duplicate-aware, stratified train/val/test loaders.
 
@@ -280,6 +298,8 @@ class BusiDataModule(L.LightningDataModule):
         folds: k-fold cross-validation (`python -m busi.cv` sets it): 0 for the fractions above;
             k ≥ 3 for fold `fold`: test = that fold, val = the next one, train = the rest.
         fold: which fold, 0 … folds-1.
+        sampling: `shuffle` (every training image once per epoch) or `balanced` (as many draws,
+            with replacement, each class equally likely: ClassBalancedSampler).
     """
 
     def __init__(
@@ -298,6 +318,7 @@ class BusiDataModule(L.LightningDataModule):
         memory_limit_mb: float = 4096,
         folds: int = 0,
         fold: int = 0,
+        sampling: Literal["shuffle", "balanced"] = "shuffle",
     ):
         super().__init__()
         if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
@@ -415,7 +436,11 @@ class BusiDataModule(L.LightningDataModule):
             # One order per (seed, epoch), whatever happened before: a run resumed from an epoch
             # boundary sees the batches the uninterrupted run saw. Sharded over processes under DDP.
             seed = int(os.environ.get("PL_GLOBAL_SEED", hp.seed))
-            sampler = DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=seed)
+            if hp.sampling == "balanced":
+                labels = [self.catalog.records[i].label for i in dataset.indices]
+                sampler = ClassBalancedSampler(dataset, labels, num_replicas=replicas, rank=rank, seed=seed)
+            else:
+                sampler = DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=seed)
         elif replicas > 1:
             # Each image evaluated exactly once across processes (DistributedSampler would repeat some
             # to even out the ranks, and the synced metrics would count them twice).

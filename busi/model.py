@@ -47,6 +47,8 @@ class BusiClassifier(L.LightningModule):
         warmup_epochs: linear learning-rate warm-up from 0, then `schedule`.
         schedule: `constant` or `cosine` (decay to 0 at the last step).
         tta: test-time augmentation: average the probabilities of the image and its mirror image.
+        head: `flatten` (the original: the whole feature map into the first dense layer) or `pooled`
+            (global average pooling first: 67 M fewer parameters at 256 px).
     """
 
     def __init__(
@@ -67,11 +69,12 @@ class BusiClassifier(L.LightningModule):
         warmup_epochs: float = 0.0,
         schedule: Literal["constant", "cosine"] = "constant",
         tta: bool = False,
+        head: Literal["flatten", "pooled"] = "flatten",
     ):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = tuple(class_names)
-        self.model = DenseNetClassifier(image_size, len(self.class_names), freeze_backbone)
+        self.model = DenseNetClassifier(image_size, len(self.class_names), freeze_backbone, head)
         load_backbone_weights(self.model.features, weights)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)

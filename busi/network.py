@@ -30,18 +30,25 @@ class FullPrecisionHead(nn.Sequential):
 
 
 class DenseNetClassifier(nn.Module):
-    """torchvision DenseNet121 `features` → ReLU → Flatten → the original dense head (logits out)."""
+    """torchvision DenseNet121 `features` → ReLU → the dense head 1024-1024-512-128-classes (logits out),
+    fed by `head`: `flatten`, the original (the whole S/32 × S/32 × 1024 feature map: 67 M weights in
+    the first layer at 256 px), or `pooled` (global average pooling: 1024 inputs at any image size)."""
 
-    def __init__(self, image_size: int = 256, num_classes: int = 3, freeze_backbone: bool = True):
+    def __init__(
+        self, image_size: int = 256, num_classes: int = 3, freeze_backbone: bool = True, head: str = "flatten"
+    ):
         super().__init__()
         if image_size % FEATURE_STRIDE:
             raise ValueError(f"image_size {image_size} must be a multiple of {FEATURE_STRIDE}")
         side = image_size // FEATURE_STRIDE
         self.freeze_backbone = freeze_backbone
         self.features = densenet121(weights=None).features
+        if head == "flatten":
+            inputs = [nn.Flatten(), nn.Linear(FEATURE_CHANNELS * side * side, 1024)]
+        else:
+            inputs = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(FEATURE_CHANNELS, 1024)]
         self.head = FullPrecisionHead(
-            nn.Flatten(),
-            nn.Linear(FEATURE_CHANNELS * side * side, 1024),
+            *inputs,
             nn.ReLU(inplace=True),
             nn.Dropout(0.5),
             nn.Linear(1024, 1024),

@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -122,3 +123,16 @@ def test_training_resumes_from_last_checkpoint_in_its_own_run_directory(trained_
     events = EventAccumulator(str(copied))
     events.Reload()
     assert [event.step for event in events.Scalars("val/macro_f1")][-1] == 3 * steps_per_epoch - 1
+
+
+def test_pooled_head_with_balanced_sampling_trains_a_small_checkpoint(trained_run, busi_root, tmp_path):
+    _, flatten_run = trained_run
+    cli = run(train_args(busi_root, tmp_path, "--model.head=pooled", "--data.sampling=balanced", epochs=1))
+    run_dir = Path(cli.trainer.log_dir)
+    assert cli.model.hparams.head == "pooled" and cli.datamodule.hparams.sampling == "balanced"
+    best = run_dir / "checkpoints" / "best.ckpt"
+    saved = (flatten_run / "checkpoints" / "best.ckpt").stat().st_size - best.stat().st_size
+    first_layers = (2 * 2 * 1024 - 1024) * 1024 * 4  # bytes: the flatten head's first layer at 64 px, less pooled's
+    assert saved == pytest.approx(first_layers, rel=0.01)
+    assert load_classifier(best).hparams.head == "pooled"
+    assert cli.report["splits"]["test"]["samples"] > 0

@@ -1,10 +1,11 @@
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
 from busi import CLASS_NAMES
-from busi.data import BusiDataModule, DataError, read_catalog, scan_class_folders
+from busi.data import BusiDataModule, ClassBalancedSampler, DataError, read_catalog, scan_class_folders
 from busi.splits import read_split_csv, write_split_csv
 
 from fake_busi import IMAGE_SIZE, write_busi_folder
@@ -79,3 +80,23 @@ def test_missing_class_folder_is_refused_up_front(tmp_path):
     (root / "normal").rmdir()
     with pytest.raises(DataError, match=r"\['normal'\] are missing"):
         datamodule(root)
+
+
+def test_balanced_sampling_draws_each_class_equally_the_same_way_every_time_and_shards_exactly():
+    labels = [0] * 60 + [1] * 30 + [2] * 10
+    dataset = list(range(len(labels)))
+
+    def epoch(seed, number, replicas=1, rank=0):
+        sampler = ClassBalancedSampler(dataset, labels, num_replicas=replicas, rank=rank, seed=seed)
+        sampler.set_epoch(number)
+        return list(sampler)
+
+    assert len(epoch(7, 0)) == len(labels) and epoch(7, 0) == epoch(7, 0)
+    assert epoch(7, 0) != epoch(7, 1) and epoch(7, 0) != epoch(8, 0)
+    drawn = Counter(labels[i] for number in range(50) for i in epoch(7, number))
+    shares = [drawn[c] / sum(drawn.values()) for c in range(3)]
+    assert all(abs(share - 1 / 3) < 0.02 for share in shares)  # 60:30:10 in the data
+    whole = epoch(7, 3)
+    shards = [epoch(7, 3, replicas=2, rank=r) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 50
+    assert [i for pair in zip(*shards, strict=True) for i in pair] == whole

@@ -77,3 +77,16 @@ def test_weights_that_do_not_fit_are_refused(tmp_path):
 def fake_imagenet_state_dict() -> dict[str, torch.Tensor]:
     torch.manual_seed(123)
     return densenet121(weights=None).state_dict()
+
+
+def test_pooled_head_has_the_same_layers_after_global_average_pooling_at_any_size():
+    flatten, pooled = DenseNetClassifier(256), DenseNetClassifier(256, head="pooled")
+    first = 8 * 8 * 1024 * 1024 + 1024  # the flatten head's first layer
+    assert parameter_counts(pooled) == (68_750_339 - first + 1024 * 1024 + 1024, 6_953_856)
+    assert parameter_counts(flatten)[0] - parameter_counts(pooled)[0] > 66_000_000
+    shapes = [tuple(m.weight.shape) for m in pooled.head if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(1024, 1024), (1024, 1024), (512, 1024), (128, 512), (3, 128)]
+    small = DenseNetClassifier(128, head="pooled").eval()
+    small.load_state_dict(pooled.state_dict())  # one set of weights fits every input size
+    with torch.no_grad():
+        assert small(torch.randn(2, 3, 128, 128)).shape == (2, 3)
