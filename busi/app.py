@@ -4,7 +4,8 @@ Upload one or more ultrasound images. Each gets its scan at its true aspect rati
 under the Grad-CAM heat-map of the predicted class, and the three calibrated probabilities as numbers
 and as bars on a fixed 0–1 scale. A table sums up every upload and downloads as predict.py's CSV, the
 overlays as a zip. The sidebar picks the checkpoint (default: $BUSI_CHECKPOINT, else the newest
-runs/**/checkpoints/best.ckpt) and says what it is, what it was trained on and how it scored. Each
+runs/**/checkpoints/best.ckpt), or a busi-cv folder whose fold models are averaged, and says what it
+is, what it was trained on and how it scored (the cross-validation's mean ± sd for a folder). Each
 file's result is cached by its content, so adding a file computes only that file. Bad uploads get one
 line each; the app keeps running.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import sys
 import zipfile
@@ -27,8 +29,8 @@ from streamlit.web import cli as streamlit_cli
 
 from busi import __version__
 from busi.images import UnreadableImageError, as_three_channels, decode_image, resize_to_tensor
-from busi.inference import infer
-from busi.model import BusiClassifier, WeightsError, load_classifier
+from busi.inference import infer_mean
+from busi.model import BusiClassifier, WeightsError, load_classifiers
 from busi.plots import HEAT_MAP
 from busi.predict import Prediction, csv_columns, csv_row
 
@@ -66,11 +68,11 @@ class Result:
 
 
 @st.cache_resource(max_entries=2)
-def cached_classifier(path: str, modified: float) -> BusiClassifier:  # `modified`: reload a rewritten file
-    return load_classifier(Path(path))
+def cached_classifiers(path: str, modified: float) -> list[BusiClassifier]:  # `modified`: reload a rewritten file
+    return load_classifiers(Path(path))
 
 
-def classify_upload(classifier: BusiClassifier, name: str, data: bytes) -> Result:
+def classify_upload(classifiers: list[BusiClassifier], name: str, data: bytes) -> Result:
     """Probabilities and heat-map for one uploaded file, or UnreadableImageError saying why not."""
     if not data:
         raise UnreadableImageError(Path(name), "empty file (0 bytes)")
@@ -79,8 +81,8 @@ def classify_upload(classifier: BusiClassifier, name: str, data: bytes) -> Resul
             Path(name), f"file too large ({len(data) / 2**20:.0f} MB; at most {MAX_UPLOAD_MB} MB)"
         )
     image = decode_image(Path(name), data)
-    pixels = resize_to_tensor(image, classifier.hparams.image_size)
-    outputs = infer(classifier, as_three_channels(pixels)[None], explain=True)
+    pixels = resize_to_tensor(image, classifiers[0].hparams.image_size)
+    outputs = infer_mean(classifiers, as_three_channels(pixels)[None], explain=True)
     return Result(
         name,
         outputs.probabilities[0].tolist(),
@@ -93,7 +95,7 @@ def classify_upload(classifier: BusiClassifier, name: str, data: bytes) -> Resul
 def analyse(path: str, modified: float, name: str, data: bytes) -> dict:
     """One upload's result as Result's fields, cached by the checkpoint and the file's content."""
     try:
-        return vars(classify_upload(cached_classifier(path, modified), name, data))
+        return vars(classify_upload(cached_classifiers(path, modified), name, data))
     except UnreadableImageError as error:
         return vars(Result(name, error=str(error)))
     except Exception as error:  # a result for this file, never a crashed page
@@ -137,9 +139,10 @@ def predictions_csv(results: list[Result], class_names: tuple[str, ...]) -> byte
     return buffer.getvalue().encode("utf-8")
 
 
-def model_panel(classifier: BusiClassifier, path: str) -> None:
+def model_panel(classifiers: list[BusiClassifier], path: str) -> None:
+    classifier = classifiers[0]
     summary = classifier.summary
-    st.subheader("Model")
+    st.subheader("Model" if len(classifiers) == 1 else f"Ensemble of {len(classifiers)} fold models")
     if summary is None:
         st.caption(
             f"{classifier.hparams.image_size} px input. This checkpoint holds no training summary (written by "
@@ -158,6 +161,10 @@ def model_panel(classifier: BusiClassifier, path: str) -> None:
         + " images; split "
         + " / ".join(f"{split} {sum(counts.values())}" for split, counts in data["splits"].items())
     )
+    cv_summary = Path(path) / "cv_summary.json"
+    if len(classifiers) > 1 and cv_summary.is_file():
+        cross_validation(json.loads(cv_summary.read_text(encoding="utf-8")))
+        return
     test = summary["test"]
     st.markdown(f"**Held-out test split** ({test['images']} images)")
     st.table(
@@ -170,6 +177,19 @@ def model_panel(classifier: BusiClassifier, path: str) -> None:
                 f"{test['ece']:.3f}",
             ],
         }
+    )
+
+
+def cross_validation(summary: dict) -> None:
+    """The fold models' test scores, each on its own held-out fold, as mean ± sd."""
+    scores = summary["mean_sd"]
+    st.markdown(f"**{summary['folds']}-fold cross-validation** (each fold tested on images it never saw)")
+    rows = [("accuracy", scores["accuracy"]), ("macro-F1", scores["macro_f1"])]
+    if "malignant" in scores["recall"]:
+        rows.append(("malignant recall", scores["recall"]["malignant"]))
+    rows.append(("calibration error (ECE)", scores["ece"]))
+    st.table(
+        {"measure": [name for name, _ in rows], "mean ± sd": [f"{v['mean']:.3f} ± {v['sd']:.3f}" for _, v in rows]}
     )
 
 
@@ -195,19 +215,21 @@ def main() -> None:
     st.warning(DISCLAIMER, icon="⚠️")
     with st.sidebar:
         path = st.text_input(
-            "Checkpoint", value=default_checkpoint(), help="RUN/checkpoints/best.ckpt of a training run"
+            "Checkpoint",
+            value=default_checkpoint(),
+            help="RUN/checkpoints/best.ckpt of a training run, or a busi-cv folder (its fold models averaged)",
         )
     if not path:
         st.info("Enter the path of a checkpoint (RUN/checkpoints/best.ckpt from `busi-train`) in the sidebar.")
         return
     modified = Path(path).stat().st_mtime if Path(path).is_file() else 0.0
     try:
-        classifier = cached_classifier(path, modified)
+        classifiers = cached_classifiers(path, modified)
     except WeightsError as error:
         st.error(str(error))
         return
     with st.sidebar:
-        model_panel(classifier, path)
+        model_panel(classifiers, path)
         opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05)
     uploads = st.file_uploader(
         f"Ultrasound images ({', '.join(IMAGE_TYPES)}; up to {MAX_UPLOAD_MB} MB each)",
@@ -216,7 +238,7 @@ def main() -> None:
     )
     if not uploads:
         return
-    names = classifier.class_names
+    names = classifiers[0].class_names
     results = [Result(**analyse(path, modified, upload.name, upload.getvalue())) for upload in uploads]
     st.subheader("All uploads")
     table = list(csv.DictReader(io.StringIO(predictions_csv(results, names).decode("utf-8"))))

@@ -20,41 +20,16 @@ from torch.utils.tensorboard import SummaryWriter
 from busi.data import DataError, format_audit, read_catalog
 from busi.explain import localisation_scores
 from busi.images import as_three_channels
-from busi.inference import Outputs, infer
+from busi.inference import infer_mean
 from busi.metrics import SplitEvaluation
-from busi.model import BusiClassifier, load_classifier
+from busi.model import load_classifiers
 from busi.network import WeightsError
 from busi.predict import Prediction, choose_device, csv_columns, csv_row
 from busi.report import build_report, format_report, write_report
 
 
-def load_models(ckpt: Path, device: torch.device) -> list[BusiClassifier]:
-    """One checkpoint, or every fold's best.ckpt of a cross-validation folder."""
-    if ckpt.is_dir():
-        paths = sorted(ckpt.glob("fold_*/lightning_logs/version_*/checkpoints/best.ckpt"))
-        if not paths:
-            raise WeightsError(
-                f"{ckpt}: no fold_*/lightning_logs/version_*/checkpoints/best.ckpt; pass a checkpoint or a busi-cv folder"
-            )
-    else:
-        paths = [ckpt]
-    models = [load_classifier(path).to(device) for path in paths]
-    if len({(m.class_names, m.hparams.image_size) for m in models}) > 1:
-        raise WeightsError(f"{ckpt}: the fold models differ in classes or image size; they cannot be averaged")
-    return models
-
-
-def ensemble(models: list[BusiClassifier], pixels: torch.Tensor) -> Outputs:
-    """Mean calibrated probabilities; `logits` are the log of the mean uncalibrated probabilities."""
-    outputs = [infer(model, pixels) for model in models]
-    if len(outputs) == 1:
-        return outputs[0]
-    raw = torch.stack([o.logits.softmax(dim=1) for o in outputs]).mean(dim=0)
-    return Outputs(torch.stack([o.probabilities for o in outputs]).mean(dim=0), raw.log())
-
-
 def evaluate(ckpt: Path, root: Path, output: Path, batch_size: int = 32, device: str = "auto") -> dict:
-    models = load_models(ckpt, choose_device(device))
+    models = [model.to(choose_device(device)) for model in load_classifiers(ckpt)]
     first = models[0]
     catalog = read_catalog(root, first.hparams.image_size, duplicate_distance=-1, class_names=first.class_names)
     evaluation = SplitEvaluation(len(first.class_names))
@@ -63,7 +38,7 @@ def evaluate(ckpt: Path, root: Path, output: Path, batch_size: int = 32, device:
         indices = range(start, min(start + batch_size, len(catalog.records)))
         pixels = torch.stack([as_three_channels(catalog.image(i)) for i in indices])
         targets = torch.tensor([catalog.records[i].label for i in indices])
-        outputs = ensemble(models, pixels)
+        outputs = infer_mean(models, pixels)
         evaluation.update(outputs.probabilities.cpu(), targets, outputs.logits.softmax(dim=1).cpu())
         predictions += [
             Prediction(catalog.records[i].path, row.tolist())

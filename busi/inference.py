@@ -56,6 +56,23 @@ def _grad_cam(classifier, images: torch.Tensor, classes: torch.Tensor | None) ->
         return Outputs(probabilities, logits, cams, chosen.detach())
 
 
+def infer_mean(classifiers: list, pixels: torch.Tensor, explain: bool | torch.Tensor = False) -> Outputs:
+    """`infer` for a fold ensemble: the mean of the models' calibrated probabilities; `logits` are the
+    log of their mean uncalibrated probabilities; heat-maps are the mean of every model's Grad-CAM of
+    the ensemble's class (rescaled to a maximum of 1)."""
+    if len(classifiers) == 1:
+        return infer(classifiers[0], pixels, explain=explain)
+    outputs = [infer(classifier, pixels) for classifier in classifiers]
+    probabilities = torch.stack([o.probabilities for o in outputs]).mean(dim=0)
+    logits = torch.stack([o.logits.softmax(dim=1) for o in outputs]).mean(dim=0).log()
+    if explain is False:
+        return Outputs(probabilities, logits)
+    classes = probabilities.argmax(dim=1) if explain is True else explain
+    cams = torch.stack([infer(c, pixels, explain=classes).cams for c in classifiers]).mean(dim=0)
+    cams = cams / cams.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    return Outputs(probabilities, logits, cams, classes)
+
+
 def infer_loader(classifier, loader) -> tuple[Outputs, torch.Tensor]:
     """Outputs and labels of every batch of a BusiDataModule loader, (pixels, labels, keys) each."""
     outputs, labels = [], []

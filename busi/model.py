@@ -275,3 +275,19 @@ def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise WeightsError(f"{path}: not a busi checkpoint ({type(error).__name__}: {reason})") from None
     return classifier.eval()
+
+
+def load_classifiers(path: Path | str, map_location: str | torch.device = "cpu") -> list[BusiClassifier]:
+    """One checkpoint, or every fold's best.ckpt of a `busi-cv` folder (a fold ensemble)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [load_classifier(path, map_location)]
+    paths = sorted(path.glob("fold_*/lightning_logs/version_*/checkpoints/best.ckpt"))
+    if not paths:
+        raise WeightsError(
+            f"{path}: no fold_*/lightning_logs/version_*/checkpoints/best.ckpt; pass a checkpoint or a busi-cv folder"
+        )
+    classifiers = [load_classifier(p, map_location) for p in paths]
+    if len({(c.class_names, c.hparams.image_size) for c in classifiers}) > 1:
+        raise WeightsError(f"{path}: the fold models differ in classes or image size; they cannot be averaged")
+    return classifiers

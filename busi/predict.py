@@ -20,8 +20,8 @@ from busi.images import (
     load_image,
     missing_file_reason,
 )
-from busi.inference import infer
-from busi.model import BusiClassifier, WeightsError, load_classifier
+from busi.inference import infer_mean
+from busi.model import BusiClassifier, WeightsError, load_classifiers
 from busi.plots import overlay
 
 
@@ -56,7 +56,7 @@ def _batches(paths: Iterator[Path], size: int) -> Iterator[list[Path]]:
 
 
 def predict_files(
-    classifier: BusiClassifier,
+    classifiers: list[BusiClassifier],
     paths: list[Path],
     batch_size: int = 32,
     device: str | torch.device = "cpu",
@@ -64,7 +64,8 @@ def predict_files(
 ) -> Iterator[Prediction]:
     """Yield one Prediction per file, in order; unreadable files carry the reason in `error`. With
     `cam_dir`, a Grad-CAM overlay of the predicted class is written there for each image."""
-    classifier = classifier.to(device).eval()
+    classifiers = [classifier.to(device).eval() for classifier in classifiers]
+    classifier = classifiers[0]
     image_size = classifier.hparams.image_size
     names: set[str] = set()
     for batch in _batches(image_files(paths), batch_size):
@@ -82,7 +83,7 @@ def predict_files(
         if decoded:
             pixels = torch.stack([as_three_channels(p) for _, p in decoded])
             # with overlays, one backbone pass gives both the probabilities and the heat-maps
-            outputs = infer(classifier, pixels, explain=cam_dir is not None)
+            outputs = infer_mean(classifiers, pixels, explain=cam_dir is not None)
             probabilities = outputs.probabilities.cpu()
             for index, ((result, image), row) in enumerate(zip(decoded, probabilities, strict=True)):
                 result.probabilities = row.tolist()
@@ -127,7 +128,12 @@ def parser() -> ArgumentParser:
         prog="busi-predict", description="Classify breast ultrasound images with a busi checkpoint."
     )
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (recursed; masks skipped)")
-    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint, e.g. RUN/checkpoints/best.ckpt")
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        type=Path,
+        help="RUN/checkpoints/best.ckpt, or a busi-cv folder (the mean of its fold models)",
+    )
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="CSV to write")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         device = choose_device(args.device)
-        classifier = load_classifier(args.ckpt)
+        classifiers = load_classifiers(args.ckpt)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         if args.cam:
             args.cam.mkdir(parents=True, exist_ok=True)
@@ -168,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    class_names = classifier.class_names
+    class_names = classifiers[0].class_names
     predicted = failed = 0
     with handle:
         writer = csv.writer(handle)
         writer.writerow(csv_columns(class_names))
-        for prediction in predict_files(classifier, args.paths, args.batch_size, device, args.cam):
+        for prediction in predict_files(classifiers, args.paths, args.batch_size, device, args.cam):
             row = csv_row(prediction, class_names)
             writer.writerow(row)
             if prediction.probabilities is None:

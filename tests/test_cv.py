@@ -2,9 +2,11 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 
 from busi.cli import run
 from busi.cv import main as cv_main
@@ -43,9 +45,17 @@ def test_operating_point_reports_the_argmax_decision_and_the_roc_point_at_80_per
     assert point["specificity_at_target"] == 1.0 and point["threshold_at_target"] == pytest.approx(0.35)
 
 
-def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(busi_root, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def cv_run(busi_root, tmp_path_factory) -> Path:
+    """A real 3-fold cross-validation, one epoch per fold: its folder."""
+    runs = tmp_path_factory.mktemp("cv")
+    assert cv_main(["--folds", "3", *train_args(busi_root, runs, epochs=1)]) == 0
+    return runs / "cv"
+
+
+def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(cv_run, busi_root, capsys):
+    tmp_path = cv_run.parent
     args = ["--folds", "3", *train_args(busi_root, tmp_path, epochs=1)]
-    assert cv_main(args) == 0
     summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
     images = json.loads((tmp_path / "cv/fold_0/lightning_logs/version_0/audit.json").read_text())["images"]
     assert len(summary["per_fold"]) == 3 and summary["out_of_fold"]["images"] == images
@@ -55,10 +65,10 @@ def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(busi
     assert summary["mean_sd"]["accuracy"]["mean"] == pytest.approx(sum(accuracies) / 3)
     matrix, point = summary["out_of_fold"]["confusion_matrix"], summary["out_of_fold"]["operating_point"]
     assert point["sensitivity"] == pytest.approx(matrix[1][1] / sum(matrix[1]))  # malignant recall, pooled
-    assert "Pooled out-of-fold" in capsys.readouterr().out
     assert (tmp_path / "cv" / "cv_summary.txt").is_file() and list((tmp_path / "cv").glob("events.out.tfevents.*"))
     assert cv_main(args) == 0  # a finished cross-validation is summarised again, not retrained
-    assert "done before, kept" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "done before, kept" in output and "Pooled out-of-fold" in output
     for name in ("confusion_matrix.png", "reliability.png", "curves.png"):
         assert (tmp_path / "cv" / name).stat().st_size > 10_000, name
     assert sum(row["images"] for row in summary["out_of_fold"]["reliability"]) == images
@@ -82,3 +92,27 @@ def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(busi
 def read_rows(path):
     with path.open(encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_predict_and_the_app_take_a_cv_folder_as_a_fold_ensemble(cv_run, busi_root, tmp_path):
+    cv_dir = cv_run
+    one = busi_root / "malignant" / "malignant (2).png"
+    folds = []
+    for ckpt in sorted(cv_dir.glob("fold_*/lightning_logs/version_0/checkpoints/best.ckpt")):
+        assert predict_main(["--ckpt", str(ckpt), str(one), "--output", str(tmp_path / "fold.csv")]) == 0
+        folds.append(read_rows(tmp_path / "fold.csv")[0])
+    cams = tmp_path / "cams"
+    assert (
+        predict_main(["--ckpt", str(cv_dir), str(one), "--output", str(tmp_path / "mean.csv"), "--cam", str(cams)]) == 0
+    )
+    (mean,) = read_rows(tmp_path / "mean.csv")
+    for column in ("p_benign", "p_malignant", "p_normal"):
+        assert float(mean[column]) == pytest.approx(sum(float(row[column]) for row in folds) / len(folds), abs=1e-6)
+    assert len(list(cams.glob("*.png"))) == 1
+
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "busi" / "app.py"), default_timeout=120)
+    app.run()
+    app.sidebar.text_input[0].set_value(str(cv_dir)).run()
+    assert not app.exception and not app.error
+    assert "Ensemble of 3 fold models" in [s.value for s in app.sidebar.subheader]
+    assert any("3-fold cross-validation" in m.value for m in app.sidebar.markdown)
