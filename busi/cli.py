@@ -141,7 +141,7 @@ def run(args: list[str] | None = None) -> LightningCLI:
     # weights_only: a checkpoint handed over by someone else cannot run code when it is loaded
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    temperature = calibrate(cli, Path(best)) if best else None
+    temperature, best_state = calibrate(cli, Path(best)) if best else (None, None)
     trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
     cli.report = None
     log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
@@ -159,7 +159,8 @@ def run(args: list[str] | None = None) -> LightningCLI:
             experiment = experiment if hasattr(experiment, "add_image") else None
             write_report(cli.report, Path(log_dir), experiment, model.global_step)
         if best:
-            store_summary(Path(best), model_summary(cli, cli.report))
+            best_state[SUMMARY_KEY] = model_summary(cli, cli.report)
+            AtomicCheckpointIO().save_checkpoint(best_state, best)
         print(format_report(cli.report))
         print(f"\nRun directory: {log_dir}")
     return cli
@@ -194,14 +195,9 @@ def model_summary(cli: LightningCLI, report: dict) -> dict:
     }
 
 
-def store_summary(best: Path, summary: dict) -> None:
-    state = torch.load(best, map_location="cpu", weights_only=True)
-    state[SUMMARY_KEY] = summary
-    AtomicCheckpointIO().save_checkpoint(state, best)
-
-
-def calibrate(cli: LightningCLI, best: Path) -> float:
-    """Fit the temperature of the best checkpoint on the validation split and store it in the file."""
+def calibrate(cli: LightningCLI, best: Path) -> tuple[float, dict]:
+    """Fit the temperature of the best checkpoint on the validation split and store it in the file;
+    returns the temperature and the checkpoint as written."""
     model, trainer = cli.model, cli.trainer
     state = torch.load(best, map_location="cpu", weights_only=True)
     model.load_state_dict(state["state_dict"])
@@ -211,7 +207,7 @@ def calibrate(cli: LightningCLI, best: Path) -> float:
     if trainer.is_global_zero:
         AtomicCheckpointIO().save_checkpoint(state, best)
     trainer.strategy.barrier()  # every process tests the rewritten file
-    return temperature
+    return temperature, state
 
 
 def main(args: list[str] | None = None) -> int:

@@ -35,8 +35,8 @@ from busi.data import DataError
 from busi.inference import infer_loader
 from busi.metrics import RELIABILITY_BINS, reliability
 from busi.network import WeightsError
-from busi.plots import confusion_matrix_figure, figure_pixels, fold_curves_figure, reliability_figure
-from busi.report import format_confusion_matrix, training_history
+from busi.plots import confusion_matrix_figure, fold_curves_figure, reliability_figure
+from busi.report import format_confusion_matrix, save_figures, training_history
 
 SUMMARY_KEYS = ("accuracy", "macro_f1", "auroc_macro_ovr", "ece")
 POSITIVE_CLASS = "malignant"  # a missed cancer costs more than a false alarm
@@ -197,14 +197,8 @@ def write_summary(summary: dict, cv_dir: Path) -> None:
             for key in SUMMARY_KEYS:
                 writer.add_scalar(f"cv/{key}", fold[key], fold["fold"])
         writer.add_text("cv/summary", "    " + format_summary(summary).replace("\n", "\n    "))
-        for name, figure in figures.items():
-            figure.savefig(cv_dir / f"{name}.png", dpi=120)
-            writer.add_image(
-                f"cv/out_of_fold_{name}" if name != "curves" else "cv/curves",
-                figure_pixels(figure),
-                0,
-                dataformats="HWC",
-            )
+        tags = {name: f"cv/out_of_fold_{name}" if name != "curves" else "cv/curves" for name in figures}
+        save_figures(figures, cv_dir, writer, tags)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,13 +13,12 @@ import csv
 import sys
 from pathlib import Path
 
-import torch
 from jsonargparse import ArgumentParser
+from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from busi.data import DataError, format_audit, read_catalog
+from busi.data import DataError, ImageTensors, format_audit, read_catalog
 from busi.explain import localisation_scores
-from busi.images import as_three_channels
 from busi.inference import infer_mean
 from busi.metrics import SplitEvaluation
 from busi.model import load_classifiers
@@ -33,17 +32,13 @@ def evaluate(ckpt: Path, root: Path, output: Path, batch_size: int = 32, device:
     first = models[0]
     catalog = read_catalog(root, first.hparams.image_size, duplicate_distance=-1, class_names=first.class_names)
     evaluation = SplitEvaluation(len(first.class_names))
-    predictions = []
-    for start in range(0, len(catalog.records), batch_size):
-        indices = range(start, min(start + batch_size, len(catalog.records)))
-        pixels = torch.stack([as_three_channels(catalog.image(i)) for i in indices])
-        targets = torch.tensor([catalog.records[i].label for i in indices])
+    everything = ImageTensors(catalog, range(len(catalog.records)))
+    probabilities = []
+    for pixels, targets, _ in DataLoader(everything, batch_size=batch_size):
         outputs = infer_mean(models, pixels)
         evaluation.update(outputs.probabilities.cpu(), targets, outputs.logits.softmax(dim=1).cpu())
-        predictions += [
-            Prediction(catalog.records[i].path, row.tolist())
-            for i, row in zip(indices, outputs.probabilities, strict=True)
-        ]
+        probabilities += outputs.probabilities.tolist()
+    predictions = [Prediction(record.path, row) for record, row in zip(catalog.records, probabilities, strict=True)]
     localisation = None
     if len(models) == 1:
         localisation = localisation_scores(first, catalog, list(range(len(catalog.records))))

@@ -109,9 +109,10 @@ class GradCamGrid(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or not due or not hasattr(experiment, "add_image"):
             return
         dataset = trainer.datamodule.dataset("val")
+        labels = [dataset.catalog.records[i].label for i in dataset.indices]
         by_class: dict[int, list[int]] = {}
-        for index in range(len(dataset)):
-            by_class.setdefault(dataset[index][1], []).append(index)
+        for index, label in enumerate(labels):
+            by_class.setdefault(label, []).append(index)
         chosen = [i for group in zip(*by_class.values(), strict=False) for i in group][: self.images]
         if not chosen:
             return
@@ -122,7 +123,7 @@ class GradCamGrid(Callback):
         for i, image, cam, row, predicted in zip(
             chosen, pixels, outputs.cams, outputs.probabilities, outputs.explained, strict=True
         ):
-            caption = f"pred {names[predicted]} {float(row[predicted]):.0%}\ntrue {names[dataset[i][1]]}"
+            caption = f"pred {names[predicted]} {float(row[predicted]):.0%}\ntrue {names[labels[i]]}"
             tiles.append(np.asarray(overlay(image, cam, caption)))
         tiles += [np.full_like(tiles[0], 255)] * (len(tiles) % 2)
         grid = np.concatenate([np.concatenate(tiles[k : k + 2], axis=1) for k in range(0, len(tiles), 2)], axis=0)

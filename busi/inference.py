@@ -62,15 +62,16 @@ def infer_mean(classifiers: list, pixels: torch.Tensor, explain: bool | torch.Te
     the ensemble's class (rescaled to a maximum of 1)."""
     if len(classifiers) == 1:
         return infer(classifiers[0], pixels, explain=explain)
-    outputs = [infer(classifier, pixels) for classifier in classifiers]
+    if explain is True:  # the ensemble's class first: each model then explains that one
+        explain = infer_mean(classifiers, pixels).probabilities.argmax(dim=1)
+    outputs = [infer(classifier, pixels, explain=explain) for classifier in classifiers]
     probabilities = torch.stack([o.probabilities for o in outputs]).mean(dim=0)
     logits = torch.stack([o.logits.softmax(dim=1) for o in outputs]).mean(dim=0).log()
     if explain is False:
         return Outputs(probabilities, logits)
-    classes = probabilities.argmax(dim=1) if explain is True else explain
-    cams = torch.stack([infer(c, pixels, explain=classes).cams for c in classifiers]).mean(dim=0)
+    cams = torch.stack([o.cams for o in outputs]).mean(dim=0)
     cams = cams / cams.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-    return Outputs(probabilities, logits, cams, classes)
+    return Outputs(probabilities, logits, cams, explain)
 
 
 def infer_loader(classifier, loader) -> tuple[Outputs, torch.Tensor]:

@@ -126,17 +126,22 @@ def write_report(report: dict, folder: Path, experiment=None, step: int = 0, spl
     if history:
         best = max(history, key=lambda row: row.get("val/macro_f1", float("-inf")))
         figures["curves"] = curves_figure(history, f"training curves of {folder.name}", best["epoch"])
-    for name, figure in figures.items():
-        figure.savefig(folder / f"{name}.png", dpi=120)
+    tags = {"confusion_matrix": f"{split}/confusion_matrix", "reliability": f"{split}/reliability_diagram"}
+    save_figures(figures, folder, experiment, {name: tags.get(name, f"{split}/{name}") for name in figures}, step)
     if experiment is None:
         return
-    for name, figure in figures.items():
-        tag = {"confusion_matrix": "confusion_matrix", "reliability": "reliability_diagram"}.get(name, name)
-        experiment.add_image(f"{split}/{tag}", figure_pixels(figure), step, dataformats="HWC")
     experiment.add_text(f"{split}/report", "    " + format_report(report).replace("\n", "\n    "), step)
     for name, values in (report.get("localisation") or {}).get("per_class", {}).items():
         for key in ("energy_inside", "pointing_hit"):
             experiment.add_scalar(f"report/{split}_cam_{key}_{name}", values[key], step)
+
+
+def save_figures(figures: dict, folder: Path, experiment=None, tags: dict | None = None, step: int = 0) -> None:
+    """Each figure as folder/NAME.png and, with an experiment, as the TensorBoard image tags[NAME]."""
+    for name, figure in figures.items():
+        figure.savefig(folder / f"{name}.png", dpi=120)
+        if experiment is not None:
+            experiment.add_image(tags[name], figure_pixels(figure), step, dataformats="HWC")
 
 
 def training_history(folder: Path) -> list[dict]:
