@@ -75,7 +75,7 @@ def data_path(root: Path, image_size: int, cache_dir: Path) -> dict:
     dataset = ImageTensors(catalog, range(len(catalog.records)))
 
     def one_epoch():
-        for pixels, _, _ in DataLoader(dataset, batch_size=16, shuffle=True):
+        for pixels, *_ in DataLoader(dataset, batch_size=16, shuffle=True):
             to_model_input(pixels)
 
     epoch_seconds, _ = clock(one_epoch)
@@ -134,7 +134,7 @@ def recipe_parts(root: Path, out: Path, epochs: int, cache_dir: Path) -> dict:
         for split in ("train", "val", "test"):
             loader = DataLoader(datamodule.dataset(split), batch_size=datamodule.hparams.eval_batch_size)
             features[split] = [
-                (model.model.extract(model.prepare_inputs(x.to(device))), y.to(device)) for x, y, _ in loader
+                (model.model.extract(model.prepare_inputs(x.to(device))), y.to(device)) for x, y, *_ in loader
             ]
 
     backbone_seconds, _ = clock(backbone_pass)

@@ -22,8 +22,11 @@ def _uniform(n: int, bound: float, like: torch.Tensor) -> torch.Tensor:
     return (torch.rand(n, device=like.device) * 2 - 1) * bound
 
 
-def augment_batch(images: torch.Tensor) -> torch.Tensor:
-    """uint8 or [0, 1] float (N, C, H, W) → augmented float in [0, 1], same shape."""
+def augment_batch(images: torch.Tensor, masks: torch.Tensor | None = None):
+    """uint8 or [0, 1] float (N, C, H, W) → augmented float in [0, 1], same shape. With `masks` (uint8
+    (N, 1, H, W)), returns (images, masks): each mask moved by its image's rotation, scaling, shift and
+    flip (nearest neighbour, so 0/1 and unknown values stay what they were; what enters from outside
+    the image is background)."""
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
     n = x.shape[0]
     angle = _uniform(n, math.radians(MAX_ROTATION_DEGREES), x)
@@ -38,9 +41,11 @@ def augment_batch(images: torch.Tensor) -> torch.Tensor:
         dim=1,
     )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(
-        x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )  # black, like the scan's surround
+    # black outside, like the scan's surround
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if masks is not None:
+        moved = F.grid_sample(masks.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        masks = moved.to(masks.dtype)
     per_image = (n, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     contrast = 1 + _uniform(n, MAX_CONTRAST_CHANGE, x).view(per_image)
@@ -49,4 +54,5 @@ def augment_batch(images: torch.Tensor) -> torch.Tensor:
     gamma = torch.exp(_uniform(n, math.log(MAX_GAMMA), x)).view(per_image)
     x = x.clamp_min(1e-6) ** gamma
     speckle = 1 + SPECKLE_SIGMA * torch.randn(n, 1, *x.shape[-2:], device=x.device)
-    return (x * speckle).clamp(0, 1)
+    x = (x * speckle).clamp(0, 1)
+    return x if masks is None else (x, masks)

@@ -19,7 +19,15 @@ import torch
 from PIL import Image
 
 from busi.duplicates import perceptual_hash, pixel_digest
-from busi.images import UnreadableImageError, decode_image, image_to_tensor, read_file, resize_to_tensor
+from busi.images import (
+    UnreadableImageError,
+    decode_image,
+    image_to_tensor,
+    load_mask,
+    pack_mask,
+    read_file,
+    resize_to_tensor,
+)
 
 # Bump when decoding or resizing changes: entries made by other code are then never used.
 CACHE_FORMAT = 1
@@ -87,7 +95,8 @@ class DecodedImageCache:
         self.limit_bytes = limit_bytes
         self.path = None
         self.entries: dict[str, dict] = {}
-        self.hits = self.misses = 0
+        self.hits = self.misses = 0  # of images
+        self.mask_hits = self.mask_misses = 0
         if directory is not None:
             name = f"decoded-{image_size}px-v{CACHE_FORMAT}-pillow{PIL.__version__}.pt"
             self.path = Path(directory).expanduser() / name
@@ -138,6 +147,28 @@ class DecodedImageCache:
                 self.pixel_bytes += len(png)
         self._store(key, entry)
         return decoded
+
+    def mask(self, paths: tuple[Path, ...]) -> bytes:
+        """The packed union of an image's mask files (busi.images.load_mask), keyed by the files'
+        contents like images are; UnreadableImageError names the mask file that failed."""
+        digest = hashlib.sha256(b"mask")
+        for path in paths:
+            digest.update(hashlib.sha256(read_file(path)).digest())
+        key = digest.hexdigest()
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.mask_hits += 1
+            if "error" in entry:
+                raise UnreadableImageError(Path(entry["path"]), entry["error"])
+            return entry["mask"]
+        self.mask_misses += 1
+        try:
+            packed = pack_mask(load_mask(paths, self.image_size))
+        except UnreadableImageError as error:
+            self._store(key, {"error": error.reason, "path": str(error.path)})
+            raise
+        self._store(key, {"mask": packed})
+        return packed
 
     def _store(self, key: str, entry: dict) -> None:
         if self.path is not None:

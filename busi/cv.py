@@ -5,8 +5,9 @@ a model on k-2 folds, picks its best epoch and fits its temperature on fold i+1,
 i, so every image is tested exactly once by a model that never saw it or its near-duplicates. Each
 fold is an ordinary training run (RUN/fold_i/lightning_logs/version_0, checkpoints kept); the summary
 (per fold, mean ± sd, pooled out-of-fold confusion matrix and calibration) goes to RUN/cv_summary.json,
-RUN/cv_summary.txt, RUN/confusion_matrix.png, RUN/reliability.png, RUN/curves.png and TensorBoard. A fold whose report exists is not trained again: rerun the same
-command to finish an interrupted cross-validation.
+RUN/cv_summary.txt, RUN/confusion_matrix.png, RUN/reliability.png, RUN/curves.png and TensorBoard.
+Rerun the same command to finish an interrupted cross-validation: finished folds are kept, an
+interrupted fold resumes from its last checkpoint in its own folder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -33,7 +35,7 @@ from busi.checkpointing import ResumeError
 from busi.cli import run
 from busi.data import DataError
 from busi.inference import infer_loader
-from busi.metrics import RELIABILITY_BINS, reliability
+from busi.metrics import LESION_THRESHOLD, RELIABILITY_BINS, reliability
 from busi.network import WeightsError
 from busi.plots import confusion_matrix_figure, fold_curves_figure, reliability_figure
 from busi.report import format_confusion_matrix, save_figures, training_history
@@ -84,6 +86,7 @@ def summarise(cv_dir: Path, folds: int) -> dict:
                 **{key: test[key] for key in SUMMARY_KEYS},
                 "recall": {name: test["per_class"][name]["recall"] for name in class_names},
                 "temperature": report.get("temperature", 1.0),
+                **({"segmentation": test["segmentation"]} if "segmentation" in test else {}),
             }
         )
 
@@ -92,6 +95,15 @@ def summarise(cv_dir: Path, folds: int) -> dict:
 
     summary = {key: mean_sd([fold[key] for fold in per_fold]) for key in SUMMARY_KEYS}
     summary["recall"] = {name: mean_sd([fold["recall"][name] for fold in per_fold]) for name in class_names}
+    if all("segmentation" in fold for fold in per_fold):
+        summary["segmentation"] = {
+            name: {
+                key: mean_sd([fold["segmentation"][name][key] for fold in per_fold])
+                for key in ("dice", "iou", "predicted_lesion_share")
+                if all(fold["segmentation"][name].get(key) is not None for fold in per_fold)
+            }
+            for name in class_names
+        }
     pooled = [read_out_of_fold(fold_dir(cv_dir, k) / "out_of_fold.csv", len(class_names)) for k in range(folds)]
     labels = torch.cat([p[0] for p in pooled])
     calibrated, raw = torch.cat([p[1] for p in pooled]), torch.cat([p[2] for p in pooled])
@@ -160,6 +172,20 @@ def format_summary(summary: dict) -> str:
         f"{m['auroc_macro_ovr']['sd']:>7.4f} {m['ece']['sd']:>7.4f} {'':>6} "
         + " ".join(f"{m['recall'][n]['sd']:>14.4f}" for n in names)
     )
+    if "segmentation" in m:
+        lines += [
+            "",
+            f"Lesion segmentation, test folds (mean ± sd over folds; lesion = probability ≥ {LESION_THRESHOLD})",
+        ]
+        for name, scores in m["segmentation"].items():
+            if "dice" in scores:
+                lines.append(
+                    f"{name:>10}: Dice {scores['dice']['mean']:.4f} ± {scores['dice']['sd']:.4f}, "
+                    f"IoU {scores['iou']['mean']:.4f} ± {scores['iou']['sd']:.4f}"
+                )
+            elif "predicted_lesion_share" in scores:
+                share = scores["predicted_lesion_share"]
+                lines.append(f"{name:>10}: lesion predicted on {share['mean']:.1%} ± {share['sd']:.1%} of the images")
     oof = summary["out_of_fold"]
     lines += [
         "",
@@ -196,6 +222,10 @@ def write_summary(summary: dict, cv_dir: Path) -> None:
         for fold in summary["per_fold"]:
             for key in SUMMARY_KEYS:
                 writer.add_scalar(f"cv/{key}", fold[key], fold["fold"])
+            for name, scores in fold.get("segmentation", {}).items():
+                for key in ("dice", "predicted_lesion_share"):
+                    if scores.get(key) is not None:
+                        writer.add_scalar(f"cv/{key}_{name}", scores[key], fold["fold"])
         writer.add_text("cv/summary", "    " + format_summary(summary).replace("\n", "\n    "))
         tags = {name: f"cv/out_of_fold_{name}" if name != "curves" else "cv/curves" for name in figures}
         save_figures(figures, cv_dir, writer, tags)
@@ -218,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         fold_args = [*train_args, f"--data.folds={args.folds}", f"--data.fold={fold}"]
         fold_args.append(f"--trainer.default_root_dir={cv_dir / f'fold_{fold}'}")
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+            print(f"fold {fold}: interrupted, resumed from its last checkpoint ({run_dir})")
+            fold_args.append(f"--ckpt_path={run_dir}")
+        elif run_dir.parent.is_dir():  # stopped before its first checkpoint: nothing to keep
+            print(f"fold {fold}: interrupted before its first checkpoint, trained again")
+            shutil.rmtree(run_dir.parent)
         try:
             cli = run(fold_args)
         except (DataError, WeightsError, ResumeError) as error:

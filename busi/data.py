@@ -19,10 +19,20 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from busi import CLASS_NAMES
+from busi import CLASS_NAMES, NORMAL
 from busi.cache import DecodedImageCache, default_cache_dir
 from busi.duplicates import group_duplicates
-from busi.images import UnreadableImageError, as_three_channels, is_hidden, is_image_file, is_mask, load_image
+from busi.images import (
+    MASK_UNKNOWN,
+    UnreadableImageError,
+    as_three_channels,
+    is_hidden,
+    is_image_file,
+    is_mask,
+    load_image,
+    pack_mask,
+    unpack_mask,
+)
 from busi.splits import SPLIT_NAMES, assign_groups, fold_splits, read_split_csv, write_split_csv
 
 log = logging.getLogger(__name__)
@@ -56,6 +66,7 @@ class Catalog:
     pixels: list[torch.Tensor | None]  # None: read from the file when needed
     groups: list[int]
     digests: list[str]  # of the decoded pixels: identifies an image's content across datasets
+    masks: list[bytes | None]  # lesion masks, 1 bit per pixel (busi.images.pack_mask); None: not known
     audit: dict = field(default_factory=dict)
     cache: DecodedImageCache | None = None
 
@@ -65,6 +76,13 @@ class Catalog:
     def image(self, index: int) -> torch.Tensor:
         pixels = self.pixels[index]
         return load_image(self.records[index].path, self.image_size) if pixels is None else pixels
+
+    def mask(self, index: int) -> torch.Tensor:
+        """uint8 (1, S, S): 1 on the lesion, 0 elsewhere, MASK_UNKNOWN everywhere when not known."""
+        packed = self.masks[index]
+        if packed is None:
+            return torch.full((1, self.image_size, self.image_size), MASK_UNKNOWN, dtype=torch.uint8)
+        return torch.from_numpy(unpack_mask(packed, self.image_size).astype(np.uint8))[None]
 
     @property
     def streamed(self) -> int:
@@ -76,6 +94,7 @@ class Catalog:
         self.pixels = [self.pixels[i] for i in indices]
         self.groups = [self.groups[i] for i in indices]
         self.digests = [self.digests[i] for i in indices]
+        self.masks = [self.masks[i] for i in indices]
 
 
 def scan_class_folders(root: Path, class_names: tuple[str, ...] = CLASS_NAMES):
@@ -145,17 +164,40 @@ def read_catalog(
         held += 0 if image.pixels is None else image.pixels.numel()
         records.append(record)
         decoded.append(image)
-    cache.close()
     if not records:
+        cache.close()
         raise DataError(f"{root}: no readable images in {list(class_names)}; check the folder and file types")
+    masks, unreadable_masks = read_masks(records, class_names, cache, image_size, root)
+    cache.close()
     digests = [d.digest for d in decoded]
     groups = group_duplicates(np.stack([d.phash for d in decoded]), digests, duplicate_distance)
-    catalog = Catalog(root, image_size, records, [d.pixels for d in decoded], groups, digests, cache=cache)
+    catalog = Catalog(root, image_size, records, [d.pixels for d in decoded], groups, digests, masks, cache=cache)
     sizes, modes = [d.size for d in decoded], Counter(d.mode for d in decoded)
     catalog.audit = build_audit(catalog, class_names, sizes, modes, digests, unreadable, orphan_masks, ignored)
+    catalog.audit["unreadable_masks"] = unreadable_masks
     catalog.audit["unknown_folders"] = unknown
     catalog.audit["streamed_from_disk"] = catalog.streamed
     return catalog
+
+
+def read_masks(records, class_names, cache: DecodedImageCache, image_size: int, root: Path):
+    """Each image's target mask, packed: the union of its mask files; empty for normal images; None for
+    a lesion image without mask files or with an unreadable one (never taken as "no lesion")."""
+    empty = pack_mask(np.zeros((image_size, image_size), dtype=bool))
+    masks, unreadable = [], []
+    for record in records:
+        if class_names[record.label] == NORMAL:
+            masks.append(empty)
+        elif not record.masks:
+            masks.append(None)
+        else:
+            try:
+                masks.append(cache.mask(record.masks))
+            except UnreadableImageError as error:
+                warn(f"{error}; {record.path.name} is left out of the segmentation loss")
+                unreadable.append({"path": error.path.relative_to(root).as_posix(), "reason": str(error)})
+                masks.append(None)
+    return masks, unreadable
 
 
 def build_audit(catalog, class_names, sizes, modes, digests, unreadable, orphan_masks, ignored) -> dict:
@@ -185,6 +227,9 @@ def build_audit(catalog, class_names, sizes, modes, digests, unreadable, orphan_
                 "images": sum(r.label == label for r in catalog.records),
                 "with_masks": sum(r.label == label and bool(r.masks) for r in catalog.records),
                 "masks": sum(len(r.masks) for r in catalog.records if r.label == label),
+                "target_masks": sum(
+                    r.label == label and m is not None for r, m in zip(catalog.records, catalog.masks, strict=True)
+                ),
             }
             for label, name in enumerate(class_names)
         },
@@ -223,6 +268,17 @@ def format_audit(audit: dict, split_counts: dict[str, dict[str, int]] | None = N
         lines.append(f"    {kind}: {pairs}")
     lines.append(f"  unreadable (skipped): {len(audit['unreadable'])}")
     lines += [f"    {item['reason']}" for item in audit["unreadable"]]
+    if audit.get("unreadable_masks"):
+        lines.append(
+            f"  unreadable masks (image kept, left out of the segmentation loss): {len(audit['unreadable_masks'])}"
+        )
+        lines += [f"    {item['reason']}" for item in audit["unreadable_masks"]]
+    without = {name: c["images"] - c["target_masks"] for name, c in audit["per_class"].items() if "target_masks" in c}
+    if any(without.values()):
+        lines.append(
+            "  images without a lesion mask (left out of the segmentation loss): "
+            + ", ".join(f"{name} {n}" for name, n in without.items() if n)
+        )
     if audit["orphan_masks"]:
         lines.append(f"  masks without an image: {len(audit['orphan_masks'])}: {', '.join(audit['orphan_masks'][:5])}")
     if audit.get("unknown_folders"):
@@ -242,9 +298,10 @@ def format_audit(audit: dict, split_counts: dict[str, dict[str, int]] | None = N
 
 
 class ImageTensors(Dataset):
-    """Some of a catalog's images as (uint8 3×H×W, label, key): normalisation happens on the batch, on
-    the training device (BusiClassifier.on_after_batch_transfer). The key, a digest of the decoded
-    pixels, identifies the image for the frozen-backbone feature cache."""
+    """Some of a catalog's images as (uint8 3×H×W, label, key, uint8 1×H×W lesion mask): normalisation
+    happens on the batch, on the training device (BusiClassifier.on_after_batch_transfer). The key, a
+    digest of the decoded pixels, identifies the image for the frozen-backbone feature cache. The mask
+    is 0/1, or MASK_UNKNOWN everywhere for a lesion image without a mask."""
 
     def __init__(self, catalog: Catalog, indices: list[int]):
         self.catalog = catalog
@@ -253,9 +310,10 @@ class ImageTensors(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str, torch.Tensor]:
         i = self.indices[index]
-        return as_three_channels(self.catalog.image(i)), self.catalog.records[i].label, self.catalog.digests[i]
+        catalog = self.catalog
+        return as_three_channels(catalog.image(i)), catalog.records[i].label, catalog.digests[i], catalog.mask(i)
 
 
 class ClassBalancedSampler(DistributedSampler):

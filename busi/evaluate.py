@@ -34,9 +34,10 @@ def evaluate(ckpt: Path, root: Path, output: Path, batch_size: int = 32, device:
     evaluation = SplitEvaluation(len(first.class_names))
     everything = ImageTensors(catalog, range(len(catalog.records)))
     probabilities = []
-    for pixels, targets, _ in DataLoader(everything, batch_size=batch_size):
+    for pixels, targets, _, masks in DataLoader(everything, batch_size=batch_size):
         outputs = infer_mean(models, pixels)
-        evaluation.update(outputs.probabilities.cpu(), targets, outputs.logits.softmax(dim=1).cpu())
+        lesions = None if outputs.lesions is None else outputs.lesions.cpu()
+        evaluation.update(outputs.probabilities.cpu(), targets, outputs.logits.softmax(dim=1).cpu(), lesions, masks)
         probabilities += outputs.probabilities.tolist()
     predictions = [Prediction(record.path, row) for record, row in zip(catalog.records, probabilities, strict=True)]
     localisation = None

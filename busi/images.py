@@ -14,6 +14,7 @@ from torchvision.transforms import v2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MASK_UNKNOWN = 255  # mask value of an image whose lesion outline is not known (left out of the loss)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -111,6 +112,38 @@ def resize_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
 def load_image(path: Path, image_size: int) -> torch.Tensor:
     """Decode and resize one file: the uint8 tensor that training and prediction both start from."""
     return resize_to_tensor(decode_image(path), image_size)
+
+
+def resize_mask(mask: Image.Image, image_size: int) -> np.ndarray:
+    """A lesion mask squashed to `image_size`² exactly like its image (bilinear), then thresholded
+    at half: bool (S, S)."""
+    grey = mask if mask.mode == "L" else mask.convert("L")
+    return np.asarray(grey.resize((image_size, image_size), Image.Resampling.BILINEAR)) >= 128
+
+
+def load_mask(paths: tuple[Path, ...], image_size: int) -> np.ndarray:
+    """The union of an image's mask files (`X_mask.png`, `X_mask_1.png`, …): bool (S, S)."""
+    union = np.zeros((image_size, image_size), dtype=bool)
+    for path in paths:
+        union |= resize_mask(decode_image(path), image_size)
+    return union
+
+
+def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A float map (h, w) (a heat-map, lesion probabilities) stretched back to an image's (width,
+    height), bilinear, as the image was squashed: float32 (height, width)."""
+    stretched = Image.fromarray(np.asarray(values, dtype=np.float32)).resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(stretched)
+
+
+def pack_mask(mask: np.ndarray) -> bytes:
+    """1 bit per pixel."""
+    return np.packbits(mask.ravel()).tobytes()
+
+
+def unpack_mask(packed: bytes, image_size: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=image_size * image_size)
+    return bits.reshape(image_size, image_size).astype(bool)
 
 
 _normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

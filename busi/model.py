@@ -17,9 +17,9 @@ from torchmetrics import MeanMetric, SumMetric
 from busi import CLASS_NAMES
 from busi.augment import augment_batch
 from busi.feature_cache import FeatureCache
-from busi.images import to_model_input
-from busi.inference import infer
-from busi.metrics import SplitEvaluation, epoch_metrics
+from busi.images import MASK_UNKNOWN, to_model_input
+from busi.inference import infer, lesion_probabilities
+from busi.metrics import SplitEvaluation, epoch_metrics, overlap_scores
 from busi.network import DenseNetClassifier, WeightsError, load_backbone_weights, parameter_counts
 from busi.splits import SPLIT_NAMES
 
@@ -49,6 +49,8 @@ class BusiClassifier(L.LightningModule):
         tta: test-time augmentation: average the probabilities of the image and its mirror image.
         head: `flatten` (the original: the whole feature map into the first dense layer) or `pooled`
             (global average pooling first: 67 M fewer parameters at 256 px).
+        segmentation_weight: λ > 0 adds a lesion decoder (busi.network.LesionDecoder) trained with
+            λ·(Dice + BCE) on the lesion masks beside the classification loss; 0: no decoder.
     """
 
     def __init__(
@@ -70,11 +72,15 @@ class BusiClassifier(L.LightningModule):
         schedule: Literal["constant", "cosine"] = "constant",
         tta: bool = False,
         head: Literal["flatten", "pooled"] = "flatten",
+        segmentation_weight: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = tuple(class_names)
-        self.model = DenseNetClassifier(image_size, len(self.class_names), freeze_backbone, head)
+        if segmentation_weight < 0:
+            raise ValueError(f"--model.segmentation_weight {segmentation_weight}: must be 0 (off) or positive")
+        segment = segmentation_weight > 0
+        self.model = DenseNetClassifier(image_size, len(self.class_names), freeze_backbone, head, segment)
         load_backbone_weights(self.model.features, weights)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -88,6 +94,7 @@ class BusiClassifier(L.LightningModule):
         self.val_metrics = epoch_metrics(len(self.class_names), "val/")
         # torchmetrics rather than self.log averaging: exact over all processes under DDP
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.train_segmentation_loss, self.val_dice = MeanMetric(), MeanMetric()
         self.val_samples = SumMetric()
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
         self.evaluations = nn.ModuleDict({f"{s}_split": SplitEvaluation(len(self.class_names)) for s in SPLIT_NAMES})
@@ -100,15 +107,23 @@ class BusiClassifier(L.LightningModule):
     @property
     def caches_features(self) -> bool:
         # Valid only while the backbone is a fixed function of the image: frozen weights, eval-mode
-        # BatchNorm, and the same input pixels every epoch (no random augmentation).
-        return self.hparams.freeze_backbone and self.hparams.cache_features and not self.hparams.augment
+        # BatchNorm, and the same input pixels every epoch (no random augmentation). The decoder
+        # needs the dense blocks' outputs too, which are not kept.
+        hp = self.hparams
+        return hp.freeze_backbone and hp.cache_features and not hp.augment and not self.model.segments
+
+    def encode(self, images: torch.Tensor, keys: list[str] | None = None):
+        """(final features, lesion logits (N, 1, S/4, S/4) or None without a decoder); with a frozen
+        backbone and image keys (content digests), backbone features are computed once per image."""
+        if self.model.segments:
+            features, skips = self._extract(images, skips=True)
+            return features, self.model.decoder(features, skips)
+        if keys is None or not self.caches_features:
+            return self._extract(images), None
+        return self.feature_cache.features(keys, images.device.type, lambda: self._extract(images)), None
 
     def logits(self, images: torch.Tensor, keys: list[str] | None = None) -> torch.Tensor:
-        """Class logits; with a frozen backbone and image keys (content digests), backbone features
-        are computed once per image."""
-        if keys is None or not self.caches_features:
-            return self(images)
-        return self.model.head(self.feature_cache.features(keys, images.device.type, lambda: self._extract(images)))
+        return self.model.head(self.encode(images, keys)[0])
 
     def prepare_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 1 or 3, H, W) → normalised float in the model's memory layout."""
@@ -172,20 +187,34 @@ class BusiClassifier(L.LightningModule):
         self.model.train()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, targets, keys = batch
+        images, targets, keys, masks = batch
+        segments = self.model.segments
         if self.hparams.augment:
-            images = self.prepare_inputs(to_model_input(augment_batch(images)))
-        logits = self.logits(images, keys)
+            images, masks = augment_batch(images, masks) if segments else (augment_batch(images), masks)
+            images = self.prepare_inputs(to_model_input(images))
+        features, lesions = self.encode(images, keys)
+        logits = self.model.head(features)
         loss = F.cross_entropy(logits, targets, weight=self.class_weight)
         self.train_metrics.update(logits, targets)
         self.train_loss.update(loss.detach(), weight=len(targets))
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        if segments:
+            segmentation = segmentation_loss(lesions, masks)
+            loss = loss + self.hparams.segmentation_weight * segmentation
+            self.train_segmentation_loss.update(segmentation.detach(), weight=len(targets))
+            self.log("train/segmentation_loss", self.train_segmentation_loss, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, targets, keys = batch
-        logits = self.logits(images, keys)
+        images, targets, keys, masks = batch
+        features, lesions = self.encode(images, keys)
+        logits = self.model.head(features)
+        if lesions is not None:
+            overlap = overlap_scores(lesion_probabilities(lesions, masks.shape[-2:]), masks)
+            if overlap.has_lesion.any():
+                self.val_dice.update(overlap.dice[overlap.has_lesion])
+                self.log("val/dice", self.val_dice, on_epoch=True)
         self.val_metrics.update(logits, targets)
         self.val_loss.update(F.cross_entropy(logits, targets), weight=len(targets))
         self.val_samples.update(len(targets))
@@ -196,10 +225,10 @@ class BusiClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         # The report scores the checkpoint as predict.py, calibration and the exports use it: in fp32,
         # whatever precision it was trained in (busi.inference.infer).
-        images, targets, keys = batch
+        images, targets, keys, masks = batch
         outputs = infer(self, images, keys)
         evaluation = self.evaluations[f"{SPLIT_NAMES[dataloader_idx]}_split"]
-        evaluation.update(outputs.probabilities, targets, outputs.logits.softmax(dim=1))
+        evaluation.update(outputs.probabilities, targets, outputs.logits.softmax(dim=1), outputs.lesions, masks)
 
     def on_test_epoch_start(self) -> None:
         self.test_splits = {}
@@ -244,6 +273,19 @@ class BusiClassifier(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def segmentation_loss(lesion_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + BCE of the lesion logits (upsampled to the mask size) over the batch's images whose
+    masks are known (normal images: empty masks); 0, still connected to the decoder, when there is none."""
+    known = (masks != MASK_UNKNOWN).flatten(1).all(dim=1)
+    logits = F.interpolate(lesion_logits.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    if not known.any():
+        return logits.sum() * 0.0  # keeps every decoder parameter in the graph (DDP)
+    logits, targets = logits[known], masks[known].float()
+    probabilities = logits.sigmoid()
+    dice = 1 - (2 * (probabilities * targets).sum() + 1) / (probabilities.sum() + targets.sum() + 1)
+    return dice + F.binary_cross_entropy_with_logits(logits, targets)
 
 
 def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "cpu") -> BusiClassifier:

@@ -13,6 +13,10 @@ from torchvision.models import DenseNet121_Weights, densenet121
 
 FEATURE_CHANNELS = 1024
 FEATURE_STRIDE = 32
+# DenseNet121's dense blocks 1-3 (strides 4, 8, 16) feed the lesion decoder beside the final features.
+SKIP_LAYERS = ("denseblock1", "denseblock2", "denseblock3")
+SKIP_CHANNELS = (256, 512, 1024)
+DECODER_WIDTHS = (128, 64, 32)  # at strides 16, 8, 4
 
 
 class WeightsError(ValueError):
@@ -29,13 +33,52 @@ class FullPrecisionHead(nn.Sequential):
             return super().forward(features.float())
 
 
+def conv_bn_relu(inputs: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU(inplace=True)
+    )
+
+
+class LesionDecoder(nn.Module):
+    """A light U-Net-style decoder over DenseNet121's feature pyramid: the final features (stride 32)
+    are upsampled step by step and joined with 1×1-reduced dense-block outputs at strides 16, 8 and 4;
+    returns lesion logits (N, 1, S/4, S/4). 0.74 M parameters."""
+
+    def __init__(self):
+        super().__init__()
+        widths = DECODER_WIDTHS
+        self.top = nn.Sequential(
+            nn.Conv2d(FEATURE_CHANNELS, widths[0], 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+        )
+        self.lateral = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+            for c, w in zip(reversed(SKIP_CHANNELS), widths, strict=True)
+        )
+        above = (widths[0], *widths[:-1])
+        self.fuse = nn.ModuleList(conv_bn_relu(a + w, w) for a, w in zip(above, widths, strict=True))
+        self.out = nn.Conv2d(widths[-1], 1, 1)
+
+    def forward(self, features: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        x = self.top(features)
+        for skip, lateral, fuse in zip(reversed(skips), self.lateral, self.fuse, strict=True):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = fuse(torch.cat([x, lateral(skip)], dim=1))
+        return self.out(x)
+
+
 class DenseNetClassifier(nn.Module):
     """torchvision DenseNet121 `features` → ReLU → the dense head 1024-1024-512-128-classes (logits out),
     fed by `head`: `flatten`, the original (the whole S/32 × S/32 × 1024 feature map: 67 M weights in
-    the first layer at 256 px), or `pooled` (global average pooling: 1024 inputs at any image size)."""
+    the first layer at 256 px), or `pooled` (global average pooling: 1024 inputs at any image size).
+    With `segment`, a LesionDecoder beside the head predicts the lesion from the same features."""
 
     def __init__(
-        self, image_size: int = 256, num_classes: int = 3, freeze_backbone: bool = True, head: str = "flatten"
+        self,
+        image_size: int = 256,
+        num_classes: int = 3,
+        freeze_backbone: bool = True,
+        head: str = "flatten",
+        segment: bool = False,
     ):
         super().__init__()
         if image_size % FEATURE_STRIDE:
@@ -60,6 +103,9 @@ class DenseNetClassifier(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(128, num_classes),
         )
+        # absent (not None-valued) without segmentation: the original state-dict keys stay as they were
+        if segment:
+            self.decoder = LesionDecoder()
         self.features.requires_grad_(not freeze_backbone)
         self.train()
 
@@ -71,9 +117,21 @@ class DenseNetClassifier(nn.Module):
             self.features.eval()
         return self
 
-    def extract(self, images: torch.Tensor) -> torch.Tensor:
+    @property
+    def segments(self) -> bool:
+        return hasattr(self, "decoder")
+
+    def extract(self, images: torch.Tensor, skips: bool = False):
+        """Final features (N, 1024, S/32, S/32); with `skips`, (features, [dense blocks 1-3 outputs])."""
         # torchvision applies this ReLU in DenseNet.forward, Keras as the last layer of `features`.
-        return F.relu(self.features(images))
+        if not skips:
+            return F.relu(self.features(images))
+        found, x = [], images
+        for name, layer in self.features.named_children():
+            x = layer(x)
+            if name in SKIP_LAYERS:
+                found.append(x)
+        return F.relu(x), found
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.extract(images))

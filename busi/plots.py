@@ -116,14 +116,38 @@ def fold_curves_figure(histories: dict[int, list[dict]]) -> Figure:
     return figure
 
 
-def overlay(pixels: torch.Tensor, cam: torch.Tensor, caption: str, alpha: float = 0.45) -> Image.Image:
-    """The model's view of the image beside it with the heat-map over it, and a caption below."""
+OUTLINE_COLOUR = (255, 0, 255)  # the predicted lesion's outline: magenta, in neither grey scans nor `jet`
+
+
+def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The pixels of a bool mask that touch its outside (8-neighbourhood), thickened `width` − 1 times."""
+    padded = np.pad(mask, 1)
+    inner = np.ones_like(mask)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            inner &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
+    edge = mask & ~inner
+    for _ in range(width - 1):
+        padded = np.pad(edge, 1)
+        edge = padded[1:-1, 1:-1] | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+    return edge
+
+
+def overlay(
+    pixels: torch.Tensor, cam: torch.Tensor, caption: str, alpha: float = 0.45, lesion: np.ndarray | None = None
+) -> Image.Image:
+    """The model's view of the image beside it with the heat-map over it, and a caption below; a
+    predicted `lesion` (bool mask at the image's size) is outlined on both."""
     image = as_three_channels(pixels.cpu()).permute(1, 2, 0).numpy().astype(np.float32)
     heat = HEAT_MAP(cam.detach().cpu().numpy())[..., :3].astype(np.float32) * 255
     blended = ((1 - alpha) * image + alpha * heat).astype(np.uint8)
+    image = image.astype(np.uint8)
+    if lesion is not None:
+        edge = outline(lesion, width=max(1, image.shape[0] // 128))
+        image[edge] = blended[edge] = OUTLINE_COLOUR
     side = image.shape[0]
     canvas = Image.new("RGB", (2 * side, side + CAPTION_HEIGHT), "white")
-    canvas.paste(Image.fromarray(image.astype(np.uint8)), (0, 0))
+    canvas.paste(Image.fromarray(image), (0, 0))
     canvas.paste(Image.fromarray(blended), (side, 0))
     ImageDraw.Draw(canvas).multiline_text((6, side + 4), caption, fill="black", spacing=2)
     return canvas

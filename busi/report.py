@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from busi.metrics import RELIABILITY_BINS
+from busi.metrics import LESION_THRESHOLD, RELIABILITY_BINS
 from busi.plots import confusion_matrix_figure, curves_figure, figure_pixels, reliability_figure
 
 
@@ -84,8 +84,26 @@ def format_report(report: dict) -> str:
         f"Confusion matrix ({where}; rows: true class, columns: predicted)",
         format_confusion_matrix(test["confusion_matrix"], class_names),
     ]
+    if test.get("segmentation"):
+        lines += ["", format_segmentation(test["segmentation"], f"Lesion segmentation, {where}")]
     if report.get("localisation"):
         lines += ["", format_localisation(report["localisation"], f"Grad-CAM localisation, {where} (true class)")]
+    return "\n".join(lines)
+
+
+def format_segmentation(scores: dict, title: str) -> str:
+    """The decoder's lesion masks against the images' masks (busi.metrics.SplitEvaluation.segmentation)."""
+    lines = [f"{title} (images with masks; lesion = probability ≥ {LESION_THRESHOLD})"]
+    lines.append(f"{'class':>10} {'images':>7} {'Dice':>7} {'IoU':>7}")
+    for name, values in scores.items():
+        if values["images"] == 0:
+            lines.append(f"{name:>10} {0:>7}")
+        elif "dice" in values:
+            lines.append(f"{name:>10} {values['images']:>7} {values['dice']:>7.3f} {values['iou']:>7.3f}")
+        else:
+            lines.append(
+                f"{name:>10} {values['images']:>7}   lesion predicted on {values['predicted_lesion_share']:.1%} of them"
+            )
     return "\n".join(lines)
 
 
@@ -134,6 +152,10 @@ def write_report(report: dict, folder: Path, experiment=None, step: int = 0, spl
     for name, values in (report.get("localisation") or {}).get("per_class", {}).items():
         for key in ("energy_inside", "pointing_hit"):
             experiment.add_scalar(f"report/{split}_cam_{key}_{name}", values[key], step)
+    for name, values in (scored.get("segmentation") or {}).items():
+        for key in ("dice", "iou", "predicted_lesion_share"):
+            if values.get(key) is not None:
+                experiment.add_scalar(f"report/{split}_{key}_{name}", values[key], step)
 
 
 def save_figures(figures: dict, folder: Path, experiment=None, tags: dict | None = None, step: int = 0) -> None:

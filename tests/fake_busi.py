@@ -15,16 +15,20 @@ from busi import CLASS_NAMES
 IMAGE_SIZE = 64  # keeps DenseNet121 fast on CPU: 2×2×1024 features
 
 
+def lesion_disc(height: int, width: int) -> np.ndarray:
+    """The lesion of the fake benign and malignant scans, and their mask: a centred disc."""
+    yy, xx = np.mgrid[:height, :width]
+    return (yy - height / 2) ** 2 + (xx - width / 2) ** 2 < (min(height, width) / 5) ** 2
+
+
 def ultrasound_like(rng: np.random.Generator, label: int, height: int, width: int) -> np.ndarray:
-    """Blocky low-frequency texture (distinct perceptual hashes) plus a class-dependent blob."""
+    """Blocky low-frequency texture (distinct perceptual hashes) plus a class-dependent dark or bright
+    disc (the lesion)."""
     coarse = rng.uniform(40, 200, size=(6, 6))
     texture = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((width, height), Image.Resampling.BICUBIC))
     pixels = texture.astype(np.float64) + rng.normal(0, 12, size=(height, width))
-    yy, xx = np.mgrid[:height, :width]
     if label < 2:
-        cy, cx, radius = height / 2, width / 2, min(height, width) / 5
-        blob = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
-        pixels[blob] = 15 if label == 0 else 240
+        pixels[lesion_disc(height, width)] = 15 if label == 0 else 240
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
@@ -57,7 +61,7 @@ def write_busi_folder(root: Path, per_class: int = 10, seed: int = 0) -> Path:
             save_mode(pixels, image_path, modes[(index + label) % len(modes)])
             mask = np.zeros((height, width), dtype=np.uint8)
             if label < 2:
-                mask[height // 3 : 2 * height // 3, width // 3 : 2 * width // 3] = 255
+                mask[lesion_disc(height, width)] = 255
             Image.fromarray(mask).convert("1").save(folder / f"{name} ({index})_mask.png")
             if index % 4 == 0:
                 Image.fromarray(mask).save(folder / f"{name} ({index})_mask_1.png")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,8 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from busi.cli import run
+from busi.cv import fold_dir, operating_point
 from busi.cv import main as cv_main
-from busi.cv import operating_point
 from busi.evaluate import main as evaluate_main
 from busi.model import load_classifier
 from busi.predict import main as predict_main
@@ -87,6 +88,23 @@ def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(cv_r
     ensemble = next(row for row in read_rows(output / "predictions.csv") if row["path"] == str(one))
     for column in ("p_benign", "p_malignant", "p_normal"):
         assert float(ensemble[column]) == pytest.approx(sum(float(row[column]) for row in folds) / 3, abs=1e-6)
+
+
+def test_an_interrupted_fold_resumes_in_its_own_folder(cv_run, busi_root, tmp_path, capsys):
+    cv_dir = tmp_path / "cv"
+    shutil.copytree(cv_run, cv_dir)
+    resumed, restarted = fold_dir(cv_dir, 1), fold_dir(cv_dir, 2)
+    for name in ("out_of_fold.csv", "report.json"):  # killed after its last checkpoint, before the report
+        (resumed / name).unlink()
+    shutil.rmtree(restarted / "checkpoints")  # killed during its first epoch
+    (restarted / "out_of_fold.csv").unlink()
+    assert cv_main(["--folds", "3", *train_args(busi_root, tmp_path, epochs=1)]) == 0
+    output = capsys.readouterr().out
+    assert "fold 1: interrupted, resumed" in output and "fold 2: interrupted before its first checkpoint" in output
+    for run_dir in (resumed, restarted):
+        assert (run_dir / "out_of_fold.csv").is_file() and (run_dir / "report.json").is_file()
+        assert [p.name for p in run_dir.parent.iterdir()] == ["version_0"]  # no version_1 beside it
+    assert len(json.loads((cv_dir / "cv_summary.json").read_text())["per_fold"]) == 3
 
 
 def read_rows(path):

@@ -49,8 +49,9 @@ def test_datamodule_splits_every_class_and_keeps_duplicates_together(busi_root):
     assert split_by_path["benign/benign (12).png"] == split_by_path["malignant/malignant (2).png"]
     for split, per_class in module.split_counts().items():
         assert all(per_class[name] > 0 for name in CLASS_NAMES), (split, per_class)
-    pixels, label, key = module.train_dataloader().dataset[0]
+    pixels, label, key, mask = module.train_dataloader().dataset[0]
     assert pixels.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and pixels.dtype == torch.uint8
+    assert mask.shape == (1, IMAGE_SIZE, IMAGE_SIZE) and mask.dtype == torch.uint8
     assert label == module.catalog.records[module.catalog.digests.index(key)].label
 
 
