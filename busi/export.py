@@ -7,7 +7,9 @@ The exported model takes what any image library gives after two steps, and does 
 
 then pass float32 pixel values 0–255 as an (N, 3, S, S) array named `pixels`. ImageNet normalisation
 happens inside the model; the output `probabilities` (N, classes) is softmax probabilities in the
-order of `class_names`. A JSON file beside the model records all of this.
+order of `class_names`. A model trained with a lesion decoder has a second output, `lesion` (N, S, S):
+per-pixel lesion probabilities (a pixel is lesion from 0.5 on; stretch the map back to the image's
+size as it was squashed). A JSON file beside the model records all of this.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ from jsonargparse import ArgumentParser
 from torch import nn
 
 from busi.images import IMAGENET_MEAN, IMAGENET_STD
+from busi.inference import lesion_probabilities
+from busi.metrics import LESION_THRESHOLD
 from busi.model import BusiClassifier, WeightsError, load_classifier
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2"}
 
 
 class PixelsToProbabilities(nn.Module):
-    """(N, 3, S, S) float RGB pixels 0–255 → (N, classes) probabilities."""
+    """(N, 3, S, S) float RGB pixels 0–255 → (N, classes) probabilities, and (N, S, S) lesion
+    probabilities when the model has a decoder."""
 
     def __init__(self, classifier: BusiClassifier):
         super().__init__()
@@ -39,12 +44,20 @@ class PixelsToProbabilities(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
         self.register_buffer("temperature", classifier.temperature.detach().clone())
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor):
         images = (pixels - self.mean) / self.std
-        probabilities = (self.model(images) / self.temperature).softmax(dim=1)
+        if self.model.segments:
+            features, skips = self.model.extract(images, skips=True)
+            logits, lesion = (
+                self.model.head(features),
+                lesion_probabilities(self.model.decoder(features, skips), images.shape[-2:]),
+            )
+        else:
+            logits, lesion = self.model(images), None
+        probabilities = (logits / self.temperature).softmax(dim=1)
         if self.tta:
             probabilities = (probabilities + (self.model(images.flip(-1)) / self.temperature).softmax(dim=1)) / 2
-        return probabilities
+        return probabilities if lesion is None else (probabilities, lesion)
 
 
 def preprocessing(classifier: BusiClassifier, model_format: str) -> dict:
@@ -68,6 +81,19 @@ def preprocessing(classifier: BusiClassifier, model_format: str) -> dict:
         },
         "class_names": list(classifier.class_names),
         "image_size": size,
+        **(
+            {
+                "lesion_output": {
+                    "name": "lesion",
+                    "shape": ["batch", size, size],
+                    "values": "lesion probability per pixel (sigmoid)",
+                    "threshold": LESION_THRESHOLD,
+                    "resize": "stretch back to the image's width x height, bilinear, then threshold",
+                }
+            }
+            if classifier.model.segments
+            else {}
+        ),
     }
 
 
@@ -84,7 +110,7 @@ def export(classifier: BusiClassifier, model_format: str, output: Path) -> Path:
             (example,),
             output,
             input_names=["pixels"],
-            output_names=["probabilities"],
+            output_names=["probabilities", "lesion"] if classifier.model.segments else ["probabilities"],
             dynamic_shapes={"pixels": {0: batch}},
             dynamo=True,
             external_data=False,  # one self-contained file (the head alone is 0.27 GB at 256 px)

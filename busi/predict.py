@@ -8,19 +8,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from jsonargparse import ArgumentParser
+from PIL import Image
 
 from busi.images import (
     UnreadableImageError,
     as_three_channels,
+    decode_image,
     is_hidden,
     is_image_file,
     is_mask,
-    load_image,
     missing_file_reason,
+    resize_map,
+    resize_to_tensor,
 )
 from busi.inference import infer_mean
+from busi.metrics import LESION_THRESHOLD
 from busi.model import BusiClassifier, WeightsError, load_classifiers
 from busi.plots import overlay
 
@@ -31,6 +36,7 @@ class Prediction:
     probabilities: list[float] | None = None
     error: str = ""
     cam: Path | None = None  # the Grad-CAM overlay written for it
+    mask: Path | None = None  # the predicted lesion mask written for it
 
 
 def image_files(paths: list[Path]) -> Iterator[Path]:
@@ -61,13 +67,17 @@ def predict_files(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     cam_dir: Path | None = None,
+    mask_dir: Path | None = None,
 ) -> Iterator[Prediction]:
     """Yield one Prediction per file, in order; unreadable files carry the reason in `error`. With
-    `cam_dir`, a Grad-CAM overlay of the predicted class is written there for each image."""
+    `cam_dir`, a Grad-CAM overlay of the predicted class is written there for each image (the
+    predicted lesion outlined when the model has a decoder); with `mask_dir`, the predicted lesion
+    mask as a 0/255 PNG at the image's own size."""
     classifiers = [classifier.to(device).eval() for classifier in classifiers]
     classifier = classifiers[0]
     image_size = classifier.hparams.image_size
     names: set[str] = set()
+    mask_names: set[str] = set()
     for batch in _batches(image_files(paths), batch_size):
         decoded, results = [], []
         for path in batch:
@@ -76,22 +86,29 @@ def predict_files(
                 result.error = f"{path}: {missing_file_reason(path)}"
             else:
                 try:
-                    decoded.append((result, load_image(path, image_size)))
+                    image = decode_image(path)
+                    decoded.append((result, resize_to_tensor(image, image_size), image.size))
                 except UnreadableImageError as error:
                     result.error = str(error)
             results.append(result)
         if decoded:
-            pixels = torch.stack([as_three_channels(p) for _, p in decoded])
+            pixels = torch.stack([as_three_channels(p) for _, p, _ in decoded])
             # with overlays, one backbone pass gives both the probabilities and the heat-maps
             outputs = infer_mean(classifiers, pixels, explain=cam_dir is not None)
             probabilities = outputs.probabilities.cpu()
-            for index, ((result, image), row) in enumerate(zip(decoded, probabilities, strict=True)):
+            lesions = None if outputs.lesions is None else outputs.lesions.cpu().numpy()
+            for index, ((result, image, size), row) in enumerate(zip(decoded, probabilities, strict=True)):
                 result.probabilities = row.tolist()
+                if mask_dir is not None:
+                    lesion = resize_map(lesions[index], size) >= LESION_THRESHOLD
+                    result.mask = _unique(mask_dir / f"{result.path.stem}_lesion.png", mask_names)
+                    Image.fromarray(lesion.astype(np.uint8) * 255).save(result.mask)
                 if cam_dir is not None:
                     best = int(row.argmax())
                     caption = f"{classifier.class_names[best]} {float(row[best]):.1%}\n{result.path.name}"
                     result.cam = _unique(cam_dir / f"{result.path.stem}.png", names)
-                    overlay(image, outputs.cams[index], caption).save(result.cam)
+                    lesion = None if lesions is None else lesions[index] >= LESION_THRESHOLD
+                    overlay(image, outputs.cams[index], caption, lesion=lesion).save(result.cam)
         yield from results
 
 
@@ -105,13 +122,22 @@ def _unique(path: Path, taken: set[str]) -> Path:
     return candidate
 
 
-def csv_columns(class_names: tuple[str, ...]) -> list[str]:
-    return ["path", "label", "confidence", *(f"p_{name}" for name in class_names), "error"]
+def csv_columns(class_names: tuple[str, ...], masks: bool = False) -> list[str]:
+    """`masks` (predict.py --masks) adds a last column, the predicted lesion mask's file."""
+    return [
+        "path",
+        "label",
+        "confidence",
+        *(f"p_{name}" for name in class_names),
+        "error",
+        *(["mask"] if masks else []),
+    ]
 
 
-def csv_row(prediction: Prediction, class_names: tuple[str, ...]) -> list[str]:
+def csv_row(prediction: Prediction, class_names: tuple[str, ...], masks: bool = False) -> list[str]:
+    extra = [str(prediction.mask or "")] if masks else []
     if prediction.probabilities is None:
-        return [str(prediction.path), "", "", *([""] * len(class_names)), prediction.error]
+        return [str(prediction.path), "", "", *([""] * len(class_names)), prediction.error, *extra]
     probabilities = prediction.probabilities
     best = max(range(len(probabilities)), key=probabilities.__getitem__)
     return [
@@ -120,6 +146,7 @@ def csv_row(prediction: Prediction, class_names: tuple[str, ...]) -> list[str]:
         f"{probabilities[best]:.6f}",
         *(f"{p:.6f}" for p in probabilities),
         "",
+        *extra,
     ]
 
 
@@ -139,6 +166,13 @@ def parser() -> ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
     parser.add_argument(
         "--cam", type=Path | None, default=None, help="write a Grad-CAM overlay PNG per image into this folder"
+    )
+    parser.add_argument(
+        "--masks",
+        type=Path | None,
+        default=None,
+        help="write each predicted lesion mask (NAME_lesion.png, 0/255, the image's own size) into this folder; "
+        "needs a model trained with --model.segmentation_weight",
     )
     return parser
 
@@ -160,9 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = choose_device(args.device)
         classifiers = load_classifiers(args.ckpt)
+        if args.masks and not all(c.model.segments for c in classifiers):
+            raise ValueError(
+                f"--masks: {args.ckpt} has no lesion decoder; train with --model.segmentation_weight 0.5 (or drop --masks)"
+            )
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        if args.cam:
-            args.cam.mkdir(parents=True, exist_ok=True)
+        for folder in (args.cam, args.masks):
+            if folder:
+                folder.mkdir(parents=True, exist_ok=True)
         handle = args.output.open("w", newline="", encoding="utf-8")
     except (ValueError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -170,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         where = error.filename or args.output
         print(
-            f"error: {where}: cannot write there ({error.strerror or error}); pass another --output/--cam",
+            f"error: {where}: cannot write there ({error.strerror or error}); pass another --output/--cam/--masks",
             file=sys.stderr,
         )
         return 2
@@ -178,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     predicted = failed = 0
     with handle:
         writer = csv.writer(handle)
-        writer.writerow(csv_columns(class_names))
-        for prediction in predict_files(classifiers, args.paths, args.batch_size, device, args.cam):
-            row = csv_row(prediction, class_names)
+        masks = args.masks is not None
+        writer.writerow(csv_columns(class_names, masks))
+        for prediction in predict_files(classifiers, args.paths, args.batch_size, device, args.cam, args.masks):
+            row = csv_row(prediction, class_names, masks)
             writer.writerow(row)
             if prediction.probabilities is None:
                 failed += 1
@@ -191,5 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{predicted} predicted, {failed} failed → {args.output}"
         + (f"; Grad-CAM overlays in {args.cam}" if args.cam else "")
+        + (f"; lesion masks in {args.masks}" if args.masks else "")
     )
     return 0 if predicted else 2

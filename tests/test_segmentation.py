@@ -1,0 +1,143 @@
+"""The lesion decoder: its shape, its loss, the default model left as it was, and a real run that
+segments: Dice in the report, masks from predict.py, a `lesion` output in the ONNX export."""
+
+import csv
+import json
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from busi.cli import run
+from busi.export import main as export_main
+from busi.images import MASK_UNKNOWN, as_three_channels, load_image
+from busi.inference import infer, infer_mean
+from busi.model import BusiClassifier, load_classifier, segmentation_loss
+from busi.network import FEATURE_CHANNELS, parameter_counts
+from busi.predict import csv_columns
+from busi.predict import main as predict_main
+
+from fake_busi import IMAGE_SIZE, train_args
+
+DENSENET121_FEATURE_PARAMETERS = 6_953_856  # torchvision's densenet121().features
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_the_decoder_predicts_a_lesion_map_at_a_quarter_of_the_input_side(size):
+    classifier = BusiClassifier(weights=None, image_size=size, segmentation_weight=0.5).eval()
+    with torch.no_grad():
+        features, lesions = classifier.encode(torch.rand(2, 3, size, size))
+    assert features.shape == (2, FEATURE_CHANNELS, size // 32, size // 32)
+    assert lesions.shape == (2, 1, size // 4, size // 4)
+    outputs = infer(classifier, torch.randint(0, 256, (2, 1, size, size), dtype=torch.uint8))
+    assert outputs.lesions.shape == (2, size, size) and 0 <= outputs.lesions.min() <= outputs.lesions.max() <= 1
+
+
+def test_without_segmentation_the_model_is_the_original():
+    classifier = BusiClassifier(weights=None, image_size=256)
+    assert not classifier.model.segments and not any("decoder" in key for key in classifier.state_dict())
+    dense = [FEATURE_CHANNELS * 8 * 8, 1024, 1024, 512, 128, 3]  # Flatten(8·8·1024) → 1024-1024-512-128-3
+    head = sum(inputs * outputs + outputs for inputs, outputs in pairwise(dense))
+    assert parameter_counts(classifier.model) == (head, DENSENET121_FEATURE_PARAMETERS)
+    segmenting = BusiClassifier(weights=None, image_size=256, segmentation_weight=1.0)
+    extra = set(segmenting.state_dict()) - set(classifier.state_dict())
+    assert extra and all(key.startswith("model.decoder.") for key in extra)
+    assert set(classifier.state_dict()) <= set(segmenting.state_dict())
+
+
+def test_the_segmentation_loss_skips_unknown_masks_and_learns_empty_ones():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 1, 8, 8)
+    lesion = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+    lesion[..., 8:24, 8:24] = 1
+    empty = torch.zeros_like(lesion)
+    unknown = torch.full_like(lesion, MASK_UNKNOWN)
+    known_only = segmentation_loss(logits[:2], torch.cat([lesion, empty]))
+    assert segmentation_loss(logits, torch.cat([lesion, empty, unknown])) == pytest.approx(float(known_only))
+    changed = logits.clone()
+    changed[2] = 50.0  # whatever is predicted on the image without a mask
+    assert segmentation_loss(changed, torch.cat([lesion, empty, unknown])) == pytest.approx(float(known_only))
+    silent, loud = torch.full((1, 1, 8, 8), -8.0), torch.full((1, 1, 8, 8), 8.0)
+    assert segmentation_loss(silent, empty) < 0.3 < 1 < segmentation_loss(loud, empty)  # normal: no lesion
+    only_unknown = segmentation_loss(logits.requires_grad_(), unknown.expand(3, -1, -1, -1))
+    assert only_unknown == 0 and only_unknown.requires_grad
+
+
+@pytest.fixture(scope="module")
+def segmenting_run(busi_root, tmp_path_factory):
+    """A real run with the decoder: the frozen default recipe, λ = 1, 64 px, 2 epochs."""
+    cli = run(train_args(busi_root, tmp_path_factory.mktemp("seg"), "--model.segmentation_weight=1"))
+    return Path(cli.trainer.log_dir)
+
+
+def test_a_run_with_the_decoder_reports_dice_and_its_checkpoint_loads_safely(segmenting_run):
+    run_dir = segmenting_run
+    report = json.loads((run_dir / "report.json").read_text())
+    scores = report["splits"]["test"]["segmentation"]
+    audit = json.loads((run_dir / "audit.json").read_text())
+    split = list(csv.DictReader((run_dir / "split.csv").open()))
+    tested = {name: sum(row["split"] == "test" and row["label"] == name for row in split) for name in scores}
+    assert scores["normal"]["images"] == tested["normal"] and 0 <= scores["normal"]["predicted_lesion_share"] <= 1
+    for name in ("benign", "malignant"):
+        assert 0 < scores[name]["images"] <= tested[name] and 0 <= scores[name]["iou"] <= scores[name]["dice"] <= 1
+    assert audit["per_class"]["benign"]["target_masks"] < audit["per_class"]["benign"]["images"]  # 2 without
+    assert "Lesion segmentation, test split" in (run_dir / "report.txt").read_text()
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert any(key.startswith("model.decoder.") for key in checkpoint["state_dict"])
+    classifier = load_classifier(run_dir / "checkpoints" / "best.ckpt")
+    assert classifier.model.segments and classifier.hparams.segmentation_weight == 1
+
+
+def test_predict_writes_lesion_masks_at_the_original_size(segmenting_run, busi_root, tmp_path):
+    ckpt = segmenting_run / "checkpoints" / "best.ckpt"
+    images = sorted(p for p in (busi_root / "malignant").glob("*.png") if "_mask" not in p.name)[:3]
+    output, masks, cams = tmp_path / "p.csv", tmp_path / "masks", tmp_path / "cams"
+    args = ["--ckpt", str(ckpt), *map(str, images), "--output", str(output)]
+    assert predict_main([*args, "--masks", str(masks), "--cam", str(cams)]) == 0
+    rows = list(csv.DictReader(output.open()))
+    assert list(rows[0]) == [*csv_columns(("benign", "malignant", "normal")), "mask"]
+    for image, row in zip(images, rows, strict=True):
+        written = Image.open(row["mask"])
+        assert written.size == Image.open(image).size and set(np.unique(np.asarray(written))) <= {0, 255}
+        assert (cams / f"{image.stem}.png").is_file()
+    assert predict_main(args) == 0  # without --masks the CSV is what it always was
+    assert next(csv.DictReader(output.open())).keys() == set(csv_columns(("benign", "malignant", "normal")))
+
+
+def test_masks_from_a_model_without_a_decoder_is_one_line(trained_run, busi_root, tmp_path, capsys):
+    _, run_dir = trained_run
+    image = next((busi_root / "benign").glob("* (3).png"))
+    args = ["--ckpt", str(run_dir / "checkpoints/best.ckpt"), str(image), "--masks", str(tmp_path / "m")]
+    assert predict_main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "no lesion decoder" in error and "--model.segmentation_weight" in error
+
+
+def test_the_fold_ensemble_lesion_map_is_the_mean_of_the_models(busi_root):
+    torch.manual_seed(0)
+    models = [BusiClassifier(weights=None, image_size=IMAGE_SIZE, segmentation_weight=1.0).eval() for _ in range(2)]
+    pixels = torch.stack(
+        [as_three_channels(load_image(p, IMAGE_SIZE)) for p in sorted((busi_root / "benign").glob("* (?).png"))[:3]]
+    )
+    mean = infer_mean(models, pixels)
+    expected = (infer(models[0], pixels).lesions + infer(models[1], pixels).lesions) / 2
+    assert torch.allclose(mean.lesions, expected, atol=1e-6)
+
+
+def test_onnx_export_has_a_lesion_output(segmenting_run, busi_root, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    ckpt = segmenting_run / "checkpoints" / "best.ckpt"
+    output = tmp_path / "seg.onnx"
+    assert export_main(["--ckpt", str(ckpt), "--output", str(output)]) == 0
+    assert json.loads((tmp_path / "seg.onnx.json").read_text())["lesion_output"]["name"] == "lesion"
+    classifier = load_classifier(ckpt)
+    paths = sorted(p for p in (busi_root / "benign").glob("*.png") if "_mask" not in p.name)[:4]
+    pixels = torch.stack([as_three_channels(load_image(p, IMAGE_SIZE)) for p in paths])
+    expected = infer(classifier, pixels)
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    probabilities, lesion = session.run(["probabilities", "lesion"], {"pixels": pixels.float().numpy()})
+    assert np.abs(probabilities - expected.probabilities.numpy()).max() < 1e-4
+    assert np.abs(lesion - expected.lesions.numpy()).max() < 1e-4
