@@ -2,7 +2,8 @@
 
 Upload one or more ultrasound images. Each gets its scan at its true aspect ratio beside the same scan
 under the Grad-CAM heat-map of the predicted class, and the three calibrated probabilities as numbers
-and as bars on a fixed 0–1 scale. A table sums up every upload and downloads as predict.py's CSV, the
+and as bars on a fixed 0–1 scale; a model trained with a lesion decoder (--model.segmentation_weight)
+also outlines the predicted lesion on both pictures, in magenta. A table sums up every upload and downloads as predict.py's CSV, the
 overlays as a zip. The sidebar picks the checkpoint (default: $BUSI_CHECKPOINT, else the newest
 runs/**/checkpoints/best.ckpt), or a busi-cv folder whose fold models are averaged, and says what it
 is, what it was trained on and how it scored (the cross-validation's mean ± sd for a folder). Each
@@ -24,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 from matplotlib.figure import Figure
-from PIL import Image
 from streamlit.web import cli as streamlit_cli
 
 from busi import __version__
-from busi.images import UnreadableImageError, as_three_channels, decode_image, resize_to_tensor
+from busi.images import UnreadableImageError, as_three_channels, decode_image, resize_map, resize_to_tensor
 from busi.inference import infer_mean
+from busi.metrics import LESION_THRESHOLD
 from busi.model import BusiClassifier, WeightsError, load_classifiers
-from busi.plots import HEAT_MAP
+from busi.plots import HEAT_MAP, OUTLINE_COLOUR
 from busi.predict import Prediction, csv_columns, csv_row
 
 MAX_UPLOAD_MB = 50  # also Streamlit's server.maxUploadSize: .streamlit/config.toml and busi-app
@@ -65,6 +66,7 @@ class Result:
     error: str = ""
     scan: np.ndarray | None = None  # the decoded image, (H, W, 3) uint8 at its own size
     cam: np.ndarray | None = None  # heat-map in [0, 1] at the model's input size
+    lesion: np.ndarray | None = None  # lesion probabilities at the model's input size, with a decoder
 
 
 @st.cache_resource(max_entries=2)
@@ -88,6 +90,7 @@ def classify_upload(classifiers: list[BusiClassifier], name: str, data: bytes) -
         outputs.probabilities[0].tolist(),
         scan=np.asarray(image.convert("RGB")),
         cam=outputs.cams[0].cpu().numpy(),
+        lesion=None if outputs.lesions is None else outputs.lesions[0].cpu().numpy(),
     )
 
 
@@ -103,9 +106,10 @@ def analyse(path: str, modified: float, name: str, data: bytes) -> dict:
 
 
 def overlay_figure(result: Result, opacity: float) -> Figure:
-    """The scan at its true aspect ratio beside the same scan under the heat-map, with a colour bar."""
+    """The scan at its true aspect ratio beside the same scan under the heat-map, with a colour bar;
+    the predicted lesion outlined on both when the model has a decoder."""
     height, width = result.scan.shape[:2]
-    heat = np.asarray(Image.fromarray(result.cam.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR))
+    heat = resize_map(result.cam, (width, height))
     figure = Figure(figsize=(10, 10 * height / (2 * width) + 0.6), layout="constrained")
     left, right = figure.subplots(1, 2)
     left.imshow(result.scan)
@@ -115,6 +119,11 @@ def overlay_figure(result: Result, opacity: float) -> Figure:
     right.set_title("Grad-CAM of the predicted class", fontsize=10)
     for axes in (left, right):
         axes.set_axis_off()
+        if result.lesion is not None and (result.lesion >= LESION_THRESHOLD).any():
+            lesion = resize_map(result.lesion, (width, height))
+            axes.contour(lesion, levels=[LESION_THRESHOLD], colors=[np.array(OUTLINE_COLOUR) / 255], linewidths=1.5)
+    if result.lesion is not None:
+        left.set_title("scan, predicted lesion outlined", fontsize=10)
     bar = figure.colorbar(shown, ax=[left, right], orientation="horizontal", fraction=0.04, shrink=0.5)
     bar.set_label("model attention: low → high", fontsize=9)
     bar.solids.set_alpha(1)

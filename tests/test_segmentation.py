@@ -11,12 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from busi.app import Result, overlay_figure
 from busi.cli import run
 from busi.export import main as export_main
 from busi.images import MASK_UNKNOWN, as_three_channels, load_image
 from busi.inference import infer, infer_mean
 from busi.model import BusiClassifier, load_classifier, segmentation_loss
 from busi.network import FEATURE_CHANNELS, parameter_counts
+from busi.plots import OUTLINE_COLOUR, overlay
 from busi.predict import csv_columns
 from busi.predict import main as predict_main
 
@@ -141,3 +143,18 @@ def test_onnx_export_has_a_lesion_output(segmenting_run, busi_root, tmp_path):
     probabilities, lesion = session.run(["probabilities", "lesion"], {"pixels": pixels.float().numpy()})
     assert np.abs(probabilities - expected.probabilities.numpy()).max() < 1e-4
     assert np.abs(lesion - expected.lesions.numpy()).max() < 1e-4
+
+
+def test_overlays_outline_the_predicted_lesion():
+    lesion = np.zeros((64, 64), dtype=bool)
+    lesion[20:40, 10:30] = True
+    picture = np.asarray(overlay(torch.zeros(1, 64, 64, dtype=torch.uint8), torch.zeros(64, 64), "x", lesion=lesion))
+    magenta = np.all(picture[:64] == OUTLINE_COLOUR, axis=2)
+    ring = lesion & ~np.pad(lesion, 1)[2:, 1:-1] | lesion & ~np.pad(lesion, 1)[:-2, 1:-1]
+    assert magenta[:, :64].sum() == magenta[:, 64:].sum() == 2 * 20 + 2 * 18  # the square's border, on both
+    assert magenta[:, :64][ring].all() and not magenta[:, :64][25:35, 15:25].any()
+    scan = np.zeros((90, 120, 3), dtype=np.uint8)
+    figure = overlay_figure(Result("x", [0.2, 0.7, 0.1], scan=scan, cam=np.zeros((64, 64)), lesion=lesion * 0.9), 0.5)
+    assert all(axes.collections for axes in figure.axes[:2])  # a contour on the scan and on the heat-map
+    figure = overlay_figure(Result("x", [0.2, 0.7, 0.1], scan=scan, cam=np.zeros((64, 64))), 0.5)
+    assert not any(axes.collections for axes in figure.axes[:2])
