@@ -51,6 +51,10 @@ class BusiClassifier(L.LightningModule):
             (global average pooling first: 67 M fewer parameters at 256 px).
         segmentation_weight: λ > 0 adds a lesion decoder (busi.network.LesionDecoder) trained with
             λ·(Dice + BCE) on the lesion masks beside the classification loss; 0: no decoder.
+        unfreeze_backbone_at_epoch: fine-tuning (freeze_backbone false): the backbone's weights stay
+            fixed for this many epochs while the head and decoder train, then train too (BatchNorm
+            layers train throughout).
+        backbone_lr_ratio: the backbone's learning rate as a share of `lr` (fine-tuning).
     """
 
     def __init__(
@@ -73,6 +77,8 @@ class BusiClassifier(L.LightningModule):
         tta: bool = False,
         head: Literal["flatten", "pooled"] = "flatten",
         segmentation_weight: float = 0.0,
+        unfreeze_backbone_at_epoch: int = 0,
+        backbone_lr_ratio: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -185,6 +191,9 @@ class BusiClassifier(L.LightningModule):
         # Lightning restores each submodule's `training` flag directly after validation,
         # bypassing `train()`; re-assert the frozen backbone's eval mode every epoch.
         self.model.train()
+        hp = self.hparams
+        if not hp.freeze_backbone and hp.unfreeze_backbone_at_epoch:  # a function of the epoch: exact on resume
+            self.model.features.requires_grad_(self.current_epoch >= hp.unfreeze_backbone_at_epoch)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets, keys, masks = batch
@@ -254,6 +263,11 @@ class BusiClassifier(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         parameters = [p for p in self.parameters() if p.requires_grad]
+        if not hp.freeze_backbone and (hp.unfreeze_backbone_at_epoch or hp.backbone_lr_ratio != 1):
+            backbone = list(self.model.features.parameters())
+            chosen = set(backbone)
+            rest = [p for p in parameters if p not in chosen]
+            parameters = [{"params": rest}, {"params": backbone, "lr": hp.lr * hp.backbone_lr_ratio}]
         if hp.optimizer == "adamw":
             optimizer = torch.optim.AdamW(parameters, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
         else:

@@ -1,13 +1,16 @@
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.models import densenet121
 
+from busi.cli import run
 from busi.model import BusiClassifier
 from busi.network import DenseNetClassifier, WeightsError, imagenet_weights_file, parameter_counts
 
-from fake_busi import IMAGE_SIZE
+from fake_busi import IMAGE_SIZE, train_args
 
 
 def test_head_matches_the_original_recipe_at_256_pixels():
@@ -90,3 +93,25 @@ def test_pooled_head_has_the_same_layers_after_global_average_pooling_at_any_siz
     small.load_state_dict(pooled.state_dict())  # one set of weights fits every input size
     with torch.no_grad():
         assert small(torch.randn(2, 3, 128, 128)).shape == (2, 3)
+
+
+def test_finetune_recipe_trains_the_head_first_then_the_imagenet_backbone(busi_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    weights = fake_imagenet_state_dict()
+    imagenet_weights_file().parent.mkdir(parents=True)
+    torch.save(weights, imagenet_weights_file())
+    conv0 = {}
+    for epochs in (2, 3):  # the recipe unfreezes at epoch 5: here at 2, to keep the test short
+        args = train_args(busi_root, tmp_path / f"runs{epochs}", epochs=epochs)[1:]  # the recipe's weights
+        cli = run(["--config", "finetune", *args, "--model.unfreeze_backbone_at_epoch=2"])
+        run_dir = Path(cli.trainer.log_dir)
+        state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        conv0[epochs] = state["model.features.conv0.weight"]
+    hp = cli.model.hparams
+    assert hp.weights == "imagenet" and cli.model.model.segments and hp.head == "pooled"
+    assert torch.equal(conv0[2], weights["features.conv0.weight"])  # fixed while the head trained
+    assert not torch.equal(conv0[3], conv0[2])  # then trained
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    head, backbone = (events.Scalars(f"lr-AdamW/pg{group}")[-1].value for group in (1, 2))
+    assert backbone == pytest.approx(head * hp.backbone_lr_ratio) and hp.backbone_lr_ratio < 1
