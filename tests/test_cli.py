@@ -84,7 +84,7 @@ def test_report_agrees_with_a_recount_from_predictions(trained_run, tmp_path):
 def test_checkpoint_reloads_safely_with_the_same_probabilities(trained_run):
     cli, run_dir = trained_run
     reloaded = load_classifier(run_dir / "checkpoints" / "best.ckpt")
-    pixels, _, _ = next(iter(cli.datamodule._loader("test", shuffle=False)))
+    pixels, *_ = next(iter(cli.datamodule._loader("test", shuffle=False)))
     images = cli.model.prepare_inputs(pixels)
     trained = cli.model.eval()
     with torch.no_grad():
