@@ -87,6 +87,7 @@ def summarise(cv_dir: Path, folds: int) -> dict:
                 "recall": {name: test["per_class"][name]["recall"] for name in class_names},
                 "temperature": report.get("temperature", 1.0),
                 **({"segmentation": test["segmentation"]} if "segmentation" in test else {}),
+                **({"localisation": report["localisation"]["per_class"]} if report.get("localisation") else {}),
             }
         )
 
@@ -103,6 +104,15 @@ def summarise(cv_dir: Path, folds: int) -> dict:
                 if all(fold["segmentation"][name].get(key) is not None for fold in per_fold)
             }
             for name in class_names
+        }
+    if all("localisation" in fold for fold in per_fold):
+        summary["localisation"] = {
+            name: {
+                key: mean_sd([fold["localisation"][name][key] for fold in per_fold])
+                for key in ("pointing_hit", "energy_inside")
+            }
+            for name in per_fold[0]["localisation"]
+            if all(fold["localisation"].get(name, {}).get("images") for fold in per_fold)
         }
     pooled = [read_out_of_fold(fold_dir(cv_dir, k) / "out_of_fold.csv", len(class_names)) for k in range(folds)]
     labels = torch.cat([p[0] for p in pooled])
@@ -186,6 +196,14 @@ def format_summary(summary: dict) -> str:
             elif "predicted_lesion_share" in scores:
                 share = scores["predicted_lesion_share"]
                 lines.append(f"{name:>10}: lesion predicted on {share['mean']:.1%} ± {share['sd']:.1%} of the images")
+    if m.get("localisation"):
+        lines += ["", "Grad-CAM localisation of the true class, test folds (mean ± sd over folds)"]
+        for name, scores in m["localisation"].items():
+            hit, energy = scores["pointing_hit"], scores["energy_inside"]
+            lines.append(
+                f"{name:>10}: pointing hit {hit['mean']:.4f} ± {hit['sd']:.4f}, "
+                f"energy in mask {energy['mean']:.4f} ± {energy['sd']:.4f}"
+            )
     oof = summary["out_of_fold"]
     lines += [
         "",

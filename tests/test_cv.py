@@ -48,15 +48,15 @@ def test_operating_point_reports_the_argmax_decision_and_the_roc_point_at_80_per
 
 @pytest.fixture(scope="module")
 def cv_run(busi_root, tmp_path_factory) -> Path:
-    """A real 3-fold cross-validation, one epoch per fold: its folder."""
+    """A real 3-fold cross-validation with the lesion decoder, one epoch per fold: its folder."""
     runs = tmp_path_factory.mktemp("cv")
-    assert cv_main(["--folds", "3", *train_args(busi_root, runs, epochs=1)]) == 0
+    assert cv_main(["--folds", "3", *train_args(busi_root, runs, "--model.segmentation_weight=1", epochs=1)]) == 0
     return runs / "cv"
 
 
 def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(cv_run, busi_root, capsys):
     tmp_path = cv_run.parent
-    args = ["--folds", "3", *train_args(busi_root, tmp_path, epochs=1)]
+    args = ["--folds", "3", *train_args(busi_root, tmp_path, "--model.segmentation_weight=1", epochs=1)]
     summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
     images = json.loads((tmp_path / "cv/fold_0/lightning_logs/version_0/audit.json").read_text())["images"]
     assert len(summary["per_fold"]) == 3 and summary["out_of_fold"]["images"] == images
@@ -67,6 +67,13 @@ def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(cv_r
     matrix, point = summary["out_of_fold"]["confusion_matrix"], summary["out_of_fold"]["operating_point"]
     assert point["sensitivity"] == pytest.approx(matrix[1][1] / sum(matrix[1]))  # malignant recall, pooled
     assert (tmp_path / "cv" / "cv_summary.txt").is_file() and list((tmp_path / "cv").glob("events.out.tfevents.*"))
+    segmentation, folds = summary["mean_sd"]["segmentation"], summary["per_fold"]
+    for name, key in (("benign", "dice"), ("malignant", "iou"), ("normal", "predicted_lesion_share")):
+        values = [fold["segmentation"][name][key] for fold in folds]
+        assert segmentation[name][key]["mean"] == pytest.approx(sum(values) / 3) and min(values) >= 0
+    hits = [fold["localisation"]["malignant"]["pointing_hit"] for fold in folds]
+    assert summary["mean_sd"]["localisation"]["malignant"]["pointing_hit"]["mean"] == pytest.approx(sum(hits) / 3)
+    assert "Lesion segmentation, test folds" in (tmp_path / "cv" / "cv_summary.txt").read_text()
     assert cv_main(args) == 0  # a finished cross-validation is summarised again, not retrained
     output = capsys.readouterr().out
     assert "done before, kept" in output and "Pooled out-of-fold" in output
@@ -98,7 +105,7 @@ def test_an_interrupted_fold_resumes_in_its_own_folder(cv_run, busi_root, tmp_pa
         (resumed / name).unlink()
     shutil.rmtree(restarted / "checkpoints")  # killed during its first epoch
     (restarted / "out_of_fold.csv").unlink()
-    assert cv_main(["--folds", "3", *train_args(busi_root, tmp_path, epochs=1)]) == 0
+    assert cv_main(["--folds", "3", *train_args(busi_root, tmp_path, "--model.segmentation_weight=1", epochs=1)]) == 0
     output = capsys.readouterr().out
     assert "fold 1: interrupted, resumed" in output and "fold 2: interrupted before its first checkpoint" in output
     for run_dir in (resumed, restarted):
