@@ -158,8 +158,9 @@ def model_panel(classifiers: list[BusiClassifier], path: str) -> None:
             "an older busi): its run's report.txt has the scores."
         )
         return
+    decoder = f" · lesion decoder (λ {classifier.hparams.segmentation_weight:g})" if classifier.model.segments else ""
     st.markdown(
-        f"**{summary['recipe']}** recipe · {summary['image_size']} px · {summary['head']} head · "
+        f"**{summary['recipe']}** recipe · {summary['image_size']} px · {summary['head']} head{decoder} · "
         f"weights: {summary['weights']}{' (frozen)' if summary['freeze_backbone'] else ''}  \n"
         f"trained {summary['trained'][:10]} with busi {summary['busi_version']} (this app: {__version__})"
     )
@@ -176,17 +177,16 @@ def model_panel(classifiers: list[BusiClassifier], path: str) -> None:
         return
     test = summary["test"]
     st.markdown(f"**Held-out test split** ({test['images']} images)")
-    st.table(
-        {
-            "measure": ["accuracy", "macro-F1", "malignant recall", "calibration error (ECE)"],
-            "value": [
-                f"{test['accuracy']:.3f}",
-                f"{test['macro_f1']:.3f}",
-                f"{test['recall'].get('malignant', float('nan')):.3f}",
-                f"{test['ece']:.3f}",
-            ],
-        }
-    )
+    rows = [
+        ("accuracy", test["accuracy"]),
+        ("macro-F1", test["macro_f1"]),
+        ("malignant recall", test["recall"].get("malignant", float("nan"))),
+        ("calibration error (ECE)", test["ece"]),
+    ]
+    for name, values in (test.get("segmentation") or {}).items():
+        if values.get("dice") is not None:
+            rows.append((f"lesion Dice, {name}", values["dice"]))
+    st.table({"measure": [name for name, _ in rows], "value": [f"{value:.3f}" for _, value in rows]})
 
 
 def cross_validation(summary: dict) -> None:
@@ -197,6 +197,9 @@ def cross_validation(summary: dict) -> None:
     if "malignant" in scores["recall"]:
         rows.append(("malignant recall", scores["recall"]["malignant"]))
     rows.append(("calibration error (ECE)", scores["ece"]))
+    for name, values in scores.get("segmentation", {}).items():
+        if "dice" in values:
+            rows.append((f"lesion Dice, {name}", values["dice"]))
     st.table(
         {"measure": [name for name, _ in rows], "mean ± sd": [f"{v['mean']:.3f} ± {v['sd']:.3f}" for _, v in rows]}
     )

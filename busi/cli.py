@@ -191,6 +191,7 @@ def model_summary(cli: LightningCLI, report: dict) -> dict:
             "recall": {name: values["recall"] for name, values in test["per_class"].items()},
             "ece": test["ece"],
             "temperature": report.get("temperature", 1.0),
+            **({"segmentation": test["segmentation"]} if "segmentation" in test else {}),
         },
     }
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
+import busi.app
 from busi.app import Result, overlay_figure
 from busi.cli import run
 from busi.export import main as export_main
@@ -158,3 +160,15 @@ def test_overlays_outline_the_predicted_lesion():
     assert all(axes.collections for axes in figure.axes[:2])  # a contour on the scan and on the heat-map
     figure = overlay_figure(Result("x", [0.2, 0.7, 0.1], scan=scan, cam=np.zeros((64, 64))), 0.5)
     assert not any(axes.collections for axes in figure.axes[:2])
+
+
+def test_the_app_names_the_decoder_and_shows_the_lesion_dice(segmenting_run, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BUSI_CHECKPOINT", str(segmenting_run / "checkpoints" / "best.ckpt"))
+    test = AppTest.from_file(str(Path(busi.app.__file__)), default_timeout=120)
+    test.run()
+    assert not test.exception
+    panel = " ".join(m.value for m in test.sidebar.markdown)
+    assert "lesion decoder (λ 1)" in panel
+    measures = test.sidebar.table[0].value["measure"].tolist()
+    assert "lesion Dice, benign" in measures and "lesion Dice, malignant" in measures
