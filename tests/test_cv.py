@@ -23,6 +23,7 @@ def test_scratch_recipe_trains_with_balanced_loss_cosine_schedule_and_stores_its
     cli = run(["--config", "scratch", *train_args(busi_root, tmp_path, epochs=4)[1:]])  # the recipe's weights
     model = cli.model
     assert not model.hparams.augment and model.hparams.tta and model.hparams.optimizer == "adamw"  # measured
+    assert model.model.segments and model.hparams.segmentation_weight == 0.5  # measured: docs/experiments.md row 12
     counts = torch.tensor(list(cli.datamodule.split_counts()["train"].values()), dtype=torch.float32)
     assert torch.allclose(model.class_weight, counts.sum() / (3 * counts))
     assert isinstance(cli.trainer.optimizers[0], torch.optim.AdamW)
@@ -33,6 +34,7 @@ def test_scratch_recipe_trains_with_balanced_loss_cosine_schedule_and_stores_its
     assert float(best.temperature) == pytest.approx(report["temperature"]) and report["temperature"] != 1.0
     test = report["splits"]["test"]
     assert 0 <= test["ece"] <= 1 and 0 <= test["ece_uncalibrated"] <= 1
+    assert {"benign", "malignant", "normal"} == set(test["segmentation"])
 
 
 def test_operating_point_reports_the_argmax_decision_and_the_roc_point_at_80_percent_sensitivity():

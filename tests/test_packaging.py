@@ -29,7 +29,7 @@ def installed(tmp_path_factory) -> Path:
     )
     (wheel,) = work.glob("busi-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"busi/configs/default.yaml", "busi/configs/scratch.yaml"} <= set(names)
+    assert {f"busi/configs/{recipe}.yaml" for recipe in ("default", "scratch", "finetune")} <= set(names)
     assert not any(name.startswith(("benchmarks/", "tests/")) for name in names)
     target = work / "site"
     subprocess.run(
