@@ -151,7 +151,7 @@ class DecodedImageCache:
     def mask(self, paths: tuple[Path, ...]) -> bytes:
         """The packed union of an image's mask files (busi.images.load_mask), keyed by the files'
         contents like images are; UnreadableImageError names the mask file that failed."""
-        digest = hashlib.sha256(b"mask")
+        digest = hashlib.sha256(b"mask-v2")  # v2: any non-zero pixel is lesion
         for path in paths:
             digest.update(hashlib.sha256(read_file(path)).digest())
         key = digest.hexdigest()

@@ -96,24 +96,23 @@ def summarise(cv_dir: Path, folds: int) -> dict:
 
     summary = {key: mean_sd([fold[key] for fold in per_fold]) for key in SUMMARY_KEYS}
     summary["recall"] = {name: mean_sd([fold["recall"][name] for fold in per_fold]) for name in class_names}
+
+    def per_class(field: str, keys: tuple[str, ...]) -> dict:
+        """Mean ± sd of the per-class scores every fold has (lesion segmentation, Grad-CAM localisation)."""
+        scores = {
+            name: {
+                key: mean_sd([fold[field][name][key] for fold in per_fold])
+                for key in keys
+                if all(fold[field].get(name, {}).get(key) is not None for fold in per_fold)
+            }
+            for name in per_fold[0][field]
+        }
+        return {name: values for name, values in scores.items() if values}
+
     if all("segmentation" in fold for fold in per_fold):
-        summary["segmentation"] = {
-            name: {
-                key: mean_sd([fold["segmentation"][name][key] for fold in per_fold])
-                for key in ("dice", "iou", "predicted_lesion_share")
-                if all(fold["segmentation"][name].get(key) is not None for fold in per_fold)
-            }
-            for name in class_names
-        }
+        summary["segmentation"] = per_class("segmentation", ("dice", "iou", "predicted_lesion_share"))
     if all("localisation" in fold for fold in per_fold):
-        summary["localisation"] = {
-            name: {
-                key: mean_sd([fold["localisation"][name][key] for fold in per_fold])
-                for key in ("pointing_hit", "energy_inside")
-            }
-            for name in per_fold[0]["localisation"]
-            if all(fold["localisation"].get(name, {}).get("images") for fold in per_fold)
-        }
+        summary["localisation"] = per_class("localisation", ("pointing_hit", "energy_inside"))
     pooled = [read_out_of_fold(fold_dir(cv_dir, k) / "out_of_fold.csv", len(class_names)) for k in range(folds)]
     labels = torch.cat([p[0] for p in pooled])
     calibrated, raw = torch.cat([p[1] for p in pooled]), torch.cat([p[2] for p in pooled])

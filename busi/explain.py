@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import Callback
-from PIL import Image
 
 from busi.data import DataError, read_catalog
-from busi.images import UnreadableImageError, as_three_channels, decode_image
+from busi.images import as_three_channels
 from busi.inference import infer
 from busi.model import WeightsError, load_classifier
 from busi.plots import overlay
@@ -29,15 +28,6 @@ from busi.report import format_localisation
 from busi.splits import read_split_csv
 
 POINTING_DILATION = 5  # pixels at the model's input size: a peak on the lesion's border counts
-
-
-def load_mask(paths: tuple[Path, ...], image_size: int) -> torch.Tensor:
-    """Union of an image's masks, squashed to the model's input size like the image: bool (S, S)."""
-    union = torch.zeros(image_size, image_size, dtype=torch.bool)
-    for path in paths:
-        mask = decode_image(path).convert("L").resize((image_size, image_size), Image.Resampling.NEAREST)
-        union |= torch.from_numpy(np.asarray(mask) > 0)
-    return union
 
 
 def localisation(cam: torch.Tensor, mask: torch.Tensor, dilation: int = POINTING_DILATION) -> dict[str, float]:
@@ -68,17 +58,13 @@ def summarise(rows: list[dict], class_names: tuple[str, ...]) -> dict:
 
 
 def localisation_scores(classifier, catalog, indices: list[int], batch_size: int = 32) -> dict:
-    """Grad-CAM of the true class for every image of `indices` that has a non-empty lesion mask."""
+    """Grad-CAM of the true class for every image of `indices` that has a non-empty lesion mask (the
+    catalog's, decoded with the images and at the same size)."""
     classifier.eval()
-    image_size = classifier.hparams.image_size
     candidates = []
     for index in indices:
-        record = catalog.records[index]
-        if record.masks:
-            try:
-                mask = load_mask(record.masks, image_size)
-            except UnreadableImageError:
-                continue
+        if catalog.masks[index] is not None:
+            mask = catalog.mask(index)[0].bool()
             if mask.any():
                 candidates.append((index, mask))
     rows = []

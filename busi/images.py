@@ -115,10 +115,10 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
 
 
 def resize_mask(mask: Image.Image, image_size: int) -> np.ndarray:
-    """A lesion mask squashed to `image_size`² exactly like its image (bilinear), then thresholded
-    at half: bool (S, S)."""
-    grey = mask if mask.mode == "L" else mask.convert("L")
-    return np.asarray(grey.resize((image_size, image_size), Image.Resampling.BILINEAR)) >= 128
+    """A lesion mask (any non-zero pixel is lesion: some masks use 1, not 255) squashed to
+    `image_size`² exactly like its image (bilinear), then thresholded at half: bool (S, S)."""
+    binary = Image.fromarray(np.where(np.asarray(mask.convert("L")) > 0, 255, 0).astype(np.uint8))
+    return np.asarray(binary.resize((image_size, image_size), Image.Resampling.BILINEAR)) >= 128
 
 
 def load_mask(paths: tuple[Path, ...], image_size: int) -> np.ndarray:
@@ -127,6 +127,11 @@ def load_mask(paths: tuple[Path, ...], image_size: int) -> np.ndarray:
     for path in paths:
         union |= resize_mask(decode_image(path), image_size)
     return union
+
+
+def mask_known(masks: torch.Tensor) -> torch.Tensor:
+    """(N,) whether each of a batch's masks (uint8 (N, 1, H, W)) is known, not MASK_UNKNOWN."""
+    return (masks != MASK_UNKNOWN).flatten(1).all(dim=1)
 
 
 def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:

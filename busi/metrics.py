@@ -18,7 +18,7 @@ from torchmetrics.classification import (
 )
 
 from busi import NORMAL
-from busi.images import MASK_UNKNOWN
+from busi.images import mask_known
 
 RELIABILITY_BINS = 10
 LESION_THRESHOLD = 0.5  # a pixel is predicted lesion from this probability on
@@ -63,7 +63,7 @@ class Overlap(NamedTuple):
 
 def overlap_scores(probabilities: torch.Tensor, masks: torch.Tensor) -> Overlap:
     """`probabilities` (N, H, W) of lesion, `masks` uint8 (N, 1, H, W) as BusiDataModule gives them."""
-    known = (masks != MASK_UNKNOWN).flatten(1).all(dim=1)
+    known = mask_known(masks)
     target = (masks[:, 0] == 1).flatten(1)
     predicted = (probabilities >= LESION_THRESHOLD).flatten(1)
     both = (predicted & target).sum(dim=1).float()

@@ -17,7 +17,7 @@ from torchmetrics import MeanMetric, SumMetric
 from busi import CLASS_NAMES
 from busi.augment import augment_batch
 from busi.feature_cache import FeatureCache
-from busi.images import MASK_UNKNOWN, to_model_input
+from busi.images import mask_known, to_model_input
 from busi.inference import infer, lesion_probabilities
 from busi.metrics import SplitEvaluation, epoch_metrics, overlap_scores
 from busi.network import DenseNetClassifier, WeightsError, load_backbone_weights, parameter_counts
@@ -292,7 +292,7 @@ class BusiClassifier(L.LightningModule):
 def segmentation_loss(lesion_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Soft Dice + BCE of the lesion logits (upsampled to the mask size) over the batch's images whose
     masks are known (normal images: empty masks); 0, still connected to the decoder, when there is none."""
-    known = (masks != MASK_UNKNOWN).flatten(1).all(dim=1)
+    known = mask_known(masks)
     logits = F.interpolate(lesion_logits.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
     if not known.any():
         return logits.sum() * 0.0  # keeps every decoder parameter in the graph (DDP)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from busi.explain import load_mask, localisation
+from busi.explain import localisation
 from busi.explain import main as explain_main
+from busi.images import load_mask
 from busi.plots import CAPTION_HEIGHT
 from busi.predict import main as predict_main
 
@@ -35,7 +36,7 @@ def test_masks_are_united_and_squashed_like_their_image(tmp_path):
     second[50:, 100:] = 1  # some BUSI masks use 1, not 255
     Image.fromarray(first).save(tmp_path / "a_mask.png")
     Image.fromarray(second).convert("RGB").save(tmp_path / "a_mask_1.png")
-    union = load_mask((tmp_path / "a_mask.png", tmp_path / "a_mask_1.png"), 64)
+    union = torch.from_numpy(load_mask((tmp_path / "a_mask.png", tmp_path / "a_mask_1.png"), 64))
     assert union.shape == (64, 64) and union.float().mean() == 0.5
     assert union[:32, :32].all() and union[32:, 32:].all() and not union[:32, 32:].any()
 
