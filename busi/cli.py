@@ -15,7 +15,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -97,6 +97,12 @@ class BusiCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if any(isinstance(callback, WeightAveraging) for callback in trainer.callbacks):
+            # Lightning puts the averaged weights into full checkpoints only: a weights-only best.ckpt
+            # would hold the raw weights of the epoch that the averaged ones won on validation.
+            for callback in trainer.checkpoint_callbacks:
+                callback.save_weights_only = False
+            rank_zero_info("weight averaging: best.ckpt holds the averaged weights (written as a full checkpoint)")
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -196,11 +202,16 @@ def model_summary(cli: LightningCLI, report: dict) -> dict:
     }
 
 
+TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "callbacks", "current_model_state", "averaging_state")
+
+
 def calibrate(cli: LightningCLI, best: Path) -> tuple[float, dict]:
     """Fit the temperature of the best checkpoint on the validation split and store it in the file;
     returns the temperature and the checkpoint as written."""
     model, trainer = cli.model, cli.trainer
     state = torch.load(best, map_location="cpu", weights_only=True)
+    for key in TRAINING_STATE_KEYS:  # present when weight averaging made best.ckpt a full checkpoint
+        state.pop(key, None)
     model.load_state_dict(state["state_dict"])
     outputs, targets = infer_loader(model.eval(), cli.datamodule.val_dataloader())
     temperature = fit_temperature(outputs.logits, targets)

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 
 from busi.checkpointing import AtomicCheckpointIO
-from busi.cli import main
+from busi.cli import main, run
 from busi.model import load_classifier
 from busi.predict import main as predict_main
 
-from fake_busi import IMAGE_SIZE
+from fake_busi import IMAGE_SIZE, train_args
 
 REPO = Path(__file__).resolve().parents[1]
 LAST = "lightning_logs/version_0/checkpoints/last.ckpt"
@@ -159,3 +160,15 @@ def test_checkpoints_hold_only_tensors_and_plain_values(trained_run):
     for name in ("best.ckpt", "last.ckpt"):
         assert load(run_dir / "checkpoints" / name)["state_dict"]
     assert load_classifier(run_dir / "checkpoints/best.ckpt").hparams.image_size == IMAGE_SIZE
+
+
+def test_with_weight_averaging_best_ckpt_holds_the_averaged_weights(busi_root, tmp_path):
+    ema = ["--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay=0.5"]
+    cli = run(train_args(busi_root, tmp_path, *ema, "--checkpoint.monitor=null", epochs=3))  # best = last epoch
+    averaging = next(c for c in cli.trainer.callbacks if isinstance(c, WeightAveraging))
+    averaged = averaging._average_model.module.state_dict()
+    best = load(Path(cli.trainer.checkpoint_callback.best_model_path))
+    head = [key for key in best["state_dict"] if key.startswith("model.head") and key.endswith("weight")]
+    assert head and all(torch.equal(best["state_dict"][key], averaged[key]) for key in head)
+    assert not {"optimizer_states", "current_model_state"} & set(best)  # as small as without averaging
+    assert load_classifier(cli.trainer.checkpoint_callback.best_model_path).temperature > 0
