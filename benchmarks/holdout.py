@@ -66,6 +66,20 @@ def score(paths: list[Path], holdout: Path) -> dict[str, dict[str, float]]:
     return rows
 
 
+def summary(score_files: list[Path]) -> dict[str, dict[str, str]]:
+    by_name: dict[str, list[dict[str, float]]] = {}
+    for path in score_files:
+        for model, values in json.loads(path.read_text()).items():
+            by_name.setdefault(Path(model).name, []).append(values)
+    return {
+        f"{name} ({len(rows)} holdouts)": {
+            metric: f"{statistics.mean(r[metric] for r in rows):.3f} ± {statistics.stdev(r[metric] for r in rows):.3f}"
+            for metric in rows[0]
+        }
+        for name, rows in by_name.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,9 +92,14 @@ def main() -> None:
     score_parser = commands.add_parser("score")
     score_parser.add_argument("--holdout", type=Path, required=True)
     score_parser.add_argument("paths", nargs="+", type=Path)
+    commands.add_parser("summary").add_argument("score_files", nargs="+", type=Path)
     args = parser.parse_args()
     if args.command == "link":
         print(link(args.root, args.out, args.seed, args.folds, args.fold))
+        return
+    if args.command == "summary":
+        for model, values in summary(args.score_files).items():
+            print(f"{model:<28} " + "  ".join(f"{metric} {value}" for metric, value in values.items()))
         return
     rows = score(args.paths, args.holdout)
     print(f"{'model':<70} " + " ".join(f"{name:>16}" for name in [*METRICS, "malignant_recall"]))

@@ -1,10 +1,11 @@
 """benchmarks/holdout.py: the held-out folders it links, and the scores it reads from them."""
 
+import json
 from pathlib import Path
 
 import pytest
 
-from benchmarks.holdout import link, score
+from benchmarks.holdout import link, score, summary
 from busi.model import load_classifier
 from busi.predict import image_files, predict_files
 
@@ -46,3 +47,17 @@ def test_score_of_a_checkpoint_agrees_with_its_predictions(busi_root, trained_ru
     correct = [classes[max(range(3), key=p.probabilities.__getitem__)] == p.path.parent.name for p in predictions]
     assert row["accuracy"] == pytest.approx(sum(correct) / len(correct))
     assert set(row) == {"accuracy", "macro_f1", "auroc_macro_ovr", "malignant_recall"}
+
+
+def test_summary_averages_models_of_the_same_name_over_holdouts(tmp_path):
+    for fold, accuracy in enumerate((0.6, 0.8)):
+        rows = {
+            f"/runs/fold_{fold}/best.ckpt": {"accuracy": accuracy},
+            f"/runs/fold_{fold}/last.ckpt": {"accuracy": 0.5},
+        }
+        (tmp_path / f"{fold}.json").write_text(json.dumps(rows))
+    lines = summary([tmp_path / "0.json", tmp_path / "1.json"])
+    assert lines == {
+        "best.ckpt (2 holdouts)": {"accuracy": "0.700 ± 0.141"},
+        "last.ckpt (2 holdouts)": {"accuracy": "0.500 ± 0.000"},
+    }
