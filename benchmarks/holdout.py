@@ -50,34 +50,30 @@ def scored(ckpt: Path, holdout: Path) -> dict[str, float]:
 def score(paths: list[Path], holdout: Path) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for path in paths:
-        if not path.is_dir():
+        if path.is_dir():
+            rows[f"{path} ensemble"] = scored(path, holdout)
+            for kind in ("best", "last"):
+                for ckpt in sorted(path.glob(f"fold_*/lightning_logs/version_*/checkpoints/{kind}.ckpt")):
+                    rows[str(ckpt)] = scored(ckpt, holdout)
+        else:
             rows[str(path)] = scored(path, holdout)
-            continue
-        rows[f"{path} ensemble"] = scored(path, holdout)
-        for kind in ("best", "last"):
-            singles = [
-                scored(p, holdout)
-                for p in sorted(path.glob(f"fold_*/lightning_logs/version_*/checkpoints/{kind}.ckpt"))
-            ]
-            for name in singles[0]:
-                values = [s[name] for s in singles]
-                rows.setdefault(f"{path} {kind}.ckpt, mean of {len(singles)}", {})[name] = statistics.mean(values)
-                rows.setdefault(f"{path} {kind}.ckpt, sd", {})[name] = statistics.stdev(values)
     return rows
 
 
 def summary(score_files: list[Path]) -> dict[str, dict[str, str]]:
+    """Mean ± sd, per model file name, of the rows of `score` files (sd 0 for a single row)."""
     by_name: dict[str, list[dict[str, float]]] = {}
     for path in score_files:
         for model, values in json.loads(path.read_text()).items():
             by_name.setdefault(Path(model).name, []).append(values)
-    return {
-        f"{name} ({len(rows)} holdouts)": {
-            metric: f"{statistics.mean(r[metric] for r in rows):.3f} ± {statistics.stdev(r[metric] for r in rows):.3f}"
-            for metric in rows[0]
-        }
-        for name, rows in by_name.items()
-    }
+    table = {}
+    for name, rows in by_name.items():
+        table[f"{name} ({len(rows)})"] = {}
+        for metric in rows[0]:
+            values = [row[metric] for row in rows]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            table[f"{name} ({len(rows)})"][metric] = f"{statistics.mean(values):.3f} ± {sd:.3f}"
+    return table
 
 
 def main() -> None:

@@ -58,6 +58,6 @@ def test_summary_averages_models_of_the_same_name_over_holdouts(tmp_path):
         (tmp_path / f"{fold}.json").write_text(json.dumps(rows))
     lines = summary([tmp_path / "0.json", tmp_path / "1.json"])
     assert lines == {
-        "best.ckpt (2 holdouts)": {"accuracy": "0.700 ± 0.141"},
-        "last.ckpt (2 holdouts)": {"accuracy": "0.500 ± 0.000"},
+        "best.ckpt (2)": {"accuracy": "0.700 ± 0.141"},
+        "last.ckpt (2)": {"accuracy": "0.500 ± 0.000"},
     }
