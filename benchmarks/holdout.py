@@ -1,4 +1,4 @@
-"""Experiment: score models on images that none of them saw (docs/experiments.md, rows 14–15).
+"""Experiment: score models on images that none of them saw (docs/experiments.md, rows 14 and 16).
 
 python -m benchmarks.holdout link --data.root DATA --out DIR [--seed 42] [--folds 5 --fold K]
     Cuts DATA exactly as busi does (stratified, duplicate-aware, split seed) and links the images
