@@ -75,11 +75,11 @@ def format_report(report: dict) -> str:
         )
     lines += ["", f"Classification report ({where})", format_classification_report(test, class_names), ""]
     lines += [f"Macro one-vs-rest AUROC ({scope}): {test['auroc_macro_ovr']:.4f}"]
-    lines += [
-        f"Expected calibration error ({scope}, {RELIABILITY_BINS} bins): {test['ece']:.4f} "
-        f"(temperature {report.get('temperature', 1.0):.3f}; {test['ece_uncalibrated']:.4f} without it)",
-        "",
-    ]
+    if report.get("data", {}).get("models", 1) > 1:
+        calibration = f"each fold model's own temperature; {test['ece_uncalibrated']:.4f} without them"
+    else:
+        calibration = f"temperature {report.get('temperature', 1.0):.3f}; {test['ece_uncalibrated']:.4f} without it"
+    lines += [f"Expected calibration error ({scope}, {RELIABILITY_BINS} bins): {test['ece']:.4f} ({calibration})", ""]
     lines += [
         f"Confusion matrix ({where}; rows: true class, columns: predicted)",
         format_confusion_matrix(test["confusion_matrix"], class_names),

@@ -89,6 +89,7 @@ def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(cv_r
     assert evaluate_main(["--ckpt", str(tmp_path / "cv"), "--data.root", str(busi_root), "--output", str(output)]) == 0
     report = json.loads((output / "report.json").read_text())
     assert report["data"]["models"] == 3 and report["splits"]["test"]["samples"] == images
+    assert "(each fold model's own temperature;" in (output / "report.txt").read_text()  # not "temperature 1"
     folds = []
     for fold in range(3):
         ckpt = tmp_path / f"cv/fold_{fold}/lightning_logs/version_0/checkpoints/best.ckpt"
