@@ -183,10 +183,17 @@ def model_panel(classifiers: list[BusiClassifier], path: str) -> None:
         ("malignant recall", test["recall"].get("malignant", float("nan"))),
         ("calibration error (ECE)", test["ece"]),
     ]
-    for name, values in (test.get("segmentation") or {}).items():
-        if values.get("dice") is not None:
-            rows.append((f"lesion Dice, {name}", values["dice"]))
+    rows += lesion_dice_rows(test.get("segmentation"))
     st.table({"measure": [name for name, _ in rows], "value": [f"{value:.3f}" for _, value in rows]})
+
+
+def lesion_dice_rows(segmentation: dict | None) -> list[tuple[str, object]]:
+    """Table rows of the per-class lesion Dice (a value, or a mean ± sd), for the classes that have one."""
+    return [
+        (f"lesion Dice, {name}", values["dice"])
+        for name, values in (segmentation or {}).items()
+        if values.get("dice") is not None
+    ]
 
 
 def cross_validation(summary: dict) -> None:
@@ -197,9 +204,7 @@ def cross_validation(summary: dict) -> None:
     if "malignant" in scores["recall"]:
         rows.append(("malignant recall", scores["recall"]["malignant"]))
     rows.append(("calibration error (ECE)", scores["ece"]))
-    for name, values in scores.get("segmentation", {}).items():
-        if "dice" in values:
-            rows.append((f"lesion Dice, {name}", values["dice"]))
+    rows += lesion_dice_rows(scores.get("segmentation"))
     st.table(
         {"measure": [name for name, _ in rows], "mean ± sd": [f"{v['mean']:.3f} ± {v['sd']:.3f}" for _, v in rows]}
     )

@@ -63,10 +63,11 @@ def format_report(report: dict) -> str:
     test = report["splits"]["test"]
     scope, where = "test", "test split"  # a training run; busi-evaluate scores every image of a folder
     lines = [f"Checkpoint: {report['checkpoint']}", ""]
+    ensemble = report.get("data", {}).get("models", 1) > 1
     if "data" in report:
         data = report["data"]
         scope, where = "all images", "all images"
-        models = f", mean of {data['models']} fold models" if data["models"] > 1 else ""
+        models = f", mean of {data['models']} fold models" if ensemble else ""
         lines[1:1] = [f"Evaluated on every image of {data['root']} ({data['images']} images{models})"]
     lines += [f"{'split':>6} {'images':>7} {'loss':>8} {'accuracy':>9} {'macro-F1':>9}"]
     for name, split in report["splits"].items():
@@ -75,7 +76,7 @@ def format_report(report: dict) -> str:
         )
     lines += ["", f"Classification report ({where})", format_classification_report(test, class_names), ""]
     lines += [f"Macro one-vs-rest AUROC ({scope}): {test['auroc_macro_ovr']:.4f}"]
-    if report.get("data", {}).get("models", 1) > 1:
+    if ensemble:
         calibration = f"each fold model's own temperature; {test['ece_uncalibrated']:.4f} without them"
     else:
         calibration = f"temperature {report.get('temperature', 1.0):.3f}; {test['ece_uncalibrated']:.4f} without it"
