@@ -26,7 +26,7 @@ from busi.checkpointing import AtomicCheckpointIO, ResumeCheckpoint, ResumeError
 from busi.data import BusiDataModule, DataError
 from busi.explain import GradCamGrid, localisation_scores
 from busi.inference import infer_loader
-from busi.model import SUMMARY_KEY, BusiClassifier, WeightsError
+from busi.model import SUMMARY_KEY, BusiClassifier, OptionError, WeightsError
 from busi.report import build_report, format_report, write_report
 
 # BusiClassifier normalises uint8 batches on the device by design; Lightning warns whenever a
@@ -222,10 +222,14 @@ def calibrate(cli: LightningCLI, best: Path) -> tuple[float, dict]:
     return temperature, state
 
 
+# Errors whose message tells the user what to change: printed as one line, exit status 2.
+USER_ERRORS = (DataError, WeightsError, ResumeError, OptionError)
+
+
 def main(args: list[str] | None = None) -> int:
     try:
         run(args)
-    except (DataError, WeightsError, ResumeError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except pickle.UnpicklingError:

@@ -31,12 +31,9 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
-from busi.checkpointing import ResumeError
-from busi.cli import run
-from busi.data import DataError
+from busi.cli import USER_ERRORS, run
 from busi.inference import infer_loader
 from busi.metrics import LESION_THRESHOLD, RELIABILITY_BINS, reliability
-from busi.network import WeightsError
 from busi.plots import confusion_matrix_figure, fold_curves_figure, reliability_figure
 from busi.report import format_confusion_matrix, save_figures, training_history
 
@@ -273,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir.parent)
         try:
             cli = run(fold_args)
-        except (DataError, WeightsError, ResumeError) as error:
+        except USER_ERRORS as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         if cli.trainer.is_global_zero:

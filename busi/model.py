@@ -26,6 +26,10 @@ from busi.splits import SPLIT_NAMES
 SUMMARY_KEY = "busi_summary"  # in best.ckpt: recipe, training data and test scores (busi.cli.model_summary)
 
 
+class OptionError(ValueError):
+    """A model option outside its range; the message names the option and the range."""
+
+
 class BusiClassifier(L.LightningModule):
     """Trains DenseNetClassifier with Adam and cross-entropy; tests the chosen checkpoint on every split.
 
@@ -42,6 +46,8 @@ class BusiClassifier(L.LightningModule):
         feature_cache_mb: memory for cached features; images beyond it run the backbone every epoch.
         augment: random ultrasound-safe augmentation of training batches (busi.augment).
         class_weighting: `balanced` weighs the loss by the inverse class frequency of the train split.
+        label_smoothing: the training loss's target puts this share of the probability evenly on all
+            classes (validation loss, calibration and the report use the hard labels).
         optimizer: `adam` (the original) or `adamw`.
         weight_decay: AdamW's decoupled weight decay.
         warmup_epochs: linear learning-rate warm-up from 0, then `schedule`.
@@ -70,6 +76,7 @@ class BusiClassifier(L.LightningModule):
         feature_cache_mb: float = 4096,
         augment: bool = False,
         class_weighting: Literal["none", "balanced"] = "none",
+        label_smoothing: float = 0.0,
         optimizer: Literal["adam", "adamw"] = "adam",
         weight_decay: float = 0.0,
         warmup_epochs: float = 0.0,
@@ -83,8 +90,10 @@ class BusiClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = tuple(class_names)
+        if not 0 <= label_smoothing < 1:
+            raise OptionError(f"--model.label_smoothing {label_smoothing}: must be at least 0 and below 1 (0: off)")
         if segmentation_weight < 0:
-            raise ValueError(f"--model.segmentation_weight {segmentation_weight}: must be 0 (off) or positive")
+            raise OptionError(f"--model.segmentation_weight {segmentation_weight}: must be 0 (off) or positive")
         segment = segmentation_weight > 0
         self.model = DenseNetClassifier(image_size, len(self.class_names), freeze_backbone, head, segment)
         load_backbone_weights(self.model.features, weights)
@@ -203,7 +212,7 @@ class BusiClassifier(L.LightningModule):
             images = self.prepare_inputs(to_model_input(images))
         features, lesions = self.encode(images, keys)
         logits = self.model.head(features)
-        loss = F.cross_entropy(logits, targets, weight=self.class_weight)
+        loss = self.classification_loss(logits, targets)
         self.train_metrics.update(logits, targets)
         self.train_loss.update(loss.detach(), weight=len(targets))
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
@@ -214,6 +223,10 @@ class BusiClassifier(L.LightningModule):
             self.train_segmentation_loss.update(segmentation.detach(), weight=len(targets))
             self.log("train/segmentation_loss", self.train_segmentation_loss, on_step=False, on_epoch=True)
         return loss
+
+    def classification_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of the head: cross-entropy with the class weights and label smoothing."""
+        return F.cross_entropy(logits, targets, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets, keys, masks = batch

@@ -110,6 +110,16 @@ def test_missing_data_folder_exits_with_one_line(tmp_path, capsys):
     assert error.startswith("error: ") and "nowhere" in error and "--data.root" in error
 
 
+@pytest.mark.parametrize(
+    "option", ["--model.label_smoothing=1", "--model.label_smoothing=-0.1", "--model.segmentation_weight=-1"]
+)
+def test_model_option_out_of_range_exits_with_one_line_naming_it(option, busi_root, tmp_path, capsys):
+    assert main(train_args(busi_root, tmp_path, option)) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and option.split("=")[0] in error and "must be" in error
+    assert not list(tmp_path.iterdir())  # refused before anything is written
+
+
 def test_training_resumes_from_last_checkpoint_in_its_own_run_directory(trained_run, busi_root, tmp_path):
     cli, run_dir = trained_run
     copied = tmp_path / "lightning_logs" / "version_0"

@@ -1,6 +1,7 @@
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 
 from busi.data import BusiDataModule
 from busi.model import BusiClassifier
@@ -72,3 +73,14 @@ def test_compiled_model_keeps_plain_checkpoint_keys():
     compiled = BusiClassifier(weights=None, image_size=IMAGE_SIZE, compile=True).state_dict()
     assert list(compiled) == list(plain)
     assert not any("_orig_mod" in key for key in compiled)
+
+
+def test_label_smoothing_moves_its_share_of_the_training_target_evenly_onto_every_class():
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([0, 1, 2, 2, 1, 0])
+    log_p = logits.log_softmax(dim=1)
+    hard = F.nll_loss(log_p, targets)
+    smoothed = BusiClassifier(weights=None, image_size=IMAGE_SIZE, label_smoothing=0.1)
+    assert torch.allclose(smoothed.classification_loss(logits, targets), 0.9 * hard + 0.1 * (-log_p.mean(dim=1)).mean())
+    plain = BusiClassifier(weights=None, image_size=IMAGE_SIZE)
+    assert torch.allclose(plain.classification_loss(logits, targets), hard)
