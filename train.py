@@ -2,7 +2,7 @@
 
 import sys
 
-from busi.cli import main
+from busi.training import main
 
 if __name__ == "__main__":
     sys.exit(main())

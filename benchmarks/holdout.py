@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from busi import CLASS_NAMES
-from busi.data import BusiDataModule
+from busi.data.module import BusiDataModule
 from busi.evaluate import evaluate
 
 METRICS = ("accuracy", "macro_f1", "auroc_macro_ovr")

@@ -28,10 +28,11 @@ from matplotlib.figure import Figure
 from streamlit.web import cli as streamlit_cli
 
 from busi import __version__
+from busi.ensemble import infer_mean
+from busi.errors import WeightsError
 from busi.images import UnreadableImageError, as_three_channels, decode_image, resize_map, resize_to_tensor
-from busi.inference import infer_mean
 from busi.metrics import LESION_THRESHOLD
-from busi.model import BusiClassifier, WeightsError, load_classifiers
+from busi.model import BusiClassifier, load_classifiers
 from busi.plots import HEAT_MAP, OUTLINE_COLOUR
 from busi.predict import Prediction, csv_columns, csv_row
 

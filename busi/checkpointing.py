@@ -30,6 +30,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from busi.errors import ResumeError
+
 RUNS_NAME = "lightning_logs"  # TensorBoardLogger's default: runs/lightning_logs/version_N
 
 
@@ -91,10 +93,6 @@ class StepSeed(Callback):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-
-
-class ResumeError(ValueError):
-    """The checkpoint to resume from cannot be found; the message says where it looked."""
 
 
 def find_resume_checkpoint(ckpt_path: str, root_dir: str | Path) -> tuple[Path, Path | None]:

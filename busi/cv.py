@@ -12,7 +12,6 @@ interrupted fold resumes from its last checkpoint in its own folder.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import shutil
@@ -21,6 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
+from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from torchmetrics.classification import (
@@ -31,11 +31,11 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
-from busi.cli import USER_ERRORS, run
-from busi.inference import infer_loader
+from busi.errors import OptionError, run_command
 from busi.metrics import LESION_THRESHOLD, RELIABILITY_BINS, reliability
 from busi.plots import confusion_matrix_figure, fold_curves_figure, reliability_figure
 from busi.report import format_confusion_matrix, save_figures, training_history
+from busi.training import TrainingRun, run
 
 SUMMARY_KEYS = ("accuracy", "macro_f1", "auroc_macro_ovr", "ece")
 POSITIVE_CLASS = "malignant"  # a missed cancer costs more than a false alarm
@@ -46,12 +46,12 @@ def fold_dir(cv_dir: Path, fold: int) -> Path:
     return cv_dir / f"fold_{fold}" / "lightning_logs" / "version_0"
 
 
-def write_out_of_fold(cli, run_dir: Path) -> None:
+def write_out_of_fold(fold: TrainingRun, run_dir: Path) -> None:
     """The held-out fold's probabilities (calibrated as reported, and raw) for the pooled summary."""
-    model, datamodule = cli.model.eval(), cli.datamodule
+    model, datamodule = fold.model.eval(), fold.datamodule
     test = datamodule.dataset("test")  # all of it: this runs on one process only
-    outputs, labels = infer_loader(model, DataLoader(test, batch_size=datamodule.hparams.eval_batch_size))
-    raw = outputs.logits.softmax(dim=1)
+    outputs, labels = model.infer_batches(DataLoader(test, batch_size=datamodule.hparams.eval_batch_size))
+    raw = outputs.uncalibrated
     names = model.class_names
     with (run_dir / "out_of_fold.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -245,22 +245,41 @@ def write_summary(summary: dict, cv_dir: Path) -> None:
         save_figures(figures, cv_dir, writer, tags)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="busi-cv", description=__doc__.split("\n\n")[0], add_help=True)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--trainer.default_root_dir", dest="root_dir", type=Path, default=Path("runs"))
+CV_OPTIONS = ("--folds", "--name", "--trainer.default_root_dir")
+
+
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="busi-cv",
+        description=__doc__.split("\n\n")[0] + " Every other option is busi-train's and applies to each fold.",
+    )
+    parser.add_argument("--folds", type=int, default=5, help="k: at least 3 (one fold tests, one validates)")
+    parser.add_argument("--trainer.default_root_dir", type=Path, default=Path("runs"), help="the root of ROOT/NAME")
     parser.add_argument("--name", default="cv", help="the folder under the root: ROOT/NAME")
-    args, train_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.folds < 3:
-        print("error: --folds must be at least 3 (one fold tests, one validates, the rest train)", file=sys.stderr)
-        return 2
-    cv_dir = args.root_dir / args.name
-    for fold in range(args.folds):
+    return parser
+
+
+def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(busi-cv's own options, the busi-train options passed on to every fold)."""
+    own, train, taking = [], [], False
+    for arg in argv:
+        if taking or arg in ("-h", "--help") or arg.split("=", 1)[0] in CV_OPTIONS:
+            own.append(arg)
+            taking = arg in CV_OPTIONS  # `--folds 5`: its value follows
+        else:
+            train.append(arg)
+    return own, train
+
+
+def cross_validate(folds: int, cv_dir: Path, train_args: list[str]) -> None:
+    if folds < 3:
+        raise OptionError("--folds must be at least 3 (one fold tests, one validates, the rest train)")
+    for fold in range(folds):
         run_dir = fold_dir(cv_dir, fold)
         if (run_dir / "out_of_fold.csv").is_file():
             print(f"fold {fold}: done before, kept ({run_dir})")
             continue
-        fold_args = [*train_args, f"--data.folds={args.folds}", f"--data.fold={fold}"]
+        fold_args = [*train_args, f"--data.folds={folds}", f"--data.fold={fold}"]
         fold_args.append(f"--trainer.default_root_dir={cv_dir / f'fold_{fold}'}")
         if (run_dir / "checkpoints" / "last.ckpt").is_file():
             print(f"fold {fold}: interrupted, resumed from its last checkpoint ({run_dir})")
@@ -268,18 +287,19 @@ def main(argv: list[str] | None = None) -> int:
         elif run_dir.parent.is_dir():  # stopped before its first checkpoint: nothing to keep
             print(f"fold {fold}: interrupted before its first checkpoint, trained again")
             shutil.rmtree(run_dir.parent)
-        try:
-            cli = run(fold_args)
-        except USER_ERRORS as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        if cli.trainer.is_global_zero:
-            write_out_of_fold(cli, run_dir)
-    summary = summarise(cv_dir, args.folds)
+        trained = run(fold_args)
+        if trained.trainer.is_global_zero:
+            write_out_of_fold(trained, run_dir)
+    summary = summarise(cv_dir, folds)
     write_summary(summary, cv_dir)
     print(format_summary(summary))
     print(f"\nCross-validation directory: {cv_dir}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    own, train_args = split_arguments(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(own)
+    return run_command(lambda: cross_validate(args.folds, args.trainer.default_root_dir / args.name, train_args))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,14 @@ from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from busi.data import DataError, ImageTensors, format_audit, read_catalog
+from busi.data.audit import format_audit
+from busi.data.catalog import read_catalog
+from busi.data.dataset import ImageTensors
+from busi.ensemble import infer_mean
+from busi.errors import run_command
 from busi.explain import localisation_scores
-from busi.inference import infer_mean
 from busi.metrics import SplitEvaluation
 from busi.model import load_classifiers
-from busi.network import WeightsError
 from busi.predict import Prediction, choose_device, csv_columns, csv_row
 from busi.report import build_report, format_report, write_report
 
@@ -37,7 +39,7 @@ def evaluate(ckpt: Path, root: Path, output: Path, batch_size: int = 32, device:
     for pixels, targets, _, masks in DataLoader(everything, batch_size=batch_size):
         outputs = infer_mean(models, pixels)
         lesions = None if outputs.lesions is None else outputs.lesions.cpu()
-        evaluation.update(outputs.probabilities.cpu(), targets, outputs.logits.softmax(dim=1).cpu(), lesions, masks)
+        evaluation.update(outputs.probabilities.cpu(), targets, outputs.uncalibrated.cpu(), lesions, masks)
         probabilities += outputs.probabilities.tolist()
     predictions = [Prediction(record.path, row) for record, row in zip(catalog.records, probabilities, strict=True)]
     localisation = None
@@ -76,14 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     root = args.data.root
     output = args.output or Path("runs") / "evaluate" / root.resolve().name
-    try:
-        report = evaluate(args.ckpt, root, output, args.batch_size, args.device)
-    except (DataError, WeightsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(format_report(report))
-    print(f"\nEvaluation directory: {output}")
-    return 0
+
+    def evaluate_and_print() -> None:
+        print(format_report(evaluate(args.ckpt, root, output, args.batch_size, args.device)))
+        print(f"\nEvaluation directory: {output}")
+
+    return run_command(evaluate_and_print)
 
 
 if __name__ == "__main__":

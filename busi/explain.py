@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import Callback
 
-from busi.data import DataError, read_catalog
+from busi.data.catalog import Catalog, read_catalog
+from busi.data.splits import read_split_csv
+from busi.errors import DataError, run_command
 from busi.images import as_three_channels
-from busi.inference import infer
-from busi.model import WeightsError, load_classifier
+from busi.model import BusiClassifier, load_classifier
 from busi.plots import overlay
 from busi.report import format_localisation
-from busi.splits import read_split_csv
 
 POINTING_DILATION = 5  # pixels at the model's input size: a peak on the lesion's border counts
 
@@ -57,7 +57,7 @@ def summarise(rows: list[dict], class_names: tuple[str, ...]) -> dict:
     return summary
 
 
-def localisation_scores(classifier, catalog, indices: list[int], batch_size: int = 32) -> dict:
+def localisation_scores(classifier: BusiClassifier, catalog: Catalog, indices: list[int], batch_size: int = 32) -> dict:
     """Grad-CAM of the true class for every image of `indices` that has a non-empty lesion mask (the
     catalog's, decoded with the images and at the same size)."""
     classifier.eval()
@@ -72,7 +72,7 @@ def localisation_scores(classifier, catalog, indices: list[int], batch_size: int
         chunk = candidates[start : start + batch_size]
         pixels = torch.stack([as_three_channels(catalog.image(i)) for i, _ in chunk])
         targets = torch.tensor([catalog.records[i].label for i, _ in chunk])
-        outputs = infer(classifier, pixels, explain=targets)
+        outputs = classifier.infer(pixels, explain=targets)
         for (index, mask), cam in zip(chunk, outputs.cams, strict=True):
             label = classifier.class_names[catalog.records[index].label]
             rows.append({"path": catalog.relative(index), "label": label, **localisation(cam, mask)})
@@ -103,7 +103,7 @@ class GradCamGrid(Callback):
         if not chosen:
             return
         pixels = torch.stack([dataset[i][0] for i in chosen])
-        outputs = infer(pl_module, pixels, explain=True)
+        outputs = pl_module.infer(pixels, explain=True)
         names = pl_module.class_names
         tiles = []
         for i, image, cam, row, predicted in zip(
@@ -131,22 +131,17 @@ def parser() -> ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def explain(args) -> None:
     root = args.data.root
-    try:
-        classifier = load_classifier(args.ckpt)
-        catalog = read_catalog(root, classifier.hparams.image_size, duplicate_distance=-1)
-        indices = list(range(len(catalog.records)))
-        if args.split != "all":
-            split_csv = args.split_csv or args.ckpt.resolve().parent.parent / "split.csv"
-            if not split_csv.is_file():
-                raise DataError(f"{split_csv}: no split file; pass --split_csv RUN/split.csv or --split all")
-            splits = {path: entry[1] for path, entry in read_split_csv(split_csv).items()}
-            indices = [i for i in indices if splits.get(catalog.relative(i)) == args.split]
-    except (DataError, WeightsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    classifier = load_classifier(args.ckpt)
+    catalog = read_catalog(root, classifier.hparams.image_size, duplicate_distance=-1)
+    indices = list(range(len(catalog.records)))
+    if args.split != "all":
+        split_csv = args.split_csv or args.ckpt.resolve().parent.parent / "split.csv"
+        if not split_csv.is_file():
+            raise DataError(f"{split_csv}: no split file; pass --split_csv RUN/split.csv or --split all")
+        splits = {path: entry[1] for path, entry in read_split_csv(split_csv).items()}
+        indices = [i for i in indices if splits.get(catalog.relative(i)) == args.split]
     scores = localisation_scores(classifier, catalog, indices)
     which = "all images" if args.split == "all" else f"the {args.split} split"
     print(format_localisation(scores, f"Grad-CAM localisation on {which} of {root} (true class)"))
@@ -154,14 +149,18 @@ def main(argv: list[str] | None = None) -> int:
         args.output.write_text(json.dumps(scores, indent=2), encoding="utf-8")
     if args.cam_dir:
         write_overlays(classifier, catalog, [i for i in indices if catalog.records[i].masks], args.cam_dir)
-    return 0
 
 
-def write_overlays(classifier, catalog, indices: list[int], folder: Path) -> None:
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run_command(lambda: explain(args))
+
+
+def write_overlays(classifier: BusiClassifier, catalog: Catalog, indices: list[int], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for index in indices:
         pixels = catalog.image(index)
-        outputs = infer(classifier, as_three_channels(pixels)[None], explain=True)
+        outputs = classifier.infer(as_three_channels(pixels)[None], explain=True)
         label = classifier.class_names[int(outputs.explained[0])]
         truth = classifier.class_names[catalog.records[index].label]
         caption = f"{label} {float(outputs.probabilities[0].max()):.1%}\ntrue: {truth}"

@@ -22,42 +22,13 @@ from typing import Literal
 
 import torch
 from jsonargparse import ArgumentParser
-from torch import nn
 
-from busi.images import IMAGENET_MEAN, IMAGENET_STD
-from busi.inference import lesion_probabilities
+from busi.errors import OptionError, run_command
+from busi.inference import PixelsToProbabilities
 from busi.metrics import LESION_THRESHOLD
-from busi.model import BusiClassifier, WeightsError, load_classifier
+from busi.model import BusiClassifier, load_classifier
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2"}
-
-
-class PixelsToProbabilities(nn.Module):
-    """(N, 3, S, S) float RGB pixels 0–255 → (N, classes) probabilities, and (N, S, S) lesion
-    probabilities when the model has a decoder."""
-
-    def __init__(self, classifier: BusiClassifier):
-        super().__init__()
-        self.model = classifier.model.to(memory_format=torch.contiguous_format).eval()
-        self.tta = bool(classifier.hparams.tta)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
-        self.register_buffer("temperature", classifier.temperature.detach().clone())
-
-    def forward(self, pixels: torch.Tensor):
-        images = (pixels - self.mean) / self.std
-        if self.model.segments:
-            features, skips = self.model.extract(images, skips=True)
-            logits, lesion = (
-                self.model.head(features),
-                lesion_probabilities(self.model.decoder(features, skips), images.shape[-2:]),
-            )
-        else:
-            logits, lesion = self.model(images), None
-        probabilities = (logits / self.temperature).softmax(dim=1)
-        if self.tta:
-            probabilities = (probabilities + (self.model(images.flip(-1)) / self.temperature).softmax(dim=1)) / 2
-        return probabilities if lesion is None else (probabilities, lesion)
 
 
 def preprocessing(classifier: BusiClassifier, model_format: str) -> dict:
@@ -99,7 +70,7 @@ def preprocessing(classifier: BusiClassifier, model_format: str) -> dict:
 
 def export(classifier: BusiClassifier, model_format: str, output: Path) -> Path:
     """Write the model in `model_format` to `output` and its preprocessing to `output` + `.json`."""
-    module = PixelsToProbabilities(classifier).eval()
+    module = PixelsToProbabilities(classifier.model, classifier.temperature, bool(classifier.hparams.tta)).eval()
     size = classifier.hparams.image_size
     example = torch.rand(2, 3, size, size) * 255
     batch = torch.export.Dim("batch", min=1)
@@ -135,19 +106,17 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path | None, default=None, help="default: beside the checkpoint, e.g. best.onnx"
     )
     args = parser.parse_args(argv)
+    return run_command(lambda: export_checkpoint(args.ckpt, args.format, args.output))
+
+
+def export_checkpoint(ckpt: Path, model_format: str, output: Path | None) -> None:
+    classifier = load_classifier(ckpt)
+    output = output or ckpt.with_suffix(FORMATS[model_format])
     try:
-        classifier = load_classifier(args.ckpt)
-    except WeightsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    output = args.output or args.ckpt.with_suffix(FORMATS[args.format])
-    try:
-        export(classifier, args.format, output)
+        export(classifier, model_format, output)
     except ImportError as error:
-        print(f"error: {args.format} export needs more packages ({error}); pip install '.[export]'", file=sys.stderr)
-        return 2
-    print(f"{args.format} model → {output}; preprocessing → {output}.json")
-    return 0
+        raise OptionError(f"{model_format} export needs more packages ({error}); pip install '.[export]'") from None
+    print(f"{model_format} model → {output}; preprocessing → {output}.json")
 
 
 if __name__ == "__main__":

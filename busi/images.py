@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from busi.data.duplicates import perceptual_hash, pixel_digest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -114,6 +117,24 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
     return resize_to_tensor(decode_image(path), image_size)
 
 
+@dataclass
+class DecodedImage:
+    """What training needs from one file, computed from a single decode."""
+
+    pixels: torch.Tensor | None  # uint8 (1 or 3, S, S), grayscale stays one channel; None: not kept
+    size: tuple[int, int]  # original width, height
+    mode: str  # "L" or "RGB" after decoding
+    phash: np.ndarray  # 64 bools
+    digest: str  # of the decoded pixels, for exact duplicates
+
+
+def decode_file(path: Path, image_size: int, data: bytes | None = None) -> DecodedImage:
+    image = decode_image(path, data)
+    return DecodedImage(
+        resize_to_tensor(image, image_size), image.size, image.mode, perceptual_hash(image), pixel_digest(image)
+    )
+
+
 def resize_mask(mask: Image.Image, image_size: int) -> np.ndarray:
     """A lesion mask (any non-zero pixel is lesion: some masks use 1, not 255) squashed to
     `image_size`² exactly like its image (bilinear), then thresholded at half: bool (S, S)."""
@@ -151,14 +172,13 @@ def unpack_mask(packed: bytes, image_size: int) -> np.ndarray:
     return bits.reshape(image_size, image_size).astype(bool)
 
 
-_normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
 def as_three_channels(pixels: torch.Tensor) -> torch.Tensor:
     """(…, 1 or 3, H, W) → (…, 3, H, W); grayscale is expanded as a view, without copying."""
     return pixels.expand(*pixels.shape[:-3], 3, *pixels.shape[-2:]) if pixels.shape[-3] == 1 else pixels
 
 
 def to_model_input(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 (…, 1 or 3, H, W) → float32 (…, 3, H, W) with ImageNet mean/std normalisation."""
-    return _normalize(as_three_channels(pixels))
+    """uint8 0–255 or float 0–1 (…, 1 or 3, H, W) → float32 (…, 3, H, W) with ImageNet mean/std
+    normalisation: what the network takes, in training, prediction and every export."""
+    scaled = TF.to_dtype_image(as_three_channels(pixels), torch.float32, scale=True)
+    return TF.normalize_image(scaled, list(IMAGENET_MEAN), list(IMAGENET_STD))

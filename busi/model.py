@@ -1,4 +1,5 @@
-"""BusiClassifier: the LightningModule that trains busi.network.DenseNetClassifier and scores it."""
+"""BusiClassifier: the LightningModule that trains busi.network.DenseNetClassifier and answers with it;
+loading trained classifiers from checkpoints."""
 
 from __future__ import annotations
 
@@ -11,27 +12,23 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
 from busi import CLASS_NAMES
 from busi.augment import augment_batch
+from busi.errors import OptionError, WeightsError
 from busi.feature_cache import FeatureCache
 from busi.images import mask_known, to_model_input
-from busi.inference import infer, lesion_probabilities
-from busi.metrics import SplitEvaluation, epoch_metrics, overlap_scores
-from busi.network import DenseNetClassifier, WeightsError, load_backbone_weights, parameter_counts
-from busi.splits import SPLIT_NAMES
+from busi.inference import Outputs, calibrated_probabilities, grad_cam, lesion_probabilities
+from busi.metrics import epoch_metrics, overlap_scores
+from busi.network import DenseNetClassifier, load_backbone_weights, parameter_counts
 
-SUMMARY_KEY = "busi_summary"  # in best.ckpt: recipe, training data and test scores (busi.cli.model_summary)
-
-
-class OptionError(ValueError):
-    """A model option outside its range; the message names the option and the range."""
+SUMMARY_KEY = "busi_summary"  # in best.ckpt: recipe, training data and test scores (busi.finish.model_summary)
 
 
 class BusiClassifier(L.LightningModule):
-    """Trains DenseNetClassifier with Adam and cross-entropy; tests the chosen checkpoint on every split.
+    """Trains DenseNetClassifier with Adam and cross-entropy (and the lesion decoder's Dice + BCE);
+    `infer` is how it answers, in every command.
 
     Args:
         weights: backbone weights: `imagenet` (torchvision IMAGENET1K_V1), a state-dict path, or `none`.
@@ -94,30 +91,36 @@ class BusiClassifier(L.LightningModule):
             raise OptionError(f"--model.label_smoothing {label_smoothing}: must be at least 0 and below 1 (0: off)")
         if segmentation_weight < 0:
             raise OptionError(f"--model.segmentation_weight {segmentation_weight}: must be 0 (off) or positive")
-        segment = segmentation_weight > 0
-        self.model = DenseNetClassifier(image_size, len(self.class_names), freeze_backbone, head, segment)
-        load_backbone_weights(self.model.features, weights)
-        if channels_last:
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        segment = hp.segmentation_weight > 0
+        self.model = DenseNetClassifier(hp.image_size, len(self.class_names), hp.freeze_backbone, hp.head, segment)
+        load_backbone_weights(self.model.features, hp.weights)
+        if hp.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # Kept outside the module tree so that state_dict keys never gain `_orig_mod.`.
-        self._extract = torch.compile(self.model.extract) if compile else self.model.extract
-        self.feature_cache = FeatureCache(feature_cache_mb)
-        # Temperature scaling, fitted on the validation split after training (busi.calibration).
+        self._extract = torch.compile(self.model.extract) if hp.compile else self.model.extract
+        self.feature_cache = FeatureCache(hp.feature_cache_mb)
+        # Temperature scaling, fitted on the validation split after training (busi.finish).
         self.register_buffer("temperature", torch.ones(()))
+        self.summary: dict | None = None  # read from a checkpoint's SUMMARY_KEY
+
+    def configure_losses(self) -> None:
+        # set from the train split's class counts when the fit starts (class_weighting: balanced)
         self.register_buffer("class_weight", torch.ones(len(self.class_names)), persistent=False)
-        self.train_metrics = epoch_metrics(len(self.class_names), "train/")
-        self.val_metrics = epoch_metrics(len(self.class_names), "val/")
+
+    def configure_metrics(self) -> None:
+        classes = len(self.class_names)
+        self.train_metrics = epoch_metrics(classes, "train/")
+        self.val_metrics = epoch_metrics(classes, "val/")
         # torchmetrics rather than self.log averaging: exact over all processes under DDP
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
         self.train_segmentation_loss, self.val_dice = MeanMetric(), MeanMetric()
         self.val_samples = SumMetric()
-        # ModuleDict keys may not shadow nn.Module attributes such as `train`
-        self.evaluations = nn.ModuleDict({f"{s}_split": SplitEvaluation(len(self.class_names)) for s in SPLIT_NAMES})
-        self.test_splits: dict[str, dict] = {}  # the report's numbers, per split, after `trainer.test`
-        self.summary: dict | None = None  # read from a checkpoint's SUMMARY_KEY
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.head(self._extract(images))
 
     @property
     def caches_features(self) -> bool:
@@ -127,47 +130,75 @@ class BusiClassifier(L.LightningModule):
         hp = self.hparams
         return hp.freeze_backbone and hp.cache_features and not hp.augment and not self.model.segments
 
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self._extract(images))
+
+    def prepare_inputs(
+        self, pixels: torch.Tensor, masks: torch.Tensor | None = None, augment: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 (N, 1 or 3, H, W) pixels → normalised float in the model's memory layout: the one place
+        batches are prepared. With `augment` (training), randomly augmented first (busi.augment),
+        the lesion `masks` moved with their images; returns (inputs, masks) when `masks` are given."""
+        if augment:
+            if masks is not None and self.model.segments:
+                pixels, masks = augment_batch(pixels, masks)
+            else:
+                pixels = augment_batch(pixels)
+        if pixels.dtype == torch.uint8 or augment:
+            pixels = to_model_input(pixels)
+        if self.hparams.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return pixels if masks is None else (pixels, masks)
+
     def encode(self, images: torch.Tensor, keys: list[str] | None = None):
-        """(final features, lesion logits (N, 1, S/4, S/4) or None without a decoder); with a frozen
-        backbone and image keys (content digests), backbone features are computed once per image."""
-        if self.model.segments:
-            features, skips = self._extract(images, skips=True)
-            return features, self.model.decoder(features, skips)
-        if keys is None or not self.caches_features:
-            return self._extract(images), None
+        """(final features, lesion logits or None without a decoder); with a frozen backbone and image
+        keys (content digests), backbone features are computed once per image."""
+        if self.model.segments or keys is None or not self.caches_features:
+            return self.model.encode(images, self._extract)
         return self.feature_cache.features(keys, images.device.type, lambda: self._extract(images)), None
 
-    def logits(self, images: torch.Tensor, keys: list[str] | None = None) -> torch.Tensor:
-        return self.model.head(self.encode(images, keys)[0])
+    def infer(
+        self, pixels: torch.Tensor, keys: list[str] | None = None, explain: bool | torch.Tensor = False
+    ) -> Outputs:
+        """What the model answers for uint8 (N, 1 or 3, H, W) pixels, in float32 whatever precision it
+        trained in: calibrated probabilities, lesion maps with a decoder and, with `explain`, Grad-CAM of
+        the predicted classes (True) or of the given ones (a tensor). `keys` (content digests) let a
+        frozen backbone reuse cached features. Reports, calibration, prediction and the app use it."""
+        images = self.prepare_inputs(pixels.to(self.device))
+        with torch.autocast(images.device.type, enabled=False):
+            if explain is False:
+                with torch.no_grad():
+                    features, lesion_logits = self.encode(images, keys)
+                    logits = self.model.head(features).float()
+                    probabilities = calibrated_probabilities(
+                        self.model, images, logits, self.temperature, self.hparams.tta
+                    )
+            else:
+                with torch.inference_mode(False), torch.no_grad():
+                    images = images.clone()
+                    features, lesion_logits = self.encode(images)
+                classes = None if explain is True else explain
+                cams, logits, explained = grad_cam(self.model.head, features, images.shape[-2:], classes)
+                with torch.inference_mode(False), torch.no_grad():
+                    probabilities = calibrated_probabilities(
+                        self.model, images, logits, self.temperature, self.hparams.tta
+                    )
+            lesions = lesion_probabilities(lesion_logits, images.shape[-2:])
+        outputs = Outputs(probabilities, logits.softmax(dim=1), logits, lesions=lesions)
+        if explain is not False:
+            outputs.cams, outputs.explained = cams, explained
+        return outputs
 
-    def prepare_inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 1 or 3, H, W) → normalised float in the model's memory layout."""
-        if images.dtype == torch.uint8:
-            images = to_model_input(images)
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
-
-    def probabilities(
-        self, images: torch.Tensor, keys: list[str] | None = None, logits: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Calibrated class probabilities (logits / temperature), averaged with the mirror image's
-        when `tta` is on. `logits`: of `images`, when already computed."""
-        logits = self.logits(images, keys) if logits is None else logits
-        probabilities = (logits.float() / self.temperature).softmax(dim=1)
-        if self.hparams.tta:
-            mirrored = (self(images.flip(-1)).float() / self.temperature).softmax(dim=1)
-            probabilities = (probabilities + mirrored) / 2
-        return probabilities
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        # BusiDataModule yields uint8 images: augmenting and normalising on the training device keeps
-        # the data path a plain memory copy.
-        if self.hparams.augment and self.trainer is not None and self.trainer.training:
-            return batch  # augmented in training_step, after StepSeed has seeded the step
-        images, *rest = (batch, []) if isinstance(batch, torch.Tensor) else batch
-        images = self.prepare_inputs(images)
-        return images if isinstance(batch, torch.Tensor) else [images, *rest]
+    def infer_batches(self, loader) -> tuple[Outputs, torch.Tensor]:
+        """`infer` over every batch of a BusiDataModule loader ((pixels, labels, keys, masks) each): the
+        probabilities and logits on the CPU, and the labels."""
+        outputs, labels = [], []
+        for pixels, targets, keys, _ in loader:
+            outputs.append(self.infer(pixels, list(keys)))
+            labels.append(targets)
+        logits = torch.cat([o.logits for o in outputs]).cpu()
+        joined = Outputs(torch.cat([o.probabilities for o in outputs]).cpu(), logits.softmax(dim=1), logits)
+        return joined, torch.cat(labels)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state_dict = checkpoint.get("state_dict")
@@ -205,11 +236,8 @@ class BusiClassifier(L.LightningModule):
             self.model.features.requires_grad_(self.current_epoch >= hp.unfreeze_backbone_at_epoch)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, targets, keys, masks = batch
-        segments = self.model.segments
-        if self.hparams.augment:
-            images, masks = augment_batch(images, masks) if segments else (augment_batch(images), masks)
-            images = self.prepare_inputs(to_model_input(images))
+        pixels, targets, keys, masks = batch
+        images, masks = self.prepare_inputs(pixels, masks, augment=self.hparams.augment)
         features, lesions = self.encode(images, keys)
         logits = self.model.head(features)
         loss = self.classification_loss(logits, targets)
@@ -217,7 +245,7 @@ class BusiClassifier(L.LightningModule):
         self.train_loss.update(loss.detach(), weight=len(targets))
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
-        if segments:
+        if self.model.segments:
             segmentation = segmentation_loss(lesions, masks)
             loss = loss + self.hparams.segmentation_weight * segmentation
             self.train_segmentation_loss.update(segmentation.detach(), weight=len(targets))
@@ -229,8 +257,8 @@ class BusiClassifier(L.LightningModule):
         return F.cross_entropy(logits, targets, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, targets, keys, masks = batch
-        features, lesions = self.encode(images, keys)
+        pixels, targets, keys, masks = batch
+        features, lesions = self.encode(self.prepare_inputs(pixels), keys)
         logits = self.model.head(features)
         if lesions is not None:
             overlap = overlap_scores(lesion_probabilities(lesions, masks.shape[-2:]), masks)
@@ -244,34 +272,11 @@ class BusiClassifier(L.LightningModule):
         self.log("val/samples", self.val_samples, on_epoch=True)
         self.log_dict(self.val_metrics, on_epoch=True)
 
-    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Outputs:
         # The report scores the checkpoint as predict.py, calibration and the exports use it: in fp32,
-        # whatever precision it was trained in (busi.inference.infer).
-        images, targets, keys, masks = batch
-        outputs = infer(self, images, keys)
-        evaluation = self.evaluations[f"{SPLIT_NAMES[dataloader_idx]}_split"]
-        evaluation.update(outputs.probabilities, targets, outputs.logits.softmax(dim=1), outputs.lesions, masks)
-
-    def on_test_epoch_start(self) -> None:
-        self.test_splits = {}
-
-    def on_test_epoch_end(self) -> None:
-        for split in SPLIT_NAMES:
-            evaluation = self.evaluations[f"{split}_split"]
-            if evaluation.loss.update_count:
-                self.test_splits[split] = evaluation.compute_report(self.class_names)
-            evaluation.reset()
-        if "test" not in self.test_splits:
-            return
-        for split, values in self.test_splits.items():
-            for name in ("loss", "accuracy", "macro_f1"):
-                self.log(f"report/{split}_{name}", values[name], add_dataloader_idx=False, sync_dist=True)
-        auroc = self.test_splits["test"]["auroc_macro_ovr"]
-        self.log("report/test_auroc_macro", auroc, add_dataloader_idx=False, sync_dist=True)
-
-    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        images = batch[0] if isinstance(batch, list | tuple) else batch
-        return infer(self, images).probabilities
+        # whatever precision it was trained in. busi.finish.SplitReports collects what this returns.
+        pixels, _, keys, _ = batch
+        return self.infer(pixels, keys)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -11,16 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import DenseNet121_Weights, densenet121
 
+from busi.errors import OptionError, WeightsError
+
 FEATURE_CHANNELS = 1024
 FEATURE_STRIDE = 32
 # DenseNet121's dense blocks 1-3 (strides 4, 8, 16) feed the lesion decoder beside the final features.
 SKIP_LAYERS = ("denseblock1", "denseblock2", "denseblock3")
 SKIP_CHANNELS = (256, 512, 1024)
 DECODER_WIDTHS = (128, 64, 32)  # at strides 16, 8, 4
-
-
-class WeightsError(ValueError):
-    """Backbone weights cannot be found or do not fit; the message says what to do."""
 
 
 class FullPrecisionHead(nn.Sequential):
@@ -82,7 +80,7 @@ class DenseNetClassifier(nn.Module):
     ):
         super().__init__()
         if image_size % FEATURE_STRIDE:
-            raise ValueError(f"image_size {image_size} must be a multiple of {FEATURE_STRIDE}")
+            raise OptionError(f"image_size {image_size} must be a multiple of {FEATURE_STRIDE}")
         side = image_size // FEATURE_STRIDE
         self.freeze_backbone = freeze_backbone
         self.features = densenet121(weights=None).features
@@ -132,6 +130,15 @@ class DenseNetClassifier(nn.Module):
             if name in SKIP_LAYERS:
                 found.append(x)
         return F.relu(x), found
+
+    def encode(self, images: torch.Tensor, extract=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(final features, lesion logits (N, 1, S/4, S/4) or None without a decoder); `extract`: this
+        network's `extract` as compiled by the caller."""
+        extract = extract or self.extract
+        if not self.segments:
+            return extract(images), None
+        features, skips = extract(images, skips=True)
+        return features, self.decoder(features, skips)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.extract(images))

@@ -7,12 +7,15 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
 from jsonargparse import ArgumentParser
 from PIL import Image
 
+from busi.ensemble import infer_mean
+from busi.errors import OptionError, run_command
 from busi.images import (
     UnreadableImageError,
     as_three_channels,
@@ -24,9 +27,8 @@ from busi.images import (
     resize_map,
     resize_to_tensor,
 )
-from busi.inference import infer_mean
 from busi.metrics import LESION_THRESHOLD
-from busi.model import BusiClassifier, WeightsError, load_classifiers
+from busi.model import BusiClassifier, load_classifiers
 from busi.plots import overlay
 
 
@@ -183,39 +185,37 @@ def choose_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
+        raise OptionError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"--device {name}: no such CUDA device on this machine; use --device cpu")
+        raise OptionError(f"--device {name}: no such CUDA device on this machine; use --device cpu")
     return device
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def open_outputs(args) -> TextIO:
+    """Create the output folders and open the CSV: OptionError naming the place that cannot be written."""
     try:
-        device = choose_device(args.device)
-        classifiers = load_classifiers(args.ckpt)
-        if args.masks and not all(c.model.segments for c in classifiers):
-            raise ValueError(
-                f"--masks: {args.ckpt} has no lesion decoder; train with --model.segmentation_weight 0.5 (or drop --masks)"
-            )
         args.output.parent.mkdir(parents=True, exist_ok=True)
         for folder in (args.cam, args.masks):
             if folder:
                 folder.mkdir(parents=True, exist_ok=True)
-        handle = args.output.open("w", newline="", encoding="utf-8")
-    except (ValueError, WeightsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return args.output.open("w", newline="", encoding="utf-8")
     except OSError as error:
         where = error.filename or args.output
-        print(
-            f"error: {where}: cannot write there ({error.strerror or error}); pass another --output/--cam/--masks",
-            file=sys.stderr,
+        raise OptionError(
+            f"{where}: cannot write there ({error.strerror or error}); pass another --output/--cam/--masks"
+        ) from None
+
+
+def predict(args) -> int:
+    device = choose_device(args.device)
+    classifiers = load_classifiers(args.ckpt)
+    if args.masks and not all(c.model.segments for c in classifiers):
+        raise OptionError(
+            f"--masks: {args.ckpt} has no lesion decoder; train with --model.segmentation_weight 0.5 (or drop --masks)"
         )
-        return 2
     class_names = classifiers[0].class_names
     predicted = failed = 0
-    with handle:
+    with open_outputs(args) as handle:
         writer = csv.writer(handle)
         masks = args.masks is not None
         writer.writerow(csv_columns(class_names, masks))
@@ -234,3 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; lesion masks in {args.masks}" if args.masks else "")
     )
     return 0 if predicted else 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run_command(lambda: predict(args))

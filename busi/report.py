@@ -19,7 +19,7 @@ def build_report(
     temperature: float | None = None,
     localisation: dict | None = None,
 ) -> dict:
-    """`splits`: BusiClassifier.test_splits; `localisation`: busi.explain.localisation_scores."""
+    """`splits`: busi.finish.SplitReports.splits; `localisation`: busi.explain.localisation_scores."""
     report = {"class_names": list(class_names), "checkpoint": checkpoint, "splits": splits}
     if temperature is not None:
         report["temperature"] = temperature

@@ -13,9 +13,9 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
 from busi.checkpointing import AtomicCheckpointIO
-from busi.cli import main, run
 from busi.model import load_classifier
 from busi.predict import main as predict_main
+from busi.training import main, run
 
 from fake_busi import IMAGE_SIZE, train_args
 

@@ -9,10 +9,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from busi import CLASS_NAMES
-from busi.cli import DEFAULT_CONFIG, BusiCLI, main, run
-from busi.data import BusiDataModule
+from busi.cli import DEFAULT_CONFIG, BusiCLI
+from busi.data.module import BusiDataModule
 from busi.model import BusiClassifier, load_classifier
 from busi.predict import main as predict_main
+from busi.training import main, run
 
 from fake_busi import IMAGE_SIZE, train_args
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from busi.cli import run
 from busi.cv import fold_dir, operating_point
 from busi.cv import main as cv_main
 from busi.evaluate import main as evaluate_main
 from busi.model import load_classifier
 from busi.predict import main as predict_main
+from busi.training import run
 
 from fake_busi import train_args
 

@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from busi import CLASS_NAMES
-from busi.data import BusiDataModule, ClassBalancedSampler, DataError, read_catalog, scan_class_folders
-from busi.splits import read_split_csv, write_split_csv
+from busi.data.catalog import read_catalog, scan_class_folders
+from busi.data.dataset import ClassBalancedSampler
+from busi.data.module import BusiDataModule
+from busi.data.splits import read_split_csv, write_split_csv
+from busi.errors import DataError
 
 from fake_busi import IMAGE_SIZE, write_busi_folder
 

@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from busi.duplicates import perceptual_hash
+from busi.data.duplicates import perceptual_hash
 
 from fake_busi import ultrasound_like
 

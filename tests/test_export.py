@@ -17,7 +17,7 @@ def pixels_and_reference(ckpt, folder):
     paths = sorted(p for p in folder.glob("*.png") if "_mask" not in p.name)[:6]
     pixels = torch.stack([as_three_channels(load_image(p, IMAGE_SIZE)) for p in paths])
     with torch.no_grad():
-        expected = classifier.probabilities(classifier.prepare_inputs(pixels))  # with its temperature
+        expected = classifier.infer(pixels).probabilities  # with its temperature
     return pixels.float(), expected
 
 

@@ -2,7 +2,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from busi.inference import infer
 from busi.model import BusiClassifier
 
 
@@ -26,11 +25,11 @@ def test_grad_cam_matches_the_textbook_computation_even_in_inference_mode(frozen
     classes = torch.tensor([0, 2, 1])
     expected = reference_grad_cam(classifier, images, classes)
     with torch.inference_mode():  # as in Lightning's validation and test loops
-        explanation = infer(classifier, images, explain=classes)
+        explanation = classifier.infer(images, explain=classes)
     assert explanation.cams.shape == (3, 128, 128)
     assert torch.allclose(explanation.cams, expected, atol=1e-5)
     peaks = explanation.cams.amax(dim=(1, 2))
     assert ((peaks == 1) | (peaks == 0)).all() and (peaks == 1).any()
     with torch.no_grad():
         assert torch.allclose(explanation.probabilities, classifier(images).softmax(1), atol=1e-6)
-    assert infer(classifier, images, explain=True).explained.tolist() == explanation.probabilities.argmax(1).tolist()
+    assert classifier.infer(images, explain=True).explained.tolist() == explanation.probabilities.argmax(1).tolist()

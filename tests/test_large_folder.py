@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_memory import write_synthetic_folder
-from busi.cache import DecodedImageCache
-from busi.cli import run
+from busi.data.cache import DecodedImageCache
+from busi.training import run
 
 COUNT = 20_000
 LIMIT_MB = 2

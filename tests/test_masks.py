@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from busi.augment import augment_batch
-from busi.data import read_catalog
+from busi.data.catalog import read_catalog
 from busi.images import MASK_UNKNOWN
 
 SIZE = 64

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from busi.data import BusiDataModule
+from busi.data.module import BusiDataModule
 from busi.model import BusiClassifier
 
 from fake_busi import IMAGE_SIZE

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from busi import CLASS_NAMES
-from busi.cli import DEFAULT_CONFIG, BusiCLI, choose_precision, cpu_has_native_bf16, run
-from busi.data import BusiDataModule
+from busi.cli import DEFAULT_CONFIG, BusiCLI, choose_precision, cpu_has_native_bf16
+from busi.data.module import BusiDataModule
 from busi.model import BusiClassifier
 from busi.predict import main as predict_main
+from busi.training import run
 
 from fake_busi import IMAGE_SIZE, train_args
 

@@ -5,8 +5,8 @@ import shutil
 import pytest
 import torch
 
+from busi.errors import WeightsError
 from busi.model import load_classifier
-from busi.network import WeightsError
 from busi.predict import main as predict_main
 
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from busi import CLASS_NAMES
-from busi.cli import DEFAULT_CONFIG, run
+from busi.cli import DEFAULT_CONFIG
 from busi.export import main as export_main
 from busi.images import as_three_channels, is_mask, load_image
 from busi.model import load_classifier
+from busi.training import run
 
 from fake_busi import real_busi_root
 
@@ -68,7 +69,7 @@ def test_short_scratch_epoch_on_real_busi(tmp_path):
     paths = [REAL_ROOT / row["path"] for row in rows[:: len(rows) // 8]]
     pixels = torch.stack([as_three_channels(load_image(p, 256)) for p in paths])
     with torch.no_grad():
-        expected = classifier.probabilities(classifier.prepare_inputs(pixels)).numpy()
+        expected = classifier.infer(pixels).probabilities.numpy()
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     (probabilities,) = session.run(["probabilities"], {"pixels": pixels.float().numpy()})
     assert abs(probabilities - expected).max() < 1e-4

@@ -14,15 +14,15 @@ from streamlit.testing.v1 import AppTest
 
 import busi.app
 from busi.app import Result, overlay_figure
-from busi.cli import run
+from busi.ensemble import infer_mean
 from busi.export import main as export_main
 from busi.images import MASK_UNKNOWN, as_three_channels, load_image
-from busi.inference import infer, infer_mean
 from busi.model import BusiClassifier, load_classifier, segmentation_loss
 from busi.network import FEATURE_CHANNELS, parameter_counts
 from busi.plots import OUTLINE_COLOUR, overlay
 from busi.predict import csv_columns
 from busi.predict import main as predict_main
+from busi.training import run
 
 from fake_busi import IMAGE_SIZE, train_args
 
@@ -36,7 +36,7 @@ def test_the_decoder_predicts_a_lesion_map_at_a_quarter_of_the_input_side(size):
         features, lesions = classifier.encode(torch.rand(2, 3, size, size))
     assert features.shape == (2, FEATURE_CHANNELS, size // 32, size // 32)
     assert lesions.shape == (2, 1, size // 4, size // 4)
-    outputs = infer(classifier, torch.randint(0, 256, (2, 1, size, size), dtype=torch.uint8))
+    outputs = classifier.infer(torch.randint(0, 256, (2, 1, size, size), dtype=torch.uint8))
     assert outputs.lesions.shape == (2, size, size) and 0 <= outputs.lesions.min() <= outputs.lesions.max() <= 1
 
 
@@ -127,7 +127,7 @@ def test_the_fold_ensemble_lesion_map_is_the_mean_of_the_models(busi_root):
         [as_three_channels(load_image(p, IMAGE_SIZE)) for p in sorted((busi_root / "benign").glob("* (?).png"))[:3]]
     )
     mean = infer_mean(models, pixels)
-    expected = (infer(models[0], pixels).lesions + infer(models[1], pixels).lesions) / 2
+    expected = (models[0].infer(pixels).lesions + models[1].infer(pixels).lesions) / 2
     assert torch.allclose(mean.lesions, expected, atol=1e-6)
 
 
@@ -140,7 +140,7 @@ def test_onnx_export_has_a_lesion_output(segmenting_run, busi_root, tmp_path):
     classifier = load_classifier(ckpt)
     paths = sorted(p for p in (busi_root / "benign").glob("*.png") if "_mask" not in p.name)[:4]
     pixels = torch.stack([as_three_channels(load_image(p, IMAGE_SIZE)) for p in paths])
-    expected = infer(classifier, pixels)
+    expected = classifier.infer(pixels)
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     probabilities, lesion = session.run(["probabilities", "lesion"], {"pixels": pixels.float().numpy()})
     assert np.abs(probabilities - expected.probabilities.numpy()).max() < 1e-4

@@ -3,7 +3,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from busi.splits import assign_groups, fold_splits
+from busi.data.splits import assign_groups, fold_splits
 
 
 def test_split_is_stratified_and_keeps_groups_whole():

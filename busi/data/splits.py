@@ -8,6 +8,8 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from busi.errors import DataError
+
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_CSV_COLUMNS = ("path", "label", "split", "group")
 
@@ -55,18 +57,18 @@ def write_split_csv(path: Path, rows: Sequence[tuple[str, str, str, int]]) -> No
 
 
 def read_split_csv(path: Path) -> dict[str, tuple[str, str, int]]:
-    """Map relative image path → (label, split, group); raises ValueError with the reason."""
+    """Map relative image path → (label, split, group); DataError says what is wrong with the file."""
     if not path.is_file():
-        raise ValueError(f"{path}: split CSV not found; pass an existing file or leave split_csv unset")
+        raise DataError(f"{path}: split CSV not found; pass an existing file or leave split_csv unset")
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = set(SPLIT_CSV_COLUMNS) - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{path}: split CSV lacks columns {sorted(missing)}; expected {SPLIT_CSV_COLUMNS}")
+            raise DataError(f"{path}: split CSV lacks columns {sorted(missing)}; expected {SPLIT_CSV_COLUMNS}")
         entries = {}
         for line, row in enumerate(reader, start=2):
             if row["split"] not in SPLIT_NAMES:
-                raise ValueError(f"{path}:{line}: split {row['split']!r} is not one of {SPLIT_NAMES}")
+                raise DataError(f"{path}:{line}: split {row['split']!r} is not one of {SPLIT_NAMES}")
             entries[row["path"]] = (row["label"], row["split"], int(row["group"]))
     return entries
 

@@ -1,7 +1,5 @@
-"""Decode once: an on-disk cache of resized images, keyed by file content and preprocessing settings.
-
-`busi-cache --data.root ROOT [--data.image_size 256] [--data.cache_dir DIR]` fills it ahead of time.
-"""
+"""Decode once: an on-disk cache of resized images and masks, keyed by file content and preprocessing
+settings (filled ahead of time by `busi-cache`, busi.data.cache_command)."""
 
 from __future__ import annotations
 
@@ -10,7 +8,6 @@ import io
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +15,14 @@ import PIL
 import torch
 from PIL import Image
 
-from busi.duplicates import perceptual_hash, pixel_digest
 from busi.images import (
+    DecodedImage,
     UnreadableImageError,
-    decode_image,
+    decode_file,
     image_to_tensor,
     load_mask,
     pack_mask,
     read_file,
-    resize_to_tensor,
 )
 
 # Bump when decoding or resizing changes: entries made by other code are then never used.
@@ -37,24 +33,6 @@ def default_cache_dir() -> Path:
     if os.environ.get("BUSI_CACHE_DIR"):
         return Path(os.environ["BUSI_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "busi"
-
-
-@dataclass
-class DecodedImage:
-    """What training needs from one file, computed from a single decode."""
-
-    pixels: torch.Tensor | None  # uint8 (1 or 3, S, S), grayscale stays one channel; None: not kept
-    size: tuple[int, int]  # original width, height
-    mode: str  # "L" or "RGB" after decoding
-    phash: np.ndarray  # 64 bools
-    digest: str  # of the decoded pixels, for exact duplicates
-
-
-def decode_file(path: Path, image_size: int, data: bytes | None = None) -> DecodedImage:
-    image = decode_image(path, data)
-    return DecodedImage(
-        resize_to_tensor(image, image_size), image.size, image.mode, perceptual_hash(image), pixel_digest(image)
-    )
 
 
 def _png(pixels: torch.Tensor) -> bytes:

@@ -1,0 +1,33 @@
+"""`busi-cache --data.root DATA [--data.image_size 256]`: decode a folder once into the image cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jsonargparse import ArgumentParser
+
+from busi.data.cache import default_cache_dir
+from busi.data.catalog import read_catalog
+from busi.errors import run_command
+
+
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="busi-cache", description="Decode a BUSI-layout folder once into the image cache.")
+    parser.add_argument("--data.root", type=Path, required=True, help="folder with benign/, malignant/, normal/")
+    parser.add_argument("--data.image_size", type=int, default=256)
+    parser.add_argument("--data.cache_dir", type=Path, default=default_cache_dir())
+    return parser
+
+
+def fill_cache(root: Path, image_size: int, cache_dir: Path) -> None:
+    catalog = read_catalog(root, image_size, duplicate_distance=-1, cache_dir=cache_dir)
+    cache = catalog.cache
+    size_mb = cache.path.stat().st_size / 2**20 if cache.path.is_file() else 0
+    print(
+        f"{len(catalog.records)} images: {cache.hits} from the cache, {cache.misses} decoded → {cache.path} ({size_mb:.1f} MiB)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    data = parser().parse_args(argv).data
+    return run_command(lambda: fill_cache(data.root, data.image_size, data.cache_dir))

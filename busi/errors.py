@@ -1,0 +1,42 @@
+"""Errors whose message tells the user what to change, and the one way every command reports them:
+`error: …` on one line, exit status 2."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class UserError(ValueError):
+    """Something the user gave cannot be used; the message names it and says what to do instead."""
+
+
+class DataError(UserError):
+    """The data folder or split file cannot be used as given."""
+
+
+class WeightsError(UserError):
+    """Weights or a checkpoint cannot be found, read or fitted to the model."""
+
+
+class ResumeError(UserError):
+    """The checkpoint to resume from cannot be found or trusted."""
+
+
+class OptionError(UserError):
+    """An option outside its range, or one that does not fit the rest."""
+
+
+def run_command(command: Callable[[], int | None]) -> int:
+    """The exit status of a console script: `command`'s, 2 after a UserError (printed as one line), 143
+    after SIGTERM (the training state is saved in last.ckpt by busi.checkpointing.ResumeCheckpoint)."""
+    try:
+        return command() or 0
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except SIGTERMException:
+        return 128 + signal.SIGTERM

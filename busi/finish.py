@@ -1,0 +1,143 @@
+"""After a fit, busi-train and every busi-cv fold finish the same way: fit the best checkpoint's
+temperature on the validation split, test it on every split, write the report into the run directory
+and store the temperature and a summary in best.ckpt, written once."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from busi import __version__
+from busi.calibration import fit_temperature
+from busi.checkpointing import AtomicCheckpointIO
+from busi.data.module import BusiDataModule
+from busi.data.splits import SPLIT_NAMES
+from busi.explain import localisation_scores
+from busi.inference import Outputs
+from busi.metrics import SplitEvaluation
+from busi.model import SUMMARY_KEY, BusiClassifier
+from busi.report import build_report, format_report, write_report
+
+# present when weight averaging made best.ckpt a full checkpoint: not needed to predict
+TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "callbacks", "current_model_state", "averaging_state")
+
+
+class SplitReports(Callback):
+    """The report's numbers for each split that `trainer.test` scores (BusiDataModule.test_dataloader:
+    one loader per split), from what BusiClassifier.test_step returns; logged as `report/…` scalars."""
+
+    def __init__(self):
+        self.splits: dict[str, dict] = {}
+        self._evaluations: dict[str, SplitEvaluation] = {}
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: BusiClassifier) -> None:
+        classes = len(pl_module.class_names)
+        self.splits = {}
+        self._evaluations = {split: SplitEvaluation(classes).to(pl_module.device) for split in SPLIT_NAMES}
+
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs: Outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        _, targets, _, masks = batch
+        evaluation = self._evaluations[SPLIT_NAMES[dataloader_idx]]
+        evaluation.update(outputs.probabilities, targets, outputs.uncalibrated, outputs.lesions, masks)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: BusiClassifier) -> None:
+        for split, evaluation in self._evaluations.items():
+            if evaluation.loss.update_count:
+                self.splits[split] = evaluation.compute_report(pl_module.class_names)
+        self._evaluations = {}
+        if "test" not in self.splits:
+            return
+        for split, values in self.splits.items():
+            for name in ("loss", "accuracy", "macro_f1"):
+                pl_module.log(f"report/{split}_{name}", values[name], add_dataloader_idx=False, sync_dist=True)
+        auroc = self.splits["test"]["auroc_macro_ovr"]
+        pl_module.log("report/test_auroc_macro", auroc, add_dataloader_idx=False, sync_dist=True)
+
+
+def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule, recipe: str) -> dict | None:
+    """Calibrate, test, report and store; returns the report (on the main process, when there is a
+    test split), which is also printed."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    state = load_weights(model, Path(best)) if best else None
+    temperature = calibrate(trainer, model, datamodule) if best else None
+    trainer.test(model, datamodule=datamodule, verbose=False)  # the weights just loaded
+    splits = next(c for c in trainer.callbacks if isinstance(c, SplitReports)).splits
+    log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
+    report = None
+    if trainer.is_global_zero:
+        if "test" in splits:
+            test_images = [i for i, split in enumerate(datamodule.split_of) if split == "test"]
+            report = build_report(
+                model.class_names,
+                best or "weights in memory (no checkpoint was loaded)",
+                splits,
+                temperature,
+                localisation_scores(model, datamodule.catalog, test_images),
+            )
+            if log_dir:
+                experiment = getattr(model.logger, "experiment", None)
+                experiment = experiment if hasattr(experiment, "add_image") else None
+                write_report(report, Path(log_dir), experiment, model.global_step)
+        if best:
+            state["state_dict"]["temperature"] = model.temperature.detach().cpu().clone()
+            if report is not None:
+                state[SUMMARY_KEY] = model_summary(model, datamodule, report, recipe)
+            AtomicCheckpointIO().save_checkpoint(state, best)
+        if report is not None:
+            print(format_report(report))
+            print(f"\nRun directory: {log_dir}")
+    trainer.strategy.barrier()  # best.ckpt is complete for every process
+    return report
+
+
+def load_weights(model: BusiClassifier, best: Path) -> dict:
+    """Load the best checkpoint's weights into `model`; returns the checkpoint without training state."""
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    for key in TRAINING_STATE_KEYS:
+        state.pop(key, None)
+    model.load_state_dict(state["state_dict"])
+    return state
+
+
+def calibrate(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule) -> float:
+    """Fit the model's temperature on the validation split (busi.calibration) and set it; under DDP every
+    process takes the main process's."""
+    outputs, targets = model.eval().infer_batches(datamodule.val_dataloader())
+    temperature = trainer.strategy.broadcast(fit_temperature(outputs.logits, targets), src=0)
+    model.temperature.fill_(temperature)
+    return temperature
+
+
+def model_summary(model: BusiClassifier, datamodule: BusiDataModule, report: dict, recipe: str) -> dict:
+    """What a checkpoint is, what it was trained on and how it scored, kept inside it for the web app."""
+    hparams = model.hparams
+    test = report["splits"]["test"]
+    return {
+        "busi_version": __version__,
+        "trained": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe": recipe,
+        "image_size": hparams.image_size,
+        "weights": str(hparams.weights),
+        "freeze_backbone": hparams.freeze_backbone,
+        "head": hparams.head,
+        "data": {
+            "root": str(datamodule.hparams.root),
+            "per_class": {name: c["images"] for name, c in datamodule.catalog.audit["per_class"].items()},
+            "splits": datamodule.split_counts(),
+        },
+        "test": {
+            "images": test["samples"],
+            "accuracy": test["accuracy"],
+            "macro_f1": test["macro_f1"],
+            "recall": {name: values["recall"] for name, values in test["per_class"].items()},
+            "ece": test["ece"],
+            "temperature": report.get("temperature", 1.0),
+            **({"segmentation": test["segmentation"]} if "segmentation" in test else {}),
+        },
+    }
