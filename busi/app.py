@@ -1,15 +1,5 @@
-"""Web app: `busi-app` (or `streamlit run busi/app.py`), after `pip install -e ".[app]"`.
-
-Upload one or more ultrasound images. Each gets its scan at its true aspect ratio beside the same scan
-under the Grad-CAM heat-map of the predicted class, and the three calibrated probabilities as numbers
-and as bars on a fixed 0–1 scale; a model trained with a lesion decoder (--model.segmentation_weight)
-also outlines the predicted lesion on both pictures, in magenta. A table sums up every upload and downloads as predict.py's CSV, the
-overlays as a zip. The sidebar picks the checkpoint (default: $BUSI_CHECKPOINT, else the newest
-runs/**/checkpoints/best.ckpt), or a busi-cv folder whose fold models are averaged, and says what it
-is, what it was trained on and how it scored (the cross-validation's mean ± sd for a folder). Each
-file's result is cached by its content, so adding a file computes only that file. Bad uploads get one
-line each; the app keeps running.
-"""
+"""The web app, `busi-app` (after `pip install -e ".[app]"`): uploads classified with their Grad-CAM
+heat-maps and lesion outlines, a summary table and downloads; bad uploads get one line each."""
 
 from __future__ import annotations
 
@@ -228,6 +218,11 @@ def show(result: Result, overlay: bytes | None, class_names: tuple[str, ...]) ->
 
 
 def main() -> None:
+    """The page. The sidebar picks the checkpoint (default: $BUSI_CHECKPOINT, else the newest
+    runs/**/checkpoints/best.ckpt) or a busi-cv folder (its fold models averaged) and says what it is, what it
+    was trained on and how it scored. Each upload: the scan at its true aspect ratio beside the same scan under
+    the heat-map of the predicted class (the predicted lesion outlined in magenta, with a decoder) and the
+    calibrated probabilities on a fixed 0–1 scale; results are cached by file content."""
     st.set_page_config(page_title="busi: breast ultrasound classifier", layout="wide")
     st.title("Breast ultrasound: benign, malignant or normal")
     st.warning(DISCLAIMER, icon="⚠️")

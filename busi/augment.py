@@ -1,6 +1,5 @@
-"""Augmentations that ultrasound tolerates, applied to whole batches on the training device, with
-an independent draw per image: small rotation, scaling and shift, horizontal flip (never vertical:
-the transducer is always at the top), brightness, contrast, gamma, and multiplicative speckle noise."""
+"""Augmentations that ultrasound tolerates, drawn independently per image on the training device
+(never a vertical flip: the transducer is always at the top)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,4 @@
-"""Checkpoints that survive crashes, and runs that resume where they stopped.
-
-- AtomicCheckpointIO: a checkpoint is written to a temporary file beside its target, flushed to disk and
-  renamed over it, so a crash while saving leaves the previous `best.ckpt`/`last.ckpt` intact.
-  (Lightning's own atomic save stages the file in the system temp folder; when that is another
-  file system, the final move is a copy that a crash can cut short.)
-- ResumeCheckpoint: `last.ckpt` with the full training state after every epoch, and also when the run
-  is stopped by SIGTERM or Ctrl-C.
-- StepSeed: the randomness of a training step (dropout, augmentation) depends only on (seed, epoch,
-  batch, rank), so a run resumed from an epoch boundary repeats exactly what the uninterrupted run
-  would have done, whatever else drew random numbers in between (Lightning creates the first
-  DataLoader iterator of a process at another point than the later ones).
-- find_resume_checkpoint: `--ckpt_path last`, a run directory, or a checkpoint file → the file and
-  the run directory it belongs to.
-"""
+"""Checkpoints that survive crashes, and runs that resume exactly where they stopped."""
 
 from __future__ import annotations
 
@@ -42,6 +28,11 @@ def _umask() -> int:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file beside its target, flushed to disk and renamed over it, so a
+    crash while saving leaves the previous file intact. (Lightning's own atomic save stages the file in
+    the system temp folder; when that is another file system, the final move is a copy that a crash can
+    cut short.)"""
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
@@ -87,6 +78,11 @@ def step_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
 
 
 class StepSeed(Callback):
+    """The randomness of a training step (dropout, augmentation) depends only on (seed, epoch, batch,
+    rank), so a run resumed from an epoch boundary repeats what the uninterrupted run would have done,
+    whatever else drew random numbers in between (Lightning creates the first DataLoader iterator of a
+    process at another point than the later ones)."""
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         global_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         seed = step_seed(global_seed, trainer.current_epoch, batch_idx, trainer.global_rank)

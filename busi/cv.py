@@ -1,14 +1,5 @@
-"""k-fold cross-validation: `busi-cv --folds 5 [busi-train options …]` (or `python -m busi.cv`).
-
-The images are cut into k stratified, duplicate-aware folds (busi.splits.fold_splits). Fold i trains
-a model on k-2 folds, picks its best epoch and fits its temperature on fold i+1, and is tested on fold
-i, so every image is tested exactly once by a model that never saw it or its near-duplicates. Each
-fold is an ordinary training run (RUN/fold_i/lightning_logs/version_0, checkpoints kept); the summary
-(per fold, mean ± sd, pooled out-of-fold confusion matrix and calibration) goes to RUN/cv_summary.json,
-RUN/cv_summary.txt, RUN/confusion_matrix.png, RUN/reliability.png, RUN/curves.png and TensorBoard.
-Rerun the same command to finish an interrupted cross-validation: finished folds are kept, an
-interrupted fold resumes from its last checkpoint in its own folder.
-"""
+"""k-fold cross-validation: `busi-cv --folds 5 [busi-train options …]`; each fold is an ordinary
+training run, and the summary pools every fold's held-out predictions."""
 
 from __future__ import annotations
 
@@ -251,7 +242,8 @@ CV_OPTIONS = ("--folds", "--name", "--trainer.default_root_dir")
 def parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="busi-cv",
-        description=__doc__.split("\n\n")[0] + " Every other option is busi-train's and applies to each fold.",
+        description="k-fold cross-validation of a busi-train recipe. Every option other than these is busi-train's "
+        "and applies to each fold.",
     )
     parser.add_argument("--folds", type=int, default=5, help="k: at least 3 (one fold tests, one validates)")
     parser.add_argument("--trainer.default_root_dir", type=Path, default=Path("runs"), help="the root of ROOT/NAME")
@@ -272,6 +264,13 @@ def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cross_validate(folds: int, cv_dir: Path, train_args: list[str]) -> None:
+    """The images are cut into k stratified, duplicate-aware folds (busi.data.splits.fold_splits). Fold i
+    trains on k-2 folds, picks its best epoch and fits its temperature on fold i+1, and is tested on fold
+    i, so every image is tested exactly once by a model that never saw it or its near-duplicates. Folds
+    run in cv_dir/fold_i/lightning_logs/version_0 (checkpoints kept); the summary (per fold, mean ± sd,
+    pooled out-of-fold confusion matrix and calibration) goes to cv_summary.json/.txt, the PNGs and
+    TensorBoard in cv_dir. Run it again to finish an interrupted cross-validation: finished folds are
+    kept, an interrupted fold resumes from its last checkpoint."""
     if folds < 3:
         raise OptionError("--folds must be at least 3 (one fold tests, one validates, the rest train)")
     for fold in range(folds):

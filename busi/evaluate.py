@@ -1,11 +1,5 @@
-"""`busi-evaluate --ckpt CKPT --data.root FOLDER`: the full report of a trained model on every image of a
-labelled folder in the BUSI layout (another hospital's scans, a later export), not only on the split it
-was trained with: report.json/.txt, confusion_matrix.png, reliability.png, Grad-CAM localisation where
-lesion masks exist, predictions.csv (predict.py's columns) and TensorBoard, in `--output`.
-
-`--ckpt` may be a cross-validation folder (`busi-cv`'s RUN): its fold models' calibrated
-probabilities are averaged (an ensemble); the report then has no localisation.
-"""
+"""`busi-evaluate --ckpt CKPT --data.root FOLDER`: the full report of a trained model (or a busi-cv
+folder's fold ensemble) on every image of a labelled folder in the BUSI layout."""
 
 from __future__ import annotations
 
@@ -30,6 +24,9 @@ from busi.report import build_report, format_report, write_report
 
 
 def evaluate(ckpt: Path, root: Path, output: Path, batch_size: int = 32, device: str = "auto") -> dict:
+    """Score every image of `root` (another hospital's scans, a later export), not only a split: report.json/.txt,
+    confusion_matrix.png, reliability.png, Grad-CAM localisation where lesion masks exist (single models),
+    predictions.csv (predict.py's columns), the audit and TensorBoard, in `output`."""
     models = [model.to(choose_device(device)) for model in load_classifiers(ckpt)]
     first = models[0]
     catalog = read_catalog(root, first.hparams.image_size, duplicate_distance=-1, class_names=first.class_names)

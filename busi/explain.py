@@ -1,10 +1,5 @@
-"""Grad-CAM overlays in TensorBoard, and how well heat-maps point at the lesion masks.
-
-`python -m busi.explain --ckpt RUN/checkpoints/best.ckpt --data.root DATA [--split test]` prints the
-localisation scores per class: the share of the heat-map's energy inside the lesion mask (next to
-the share of the image the mask covers, the score of a uniform heat-map), and the pointing-game hit
-rate (the heat-map's maximum falls inside the mask, dilated by a few pixels).
-"""
+"""Grad-CAM overlays in TensorBoard, and how well heat-maps point at the lesion masks
+(`busi-explain --ckpt CKPT --data.root DATA [--split test]`)."""
 
 from __future__ import annotations
 
@@ -132,6 +127,9 @@ def parser() -> ArgumentParser:
 
 
 def explain(args) -> None:
+    """Print the localisation scores per class: the share of the heat-map's energy inside the lesion mask
+    (beside the mask's share of the image, the score of a uniform heat-map), and the pointing-game hit
+    rate (the heat-map's maximum inside the mask, dilated by a few pixels)."""
     root = args.data.root
     classifier = load_classifier(args.ckpt)
     catalog = read_catalog(root, classifier.hparams.image_size, duplicate_distance=-1)

@@ -1,16 +1,5 @@
-"""Export a checkpoint for use without busi: `busi-export --ckpt RUN/checkpoints/best.ckpt --format onnx`.
-
-The exported model takes what any image library gives after two steps, and does the rest itself:
-
-1. decode the image to 8-bit RGB (grayscale: the same value in R, G and B; 16-bit: scaled to 8 bits),
-2. resize it to S×S pixels (S: `image_size` in the sidecar JSON, 256 by default), squashing, bilinear,
-
-then pass float32 pixel values 0–255 as an (N, 3, S, S) array named `pixels`. ImageNet normalisation
-happens inside the model; the output `probabilities` (N, classes) is softmax probabilities in the
-order of `class_names`. A model trained with a lesion decoder has a second output, `lesion` (N, S, S):
-per-pixel lesion probabilities (a pixel is lesion from 0.5 on; stretch the map back to the image's
-size as it was squashed). A JSON file beside the model records all of this.
-"""
+"""`busi-export --ckpt RUN/checkpoints/best.ckpt --format onnx`: a checkpoint as an ONNX, TorchScript or
+torch.export model that takes RGB pixels and returns calibrated probabilities."""
 
 from __future__ import annotations
 
@@ -69,7 +58,14 @@ def preprocessing(classifier: BusiClassifier, model_format: str) -> dict:
 
 
 def export(classifier: BusiClassifier, model_format: str, output: Path) -> Path:
-    """Write the model in `model_format` to `output` and its preprocessing to `output` + `.json`."""
+    """Write the model in `model_format` to `output` and its preprocessing to `output` + `.json`.
+
+    The exported model takes images decoded to 8-bit RGB (grayscale: the same value in R, G and B;
+    16-bit: scaled to 8 bits) and squashed to S×S (bilinear; S: `image_size` in the JSON), as float32
+    pixel values 0–255 in an (N, 3, S, S) array named `pixels`. ImageNet normalisation happens inside;
+    `probabilities` (N, classes) follow `class_names`. A model with a lesion decoder also returns
+    `lesion` (N, S, S): per-pixel lesion probabilities (lesion from 0.5 on; stretch the map back to the
+    image's size as it was squashed)."""
     module = PixelsToProbabilities(classifier.model, classifier.temperature, bool(classifier.hparams.tta)).eval()
     size = classifier.hparams.image_size
     example = torch.rand(2, 3, size, size) * 255
@@ -89,6 +85,8 @@ def export(classifier: BusiClassifier, model_format: str, output: Path) -> Path:
     elif model_format == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still widely deployed
+            # the input's shape and the normalisation constants are fixed in an export: traced as constants
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.jit.trace(module, example).save(str(output))
     else:
         torch.export.save(torch.export.export(module, (example,), dynamic_shapes={"pixels": {0: batch}}), output)

@@ -1,6 +1,5 @@
-"""After a fit, busi-train and every busi-cv fold finish the same way: fit the best checkpoint's
-temperature on the validation split, test it on every split, write the report into the run directory
-and store the temperature and a summary in best.ckpt, written once."""
+"""After a fit, busi-train and every busi-cv fold finish alike: calibrate the best checkpoint, test it on
+every split, write the report, and store temperature and summary in best.ckpt (written once)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""How a network's features become answers: calibrated probabilities (temperature, mirror test-time
-augmentation), lesion maps and Grad-CAM (Selvaraju et al. 2017) on the final DenseNet121 feature map.
-BusiClassifier.infer and the exports (PixelsToProbabilities) both go through these functions."""
+"""How a network's features become answers (calibrated probabilities, lesion maps, Grad-CAM), shared by
+BusiClassifier.infer and the exported model (PixelsToProbabilities)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,12 +33,17 @@ def lesion_probabilities(lesion_logits: torch.Tensor | None, size) -> torch.Tens
 
 
 def calibrated_probabilities(
-    network: DenseNetClassifier, images: torch.Tensor, logits: torch.Tensor, temperature: torch.Tensor, tta: bool
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    tta: bool,
 ) -> torch.Tensor:
-    """softmax(logits / temperature), averaged with the mirror image's when `tta` is on."""
+    """softmax(logits / temperature) of `images`, averaged with the mirror image's when `tta` is on
+    (`classify`: images → logits)."""
     probabilities = (logits.float() / temperature).softmax(dim=1)
     if tta:
-        mirrored = network(images.flip(-1)).float()
+        mirrored = classify(images.flip(-1)).float()
         probabilities = (probabilities + (mirrored / temperature).softmax(dim=1)) / 2
     return probabilities
 

@@ -137,18 +137,18 @@ class BusiClassifier(L.LightningModule):
         self, pixels: torch.Tensor, masks: torch.Tensor | None = None, augment: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """uint8 (N, 1 or 3, H, W) pixels → normalised float in the model's memory layout: the one place
-        batches are prepared. With `augment` (training), randomly augmented first (busi.augment),
-        the lesion `masks` moved with their images; returns (inputs, masks) when `masks` are given."""
+        batches are prepared. With `augment` (training), randomly augmented first (busi.augment), the
+        lesion `masks` moved with their images; returns (inputs, masks) when `masks` are given. Float
+        pixels are taken as already prepared."""
         if augment:
-            if masks is not None and self.model.segments:
-                pixels, masks = augment_batch(pixels, masks)
-            else:
-                pixels = augment_batch(pixels)
-        if pixels.dtype == torch.uint8 or augment:
-            pixels = to_model_input(pixels)
+            moved = masks is not None and self.model.segments
+            augmented, masks = augment_batch(pixels, masks) if moved else (augment_batch(pixels), masks)
+            images = to_model_input(augmented)
+        else:
+            images = to_model_input(pixels) if pixels.dtype == torch.uint8 else pixels
         if self.hparams.channels_last:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        return pixels if masks is None else (pixels, masks)
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images if masks is None else (images, masks)
 
     def encode(self, images: torch.Tensor, keys: list[str] | None = None):
         """(final features, lesion logits or None without a decoder); with a frozen backbone and image
@@ -165,29 +165,22 @@ class BusiClassifier(L.LightningModule):
         the predicted classes (True) or of the given ones (a tensor). `keys` (content digests) let a
         frozen backbone reuse cached features. Reports, calibration, prediction and the app use it."""
         images = self.prepare_inputs(pixels.to(self.device))
+        cams = explained = None
         with torch.autocast(images.device.type, enabled=False):
             if explain is False:
                 with torch.no_grad():
                     features, lesion_logits = self.encode(images, keys)
                     logits = self.model.head(features).float()
-                    probabilities = calibrated_probabilities(
-                        self.model, images, logits, self.temperature, self.hparams.tta
-                    )
             else:
                 with torch.inference_mode(False), torch.no_grad():
-                    images = images.clone()
+                    images = images.clone()  # not an inference tensor: the head is differentiated next
                     features, lesion_logits = self.encode(images)
                 classes = None if explain is True else explain
                 cams, logits, explained = grad_cam(self.model.head, features, images.shape[-2:], classes)
-                with torch.inference_mode(False), torch.no_grad():
-                    probabilities = calibrated_probabilities(
-                        self.model, images, logits, self.temperature, self.hparams.tta
-                    )
-            lesions = lesion_probabilities(lesion_logits, images.shape[-2:])
-        outputs = Outputs(probabilities, logits.softmax(dim=1), logits, lesions=lesions)
-        if explain is not False:
-            outputs.cams, outputs.explained = cams, explained
-        return outputs
+            with torch.no_grad():
+                probabilities = calibrated_probabilities(self, images, logits, self.temperature, self.hparams.tta)
+                lesions = lesion_probabilities(lesion_logits, images.shape[-2:])
+        return Outputs(probabilities, logits.softmax(dim=1), logits, cams, explained, lesions)
 
     def infer_batches(self, loader) -> tuple[Outputs, torch.Tensor]:
         """`infer` over every batch of a BusiDataModule loader ((pixels, labels, keys, masks) each): the

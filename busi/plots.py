@@ -1,8 +1,5 @@
-"""Pictures for people: the report's confusion matrix, reliability diagram and training curves (matplotlib),
-and Grad-CAM overlays (a matplotlib colour map on the model's view of the image).
-
-Figures are made with `matplotlib.figure.Figure` (no pyplot, no global state), written as PNGs and
-turned into pixels for TensorBoard."""
+"""Pictures for people, from matplotlib `Figure`s (no pyplot state): the report's confusion matrix,
+reliability diagram and training curves, and Grad-CAM overlays."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""`busi-train` / `python train.py`: one training run. BusiCLI builds the model, data and trainer from the
-command line and recipes; the run writes its split and audit when the fit starts, fits, and finishes
-(busi.finish: calibrate, test, report) in its own run directory."""
+"""`busi-train` / `python train.py`: one training run; BusiCLI builds it, it fits and finishes
+(busi.finish) in its run directory, where it writes its split and audit when the fit starts."""
 
 from __future__ import annotations
 
