@@ -14,9 +14,9 @@ WORK=${TMPDIR:-/tmp}/busi-same-results; rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
 DATA=$WORK/Dataset_BUSI_with_GT
 for class in benign malignant normal; do
     mkdir -p "$DATA/$class"
-    find "$ROOT/$class" -maxdepth 1 -name '*.png' ! -name '*_mask*' | sort -V | head -24 | while read -r image; do
-        stem=$(basename "$image" .png)
-        ln -s "$image" "$ROOT/$class/$stem"_mask*.png "$DATA/$class/"
+    mapfile -t images < <(find "$ROOT/$class" -maxdepth 1 -name '*.png' ! -name '*_mask*' | sort -V)
+    for image in "${images[@]:0:24}"; do
+        ln -s "$image" "${image%.png}"_mask*.png "$DATA/$class/"
     done
 done
 export BUSI_CACHE_DIR=$WORK/cache PYTHONHASHSEED=0
