@@ -27,7 +27,7 @@ from busi.plots import HEAT_MAP, OUTLINE_COLOUR
 from busi.predict import Prediction, csv_columns, csv_row
 
 MAX_UPLOAD_MB = 50  # also Streamlit's server.maxUploadSize: .streamlit/config.toml and busi-app
-IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
+IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]  # DICOM with busi[dicom]
 DISCLAIMER = (
     "Research tool, not a medical device. Every prediction needs a clinician's reading; the heat-map shows "
     "where the model looked, not where a lesion is."

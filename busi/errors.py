@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -28,6 +29,16 @@ class ResumeError(UserError):
 
 class OptionError(UserError):
     """An option outside its range, or one that does not fit the rest."""
+
+
+class UnreadableImageError(ValueError):
+    """A file that cannot be decoded as an image: reported for that file (a CSV row, an audit line), and
+    the command goes on with the others. The message names the file and the reason."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 def run_command(command: Callable[[], int | None]) -> int:

@@ -20,24 +20,32 @@ from busi.explain import localisation_scores
 from busi.metrics import SplitEvaluation
 from busi.model import load_classifiers
 from busi.predict import Prediction, choose_device, csv_columns, csv_row
+from busi.progress import progress_bar
 from busi.report import build_report, format_report, write_report
 
 
-def evaluate(ckpt: Path, root: Path, output: Path, batch_size: int = 32, device: str = "auto") -> dict:
+def evaluate(
+    ckpt: Path, root: Path, output: Path, batch_size: int = 32, device: str = "auto", quiet: bool = False
+) -> dict:
     """Score every image of `root` (another hospital's scans, a later export), not only a split: report.json/.txt,
     confusion_matrix.png, reliability.png, Grad-CAM localisation where lesion masks exist (single models),
     predictions.csv (predict.py's columns), the audit and TensorBoard, in `output`."""
     models = [model.to(choose_device(device)) for model in load_classifiers(ckpt)]
     first = models[0]
-    catalog = read_catalog(root, first.hparams.image_size, duplicate_distance=-1, class_names=first.class_names)
+    catalog = read_catalog(
+        root, first.hparams.image_size, duplicate_distance=-1, class_names=first.class_names, progress=not quiet
+    )
     evaluation = SplitEvaluation(len(first.class_names))
     everything = ImageTensors(catalog, range(len(catalog.records)))
     probabilities = []
+    bar = progress_bar(total=len(everything), what="evaluate", quiet=quiet)
     for pixels, targets, _, masks in DataLoader(everything, batch_size=batch_size):
+        bar.update(len(targets))
         outputs = infer_mean(models, pixels)
         lesions = None if outputs.lesions is None else outputs.lesions.cpu()
         evaluation.update(outputs.probabilities.cpu(), targets, outputs.uncalibrated.cpu(), lesions, masks)
         probabilities += outputs.probabilities.tolist()
+    bar.close()
     predictions = [Prediction(record.path, row) for record, row in zip(catalog.records, probabilities, strict=True)]
     localisation = None
     if len(models) == 1:
@@ -68,6 +76,7 @@ def parser() -> ArgumentParser:
     parser.add_argument("--output", type=Path | None, default=None, help="default: runs/evaluate/<folder name>")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
     return parser
 
 
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or Path("runs") / "evaluate" / root.resolve().name
 
     def evaluate_and_print() -> None:
-        print(format_report(evaluate(args.ckpt, root, output, args.batch_size, args.device)))
+        print(format_report(evaluate(args.ckpt, root, output, args.batch_size, args.device, args.quiet)))
         print(f"\nEvaluation directory: {output}")
 
     return run_command(evaluate_and_print)

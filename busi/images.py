@@ -13,21 +13,23 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from busi.data.duplicates import perceptual_hash, pixel_digest
+from busi.dicom import (
+    DEFAULT_OPTIONS,
+    DICOM_MAGIC_OFFSET,
+    DICOM_SUFFIXES,
+    DicomOptions,
+    Frame,
+    is_dicom_file,
+    read_dicom,
+    starts_like_dicom,
+)
+from busi.errors import UnreadableImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MASK_UNKNOWN = 255  # mask value of an image whose lesion outline is not known (left out of the loss)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-class UnreadableImageError(ValueError):
-    """A file that cannot be decoded as an image; the message names the file and the reason."""
-
-    def __init__(self, path: Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 def is_mask(path: Path) -> bool:
@@ -41,7 +43,15 @@ def is_hidden(path: Path, folder: Path) -> bool:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """A raster image by its extension, or a DICOM file (busi.dicom.is_dicom_file)."""
+    if path.name.startswith("."):
+        return False
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom_file(path)
+
+
+def file_format(path: Path) -> str:
+    """`dicom`, or the extension without its dot (`png`, `jpg`, …), for the audit."""
+    return "dicom" if is_dicom_file(path) else path.suffix.lower().lstrip(".")
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -74,9 +84,23 @@ def read_file(path: Path) -> bytes:
         raise UnreadableImageError(path, f"cannot read the file ({error.strerror or error})") from None
 
 
+def decode_frames(path: Path, data: bytes | None = None, dicom: DicomOptions = DEFAULT_OPTIONS) -> list[Frame]:
+    """Fully decode `path` (or its already-read bytes): one 8-bit L or RGB frame for a raster image,
+    those `dicom` asks for for a DICOM file; or raise UnreadableImageError."""
+    if path.suffix.lower() in DICOM_SUFFIXES or (data is None and is_dicom_file(path)):
+        return read_dicom(path, read_file(path) if data is None else data, dicom)
+    if data is not None and starts_like_dicom(data[: DICOM_MAGIC_OFFSET + 4]):
+        return read_dicom(path, data, dicom)
+    return [Frame(_decode_raster(path, data))]
+
+
 def decode_image(path: Path, data: bytes | None = None) -> Image.Image:
-    """Fully decode `path` (or its already-read bytes) as an 8-bit L or RGB image, or raise
-    UnreadableImageError."""
+    """The image of `path` as training sees it: the only frame of a raster image, the middle frame of a
+    DICOM cine loop cropped to its tissue region."""
+    return decode_frames(path, data)[0].image
+
+
+def _decode_raster(path: Path, data: bytes | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -126,12 +150,21 @@ class DecodedImage:
     mode: str  # "L" or "RGB" after decoding
     phash: np.ndarray  # 64 bools
     digest: str  # of the decoded pixels, for exact duplicates
+    crop: tuple[int, int, int, int] | None = None  # a DICOM frame cropped to its tissue region: the box
+    frame_size: tuple[int, int] | None = None  # and the frame's size, which masks drawn on it have
 
 
 def decode_file(path: Path, image_size: int, data: bytes | None = None) -> DecodedImage:
-    image = decode_image(path, data)
+    frame = decode_frames(path, data)[0]
+    image = frame.image
     return DecodedImage(
-        resize_to_tensor(image, image_size), image.size, image.mode, perceptual_hash(image), pixel_digest(image)
+        resize_to_tensor(image, image_size),
+        image.size,
+        image.mode,
+        perceptual_hash(image),
+        pixel_digest(image),
+        frame.crop,
+        frame.frame_size if frame.crop else None,
     )
 
 
@@ -142,11 +175,20 @@ def resize_mask(mask: Image.Image, image_size: int) -> np.ndarray:
     return np.asarray(binary.resize((image_size, image_size), Image.Resampling.BILINEAR)) >= 128
 
 
-def load_mask(paths: tuple[Path, ...], image_size: int) -> np.ndarray:
-    """The union of an image's mask files (`X_mask.png`, `X_mask_1.png`, …): bool (S, S)."""
+def load_mask(
+    paths: tuple[Path, ...],
+    image_size: int,
+    crop: tuple[int, int, int, int] | None = None,
+    frame_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """The union of an image's mask files (`X_mask.png`, `X_mask_1.png`, …): bool (S, S). A mask drawn on
+    the whole frame (`frame_size`) of a DICOM image that was cropped to `crop` is cropped alike."""
     union = np.zeros((image_size, image_size), dtype=bool)
     for path in paths:
-        union |= resize_mask(decode_image(path), image_size)
+        mask = decode_image(path)
+        if crop is not None and mask.size == frame_size:
+            mask = mask.crop(crop)
+        union |= resize_mask(mask, image_size)
     return union
 
 

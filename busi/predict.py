@@ -1,25 +1,27 @@
-"""`busi-predict` / `python predict.py`: classify image files with a trained checkpoint, one CSV row per file."""
+"""`busi-predict` / `python predict.py`: classify image files (and DICOM scans) with a trained checkpoint,
+one CSV row per image."""
 
 from __future__ import annotations
 
 import csv
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 import numpy as np
 import torch
 from jsonargparse import ArgumentParser
 from PIL import Image
 
+from busi.dicom import DEFAULT_OPTIONS, DicomOptions, Frame, is_dicom_file
 from busi.ensemble import infer_mean
 from busi.errors import OptionError, run_command
 from busi.images import (
     UnreadableImageError,
     as_three_channels,
-    decode_image,
+    decode_frames,
     is_hidden,
     is_image_file,
     is_mask,
@@ -30,6 +32,7 @@ from busi.images import (
 from busi.metrics import LESION_THRESHOLD
 from busi.model import BusiClassifier, load_classifiers
 from busi.plots import overlay
+from busi.progress import progress_bar, say
 
 
 @dataclass
@@ -39,6 +42,10 @@ class Prediction:
     error: str = ""
     cam: Path | None = None  # the Grad-CAM overlay written for it
     mask: Path | None = None  # the predicted lesion mask written for it
+    frame: int = 1  # of a DICOM cine loop, from 1
+    frames: int = 1
+    spacing_mm: tuple[float, float] | None = None  # (x, y) of a source pixel, where a DICOM file gives it
+    note: str = ""  # what was not done as asked (busi.dicom.Frame.note)
 
 
 def image_files(paths: list[Path]) -> Iterator[Path]:
@@ -52,15 +59,29 @@ def image_files(paths: list[Path]) -> Iterator[Path]:
             yield path
 
 
-def _batches(paths: Iterator[Path], size: int) -> Iterator[list[Path]]:
-    batch = []
-    for path in paths:
-        batch.append(path)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+def batched(items: Iterator, size: int) -> Iterator[list]:
+    """Lists of `size` items, the last one shorter (itertools.batched, Python ≥ 3.12)."""
+    while batch := list(islice(items, size)):
         yield batch
+
+
+def decoded_frames(paths: list[Path], dicom: DicomOptions) -> Iterator[tuple[Prediction, Frame | None]]:
+    """Each file's frames (one for a raster image, those `dicom` asks for of a DICOM file) with their
+    Prediction to fill, or the Prediction of a file that cannot be read (error set) and None."""
+    for path in paths:
+        if not path.exists():
+            yield Prediction(path, error=f"{path}: {missing_file_reason(path)}"), None
+            continue
+        try:
+            frames = decode_frames(path, dicom=dicom)
+        except UnreadableImageError as error:
+            yield Prediction(path, error=str(error)), None
+            continue
+        for frame in frames:
+            yield (
+                Prediction(path, frame=frame.number, frames=frame.frames, spacing_mm=frame.spacing_mm, note=frame.note),
+                frame,
+            )
 
 
 def predict_files(
@@ -70,29 +91,21 @@ def predict_files(
     device: str | torch.device = "cpu",
     cam_dir: Path | None = None,
     mask_dir: Path | None = None,
+    dicom: DicomOptions = DEFAULT_OPTIONS,
 ) -> Iterator[Prediction]:
-    """Yield one Prediction per file, in order; unreadable files carry the reason in `error`. With
-    `cam_dir`, a Grad-CAM overlay of the predicted class is written there for each image (the
-    predicted lesion outlined when the model has a decoder); with `mask_dir`, the predicted lesion
-    mask as a 0/255 PNG at the image's own size."""
+    """Yield one Prediction per image (a file, or a frame of a DICOM cine loop), in order; unreadable
+    files carry the reason in `error`. With `cam_dir`, a Grad-CAM overlay of the predicted class is
+    written there for each image (the predicted lesion outlined when the model has a decoder); with
+    `mask_dir`, the predicted lesion mask as a 0/255 PNG at the image's own size."""
     classifiers = [classifier.to(device).eval() for classifier in classifiers]
     classifier = classifiers[0]
     image_size = classifier.hparams.image_size
     names: set[str] = set()
     mask_names: set[str] = set()
-    for batch in _batches(image_files(paths), batch_size):
-        decoded, results = [], []
-        for path in batch:
-            result = Prediction(path)
-            if not path.exists():
-                result.error = f"{path}: {missing_file_reason(path)}"
-            else:
-                try:
-                    image = decode_image(path)
-                    decoded.append((result, resize_to_tensor(image, image_size), image.size))
-                except UnreadableImageError as error:
-                    result.error = str(error)
-            results.append(result)
+    for batch in batched(decoded_frames(list(image_files(paths)), dicom), batch_size):
+        decoded = [
+            (result, resize_to_tensor(frame.image, image_size), frame.image.size) for result, frame in batch if frame
+        ]
         if decoded:
             pixels = torch.stack([as_three_channels(p) for _, p, _ in decoded])
             # with overlays, one backbone pass gives both the probabilities and the heat-maps
@@ -101,17 +114,18 @@ def predict_files(
             lesions = None if outputs.lesions is None else outputs.lesions.cpu().numpy()
             for index, ((result, image, size), row) in enumerate(zip(decoded, probabilities, strict=True)):
                 result.probabilities = row.tolist()
+                name = result.path.stem if result.frames == 1 else f"{result.path.stem}_frame{result.frame}"
                 if mask_dir is not None:
                     lesion = resize_map(lesions[index], size) >= LESION_THRESHOLD
-                    result.mask = _unique(mask_dir / f"{result.path.stem}_lesion.png", mask_names)
+                    result.mask = _unique(mask_dir / f"{name}_lesion.png", mask_names)
                     Image.fromarray(lesion.astype(np.uint8) * 255).save(result.mask)
                 if cam_dir is not None:
                     best = int(row.argmax())
                     caption = f"{classifier.class_names[best]} {float(row[best]):.1%}\n{result.path.name}"
-                    result.cam = _unique(cam_dir / f"{result.path.stem}.png", names)
+                    result.cam = _unique(cam_dir / f"{name}.png", names)
                     lesion = None if lesions is None else lesions[index] >= LESION_THRESHOLD
                     overlay(image, outputs.cams[index], caption, lesion=lesion).save(result.cam)
-        yield from results
+        yield from (result for result, _ in batch)
 
 
 def _unique(path: Path, taken: set[str]) -> Path:
@@ -124,8 +138,12 @@ def _unique(path: Path, taken: set[str]) -> Path:
     return candidate
 
 
-def csv_columns(class_names: tuple[str, ...], masks: bool = False) -> list[str]:
-    """`masks` (predict.py --masks) adds a last column, the predicted lesion mask's file."""
+def csv_columns(
+    class_names: tuple[str, ...], masks: bool = False, frames: bool = False, spacing: bool = False
+) -> list[str]:
+    """predict.py's columns; last come `mask` (--masks: the predicted lesion mask's file), `frame` and
+    `frames` (--dicom_frames all: one row per frame of a cine loop) and the pixel spacing in mm (DICOM
+    inputs, where the file gives it)."""
     return [
         "path",
         "label",
@@ -133,11 +151,23 @@ def csv_columns(class_names: tuple[str, ...], masks: bool = False) -> list[str]:
         *(f"p_{name}" for name in class_names),
         "error",
         *(["mask"] if masks else []),
+        *(["frame", "frames"] if frames else []),
+        *(["pixel_spacing_x_mm", "pixel_spacing_y_mm"] if spacing else []),
     ]
 
 
-def csv_row(prediction: Prediction, class_names: tuple[str, ...], masks: bool = False) -> list[str]:
+def csv_row(
+    prediction: Prediction,
+    class_names: tuple[str, ...],
+    masks: bool = False,
+    frames: bool = False,
+    spacing: bool = False,
+) -> list[str]:
     extra = [str(prediction.mask or "")] if masks else []
+    if frames:
+        extra += [str(prediction.frame), str(prediction.frames)] if prediction.probabilities is not None else ["", ""]
+    if spacing:
+        extra += [f"{v:.6g}" for v in prediction.spacing_mm] if prediction.spacing_mm else ["", ""]
     if prediction.probabilities is None:
         return [str(prediction.path), "", "", *([""] * len(class_names)), prediction.error, *extra]
     probabilities = prediction.probabilities
@@ -176,6 +206,20 @@ def parser() -> ArgumentParser:
         help="write each predicted lesion mask (NAME_lesion.png, 0/255, the image's own size) into this folder; "
         "needs a model trained with --model.segmentation_weight",
     )
+    parser.add_argument(
+        "--dicom_frames",
+        type=str,
+        default="middle",
+        help="frames of a DICOM cine loop to classify: middle, first, all (one row per frame), or a frame number from 1",
+    )
+    parser.add_argument(
+        "--dicom_crop",
+        default="region",
+        type=Literal["region", "none"],
+        help="region: crop DICOM scans to their ultrasound tissue region (SequenceOfUltrasoundRegions) before "
+        "resizing, so the text and depth scale around it never reach the model; none: the whole frame",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
     return parser
 
 
@@ -208,26 +252,40 @@ def open_outputs(args) -> TextIO:
 
 def predict(args) -> int:
     device = choose_device(args.device)
+    try:
+        dicom = DicomOptions(str(args.dicom_frames), args.dicom_crop)
+    except ValueError as error:
+        raise OptionError(str(error)) from None
     classifiers = load_classifiers(args.ckpt)
     if args.masks and not all(c.model.segments for c in classifiers):
         raise OptionError(
             f"--masks: {args.ckpt} has no lesion decoder; train with --model.segmentation_weight 0.5 (or drop --masks)"
         )
     class_names = classifiers[0].class_names
+    files = list(image_files(args.paths))
+    layout = {
+        "masks": args.masks is not None,
+        "frames": dicom.frames == "all",
+        "spacing": any(map(is_dicom_file, files)),
+    }
     predicted = failed = 0
-    with open_outputs(args) as handle:
+    with open_outputs(args) as handle, progress_bar(total=len(files), what="predict", quiet=args.quiet) as bar:
         writer = csv.writer(handle)
-        masks = args.masks is not None
-        writer.writerow(csv_columns(class_names, masks))
-        for prediction in predict_files(classifiers, args.paths, args.batch_size, device, args.cam, args.masks):
-            row = csv_row(prediction, class_names, masks)
+        writer.writerow(csv_columns(class_names, **layout))
+        for prediction in predict_files(classifiers, files, args.batch_size, device, args.cam, args.masks, dicom):
+            row = csv_row(prediction, class_names, **layout)
             writer.writerow(row)
             if prediction.probabilities is None:
                 failed += 1
-                print(f"error  {prediction.error}", file=sys.stderr)
+                say(f"error  {prediction.error}", error=True)
             else:
                 predicted += 1
-                print(f"{row[1]:<10} {float(row[2]):6.1%}  {prediction.path}")
+                if prediction.note and prediction.frame == dicom.indices(prediction.frames)[0] + 1:
+                    say(f"warning: {prediction.path}: {prediction.note}", error=True)
+                frame = f" frame {prediction.frame}/{prediction.frames}" if layout["frames"] else ""
+                say(f"{row[1]:<10} {float(row[2]):6.1%}  {prediction.path}{frame}")
+            if prediction.probabilities is None or prediction.frame == prediction.frames or not layout["frames"]:
+                bar.update()  # one step per file
     print(
         f"{predicted} predicted, {failed} failed → {args.output}"
         + (f"; Grad-CAM overlays in {args.cam}" if args.cam else "")

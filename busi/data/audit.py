@@ -69,6 +69,7 @@ def format_audit(audit: dict, split_counts: dict[str, dict[str, int]] | None = N
         f"  images: {audit['images']}  "
         + "  ".join(f"{name} {c['images']} ({c['masks']} masks)" for name, c in audit["per_class"].items()),
         "  masks per image: " + ", ".join(f"{k}: {v}" for k, v in audit["masks_per_image"].items()),
+        "  formats: " + ", ".join(f"{name} {count}" for name, count in audit.get("formats", {}).items()),
         f"  size: width {size['min_width']}-{size['max_width']}, height {size['min_height']}-{size['max_height']}"
         f"  modes: {audit['modes']}",
         f"  duplicate groups: {len(audit['duplicate_groups'])} holding {grouped} images (kept on one side of every split)",

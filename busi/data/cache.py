@@ -49,6 +49,7 @@ def _facts(decoded: DecodedImage) -> dict:
         "mode": decoded.mode,
         "phash": np.packbits(decoded.phash).tobytes(),
         "digest": decoded.digest,
+        **({"crop": decoded.crop, "frame_size": decoded.frame_size} if decoded.crop else {}),
     }
 
 
@@ -58,7 +59,16 @@ def _unpack(entry: dict, with_pixels: bool) -> DecodedImage:
         with Image.open(io.BytesIO(entry["png"])) as picture:
             pixels = image_to_tensor(picture)
     phash = np.unpackbits(np.frombuffer(entry["phash"], dtype=np.uint8)).astype(bool)
-    return DecodedImage(pixels, tuple(entry["size"]), entry["mode"], phash, entry["digest"])
+    crop, frame_size = entry.get("crop"), entry.get("frame_size")
+    return DecodedImage(
+        pixels,
+        tuple(entry["size"]),
+        entry["mode"],
+        phash,
+        entry["digest"],
+        crop and tuple(crop),
+        frame_size and tuple(frame_size),
+    )
 
 
 class DecodedImageCache:
@@ -126,10 +136,13 @@ class DecodedImageCache:
         self._store(key, entry)
         return decoded
 
-    def mask(self, paths: tuple[Path, ...]) -> bytes:
-        """The packed union of an image's mask files (busi.images.load_mask), keyed by the files'
-        contents like images are; UnreadableImageError names the mask file that failed."""
+    def mask(self, paths: tuple[Path, ...], image: DecodedImage | None = None) -> bytes:
+        """The packed union of an image's mask files (busi.images.load_mask, cropped like `image` was),
+        keyed by the files' contents like images are; UnreadableImageError names the mask file that failed."""
+        crop, frame_size = (image.crop, image.frame_size) if image is not None else (None, None)
         digest = hashlib.sha256(b"mask-v2")  # v2: any non-zero pixel is lesion
+        if crop is not None:
+            digest.update(repr((crop, frame_size)).encode())
         for path in paths:
             digest.update(hashlib.sha256(read_file(path)).digest())
         key = digest.hexdigest()
@@ -141,7 +154,7 @@ class DecodedImageCache:
             return entry["mask"]
         self.mask_misses += 1
         try:
-            packed = pack_mask(load_mask(paths, self.image_size))
+            packed = pack_mask(load_mask(paths, self.image_size, crop, frame_size))
         except UnreadableImageError as error:
             self._store(key, {"error": error.reason, "path": str(error.path)})
             raise

@@ -16,11 +16,12 @@ def parser() -> ArgumentParser:
     parser.add_argument("--data.root", type=Path, required=True, help="folder with benign/, malignant/, normal/")
     parser.add_argument("--data.image_size", type=int, default=256)
     parser.add_argument("--data.cache_dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
     return parser
 
 
-def fill_cache(root: Path, image_size: int, cache_dir: Path) -> None:
-    catalog = read_catalog(root, image_size, duplicate_distance=-1, cache_dir=cache_dir)
+def fill_cache(root: Path, image_size: int, cache_dir: Path, quiet: bool = False) -> None:
+    catalog = read_catalog(root, image_size, duplicate_distance=-1, cache_dir=cache_dir, progress=not quiet)
     cache = catalog.cache
     size_mb = cache.path.stat().st_size / 2**20 if cache.path.is_file() else 0
     print(
@@ -29,5 +30,6 @@ def fill_cache(root: Path, image_size: int, cache_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    data = parser().parse_args(argv).data
-    return run_command(lambda: fill_cache(data.root, data.image_size, data.cache_dir))
+    args = parser().parse_args(argv)
+    data = args.data
+    return run_command(lambda: fill_cache(data.root, data.image_size, data.cache_dir, args.quiet))

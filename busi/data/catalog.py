@@ -21,6 +21,7 @@ from busi.errors import DataError
 from busi.images import (
     MASK_UNKNOWN,
     UnreadableImageError,
+    file_format,
     is_hidden,
     is_image_file,
     is_mask,
@@ -28,6 +29,7 @@ from busi.images import (
     pack_mask,
     unpack_mask,
 )
+from busi.progress import progress_bar
 
 
 @rank_zero_only
@@ -136,10 +138,12 @@ def read_catalog(
     class_names: tuple[str, ...] = CLASS_NAMES,
     cache_dir: Path | None = None,
     memory_limit_mb: float | None = None,
+    progress: bool = False,
 ) -> Catalog:
     """Decode every image once (or take it from the cache): resized pixels for training, hashes for
     duplicates, facts for the audit. Pixels beyond `memory_limit_mb` (and beyond the same size of
-    on-disk cache) are not kept: those images are decoded from their files when a batch needs them."""
+    on-disk cache) are not kept: those images are decoded from their files when a batch needs them.
+    `progress`: a bar on a terminal (busi-cache, busi-evaluate; training has Lightning's)."""
     candidates, orphan_masks, ignored, unknown = scan_class_folders(root, class_names)
     if unknown:
         warn(f"{root}: ignoring folders that are not a class ({', '.join(class_names)}): {', '.join(unknown)}")
@@ -147,7 +151,7 @@ def read_catalog(
     cache = DecodedImageCache(cache_dir, image_size, limit)
     records, decoded, unreadable = [], [], []
     held, full = 0, False
-    for record in candidates:
+    for record in progress_bar(candidates, what="decode", quiet=not progress):
         try:
             image = cache.decode(record.path, need_pixels=not full)
         except UnreadableImageError as error:
@@ -163,32 +167,33 @@ def read_catalog(
     if not records:
         cache.close()
         raise DataError(f"{root}: no readable images in {list(class_names)}; check the folder and file types")
-    masks, unreadable_masks = read_masks(records, class_names, cache, image_size, root)
+    masks, unreadable_masks = read_masks(records, decoded, class_names, cache, image_size, root)
     cache.close()
     digests = [d.digest for d in decoded]
     groups = group_duplicates(np.stack([d.phash for d in decoded]), digests, duplicate_distance)
     catalog = Catalog(root, image_size, records, [d.pixels for d in decoded], groups, digests, masks, cache=cache)
     sizes, modes = [d.size for d in decoded], Counter(d.mode for d in decoded)
     catalog.audit = build_audit(catalog, class_names, sizes, modes, unreadable, orphan_masks, ignored)
+    catalog.audit["formats"] = dict(sorted(Counter(file_format(r.path) for r in records).items()))
     catalog.audit["unreadable_masks"] = unreadable_masks
     catalog.audit["unknown_folders"] = unknown
     catalog.audit["streamed_from_disk"] = catalog.streamed
     return catalog
 
 
-def read_masks(records, class_names, cache: DecodedImageCache, image_size: int, root: Path):
+def read_masks(records, decoded, class_names, cache: DecodedImageCache, image_size: int, root: Path):
     """Each image's target mask, packed: the union of its mask files; empty for normal images; None for
     a lesion image without mask files or with an unreadable one (never taken as "no lesion")."""
     empty = pack_mask(np.zeros((image_size, image_size), dtype=bool))
     masks, unreadable = [], []
-    for record in records:
+    for record, image in zip(records, decoded, strict=True):
         if class_names[record.label] == NORMAL:
             masks.append(empty)
         elif not record.masks:
             masks.append(None)
         else:
             try:
-                masks.append(cache.mask(record.masks))
+                masks.append(cache.mask(record.masks, image))
             except UnreadableImageError as error:
                 warn(f"{error}; {record.path.name} is left out of the segmentation loss")
                 unreadable.append({"path": error.path.relative_to(root).as_posix(), "reason": str(error)})
