@@ -98,3 +98,20 @@ def test_a_missing_checkpoint_shows_the_reason(app, tmp_path):
     test.sidebar.text_input[0].set_value(str(tmp_path / "nowhere.ckpt")).run()
     assert not test.exception
     assert "checkpoint not found" in test.error[0].value
+
+
+def test_a_dicom_upload_is_classified_like_an_image(app, tmp_path):
+    pytest.importorskip("pydicom")
+    import numpy as np
+
+    from fake_busi import ultrasound_like
+    from fake_dicom import write_dicom
+
+    test, ckpt = app
+    test.sidebar.text_input[0].set_value(str(ckpt)).run()
+    scan = write_dicom(tmp_path / "scan.dcm", ultrasound_like(np.random.default_rng(1), 1, 96, 120))
+    test.file_uploader[0].set_value([("scan.dcm", scan.read_bytes(), "application/dicom")]).run()
+    assert not test.exception and not test.error
+    verdicts = [m.value for m in test.main.markdown if " · " in m.value and m.value.startswith("**")]
+    assert len(verdicts) == 1 and verdicts[0].split("**")[1] in ("benign", "malignant", "normal")
+    assert list(test.dataframe[0].value["path"]) == ["scan.dcm"]

@@ -119,3 +119,26 @@ def test_a_browser_upload_shows_predict_py_numbers_and_downloads_its_csv(served,
     browser.set_window_size(1400, min(height + 100, 6000))
     time.sleep(1)  # the layout settles at the new size
     assert browser.save_screenshot(str(shots / "app.png"))
+
+
+def test_a_browser_accepts_a_dicom_upload(served, browser, tmp_path):
+    pytest.importorskip("pydicom")
+    import numpy as np
+
+    from fake_busi import ultrasound_like
+    from fake_dicom import write_dicom
+
+    url, ckpt = served
+    scan = write_dicom(tmp_path / "scan.dcm", ultrasound_like(np.random.default_rng(2), 0, 96, 120))
+    browser.get(url)
+    wait = WebDriverWait(browser, 120)
+    wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
+    browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(scan))
+    wait.until(lambda driver: "Download the overlays" in driver.find_element(By.TAG_NAME, "body").text)
+    page = browser.find_element(By.TAG_NAME, "body").text
+    expected_csv = tmp_path / "expected.csv"
+    assert predict_main(["--ckpt", ckpt, str(scan), "--output", str(expected_csv)]) == 0
+    with expected_csv.open(encoding="utf-8") as handle:
+        expected = next(csv.DictReader(handle))
+    for name in ("benign", "malignant", "normal"):
+        assert f"{name}: {percent(float(expected[f'p_{name}']))}" in page
