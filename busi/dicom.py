@@ -132,7 +132,12 @@ def read_dicom(path: Path, data: bytes, options: DicomOptions = DEFAULT_OPTIONS)
             array = pixels.pixel_array(dataset, index=index if frames > 1 else None)
         except Exception as error:
             raise UnreadableImageError(path, f"truncated or corrupt DICOM pixel data ({_first_line(error)})") from None
-        image = _to_image(array, dataset)
+        try:
+            image = _to_image(array, dataset)
+        except Exception as error:  # attributes that contradict the pixels (a palette without its table, …)
+            raise UnreadableImageError(
+                path, f"DICOM pixels that cannot be shown as an image ({_first_line(error)})"
+            ) from None
         crop = None
         if region is not None:
             crop = (region[0], region[1], region[2] + 1, region[3] + 1)

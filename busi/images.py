@@ -107,13 +107,16 @@ def _decode_raster(path: Path, data: bytes | None = None) -> Image.Image:
             with Image.open(path if data is None else io.BytesIO(data)) as opened:
                 opened.load()  # decode now: a truncated file fails here, not mid-epoch
                 return _to_8bit(opened)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        with Image.open(path if data is None else io.BytesIO(data)) as opened:
-            width, height = opened.size  # the header alone: nothing is decoded
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        try:
+            with Image.open(path if data is None else io.BytesIO(data)) as opened:
+                width, height = opened.size  # the header alone: nothing is decoded
+            size = f"{width}×{height} = {width * height:,} pixels"
+        except Image.DecompressionBombError:  # over twice the limit: Pillow refuses even to open it
+            size = str(error).split("(", 1)[1].split(")", 1)[0]  # "Image size (N pixels) exceeds …"
         raise UnreadableImageError(
             path,
-            f"image too large to decode safely ({width}×{height} = {width * height:,} pixels, "
-            f"Pillow's limit is {Image.MAX_IMAGE_PIXELS:,}); downscale it first",
+            f"image too large to decode safely ({size}, Pillow's limit is {Image.MAX_IMAGE_PIXELS:,}); downscale it first",
         ) from None
     except UnidentifiedImageError:
         empty = (len(data) if data is not None else path.stat().st_size) == 0

@@ -1,40 +1,22 @@
 """Long commands show a progress bar (images/s, time left) on a terminal, and write no carriage-return
 spam into piped output or logs."""
 
-import fcntl
-import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
 from pathlib import Path
 
 import pytest
+
+from benchmarks.predict_progress import run_on_terminal
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def stderr_of(command: list[str], terminal: bool) -> str:
     """The command's stderr, read from a pseudo-terminal (as a person at a terminal sees it) or a pipe."""
-    if not terminal:
-        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300).stderr
-    primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 24 rows, 120 columns
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=secondary)
-    os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            data = os.read(primary, 4096)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(primary)
-    assert process.wait(timeout=300) == 0
-    return b"".join(chunks).decode(errors="replace")
+    if terminal:
+        return run_on_terminal(command)[0]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300).stderr
 
 
 @pytest.fixture(scope="module")
