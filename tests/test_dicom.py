@@ -17,8 +17,10 @@ pytest.importorskip("pydicom")
 import pydicom.examples
 from pydicom.uid import MPEG2MPML
 
+from busi.data.cache_command import main as cache_main
 from busi.data.catalog import read_catalog
 from busi.dicom import DicomOptions
+from busi.evaluate import main as evaluate_main
 from busi.images import decode_frames, load_mask
 from busi.model import load_classifier
 from busi.predict import main as predict_main
@@ -119,6 +121,12 @@ def test_a_training_folder_mixing_png_and_dicom_trains_and_its_audit_counts_both
     split_paths = {row["path"] for row in read_rows(trained.run_dir / "split.csv")}
     assert set(converted) <= split_paths
     assert audit["per_class"]["benign"]["with_masks"] == audit["per_class"]["benign"]["images"] - 2  # as the PNGs
+    evaluated = tmp_path / "evaluated"
+    ckpt = str(trained.run_dir / "checkpoints" / "best.ckpt")
+    assert evaluate_main(["--ckpt", ckpt, "--data.root", str(root), "--output", str(evaluated)]) == 0
+    scored = {Path(row["path"]).relative_to(root).as_posix(): row for row in read_rows(evaluated / "predictions.csv")}
+    assert all(scored[path]["label"] for path in converted)
+    assert cache_main([f"--data.root={root}", "--data.image_size=64", f"--data.cache_dir={tmp_path / 'cache'}"]) == 0
 
 
 def bad_dicoms(folder: Path) -> dict[str, str]:
