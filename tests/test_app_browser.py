@@ -73,27 +73,41 @@ def browser(tmp_path):
     driver.quit()
 
 
+def predict_py_row(ckpt: str, image: Path, folder: Path) -> tuple[dict, list[str]]:
+    """predict.py's CSV row for `image`, and its probabilities as the app writes them."""
+    expected_csv = folder / f"{image.stem}-expected.csv"
+    assert predict_main(["--ckpt", ckpt, str(image), "--output", str(expected_csv)]) == 0
+    with expected_csv.open(encoding="utf-8") as handle:
+        expected = next(csv.DictReader(handle))
+    return expected, [f"{name}: {percent(float(expected[f'p_{name}']))}" for name in ("benign", "malignant", "normal")]
+
+
+def open_app(browser, url: str) -> WebDriverWait:
+    browser.get(url)
+    wait = WebDriverWait(browser, 120)
+    wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
+    return wait
+
+
+def upload(browser, wait: WebDriverWait, files: list[Path], pieces: list[str]) -> str:
+    """Upload `files` and return the page's text once every one of `pieces` is on it (Streamlit renders
+    results piece by piece)."""
+    browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys("\n".join(map(str, files)))
+    wait.until(lambda driver: all(piece in driver.find_element(By.TAG_NAME, "body").text for piece in pieces))
+    return browser.find_element(By.TAG_NAME, "body").text
+
+
 def test_a_browser_upload_shows_predict_py_numbers_and_downloads_its_csv(served, browser, busi_root, tmp_path):
     url, ckpt = served
     good = busi_root / "malignant" / "malignant (2).png"
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    expected_csv = tmp_path / "expected.csv"
-    assert predict_main(["--ckpt", ckpt, str(good), "--output", str(expected_csv)]) == 0
-    with expected_csv.open(encoding="utf-8") as handle:
-        expected = next(csv.DictReader(handle))
-    shown = [f"{name}: {percent(float(expected[f'p_{name}']))}" for name in ("benign", "malignant", "normal")]
-    browser.get(url)
-    wait = WebDriverWait(browser, 120)
-    wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
+    expected, shown = predict_py_row(ckpt, good, tmp_path)
+    wait = open_app(browser, url)
     page = browser.find_element(By.TAG_NAME, "body").text
     assert "Research tool, not a medical device" in page and f"{MAX_UPLOAD_MB}MB per file" in page
     assert "Deploy" not in page
-    browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(f"{good}\n{bad}")
-    # Streamlit renders the results piece by piece: wait for every piece the test reads
-    pieces = [*shown, "notes.png: not a readable image", "Download the overlays"]
-    wait.until(lambda driver: all(piece in driver.find_element(By.TAG_NAME, "body").text for piece in pieces))
-    page = browser.find_element(By.TAG_NAME, "body").text
+    page = upload(browser, wait, [good, bad], [*shown, "notes.png: not a readable image", "Download the overlays"])
     assert f"**{expected['label']}**" not in page and expected["label"] in page
     assert "notes.png: not a readable image" in page
 
@@ -129,14 +143,5 @@ def test_a_browser_accepts_a_dicom_upload(served, browser, tmp_path):
 
     url, ckpt = served
     scan = write_dicom(tmp_path / "scan.dcm", ultrasound_like(np.random.default_rng(2), 0, 96, 120))
-    expected_csv = tmp_path / "expected.csv"
-    assert predict_main(["--ckpt", ckpt, str(scan), "--output", str(expected_csv)]) == 0
-    with expected_csv.open(encoding="utf-8") as handle:
-        expected = next(csv.DictReader(handle))
-    shown = [f"{name}: {percent(float(expected[f'p_{name}']))}" for name in ("benign", "malignant", "normal")]
-    browser.get(url)
-    wait = WebDriverWait(browser, 120)
-    wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
-    browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(scan))
-    wait.until(lambda driver: all(text in driver.find_element(By.TAG_NAME, "body").text for text in shown))
-    assert "scan.dcm" in browser.find_element(By.TAG_NAME, "body").text
+    _, shown = predict_py_row(ckpt, scan, tmp_path)
+    assert "scan.dcm" in upload(browser, open_app(browser, url), [scan], shown)
