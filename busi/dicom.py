@@ -59,7 +59,7 @@ class Frame:
     spacing_mm: tuple[float, float] | None = None  # (x, y) size of a source pixel, where the file says
     crop: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) in the frame, right/bottom exclusive
     frame_size: tuple[int, int] | None = None  # (width, height) before cropping
-    note: str = ""  # what was not done as asked, and why (e.g. a region outside the frame)
+    note: str = ""  # what was not done as asked, and why (a region outside the frame); on a file's first frame
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -126,6 +126,7 @@ def read_dicom(path: Path, data: bytes, options: DicomOptions = DEFAULT_OPTIONS)
         raise UnreadableImageError(path, f"--dicom_frames {options.frames}: the file has {frames} frames")
     region, note = _tissue_region(dataset, columns, rows) if options.crop == "region" else (None, "")
     spacing = _spacing_mm(dataset, region)
+    crop = None if region is None else _box(region)
     decoded = []
     for index in indices:
         try:
@@ -138,11 +139,9 @@ def read_dicom(path: Path, data: bytes, options: DicomOptions = DEFAULT_OPTIONS)
             raise UnreadableImageError(
                 path, f"DICOM pixels that cannot be shown as an image ({_first_line(error)})"
             ) from None
-        crop = None
-        if region is not None:
-            crop = (region[0], region[1], region[2] + 1, region[3] + 1)
+        if crop is not None:
             image = image.crop(crop)
-        decoded.append(Frame(image, index + 1, frames, spacing, crop, (columns, rows), note))
+        decoded.append(Frame(image, index + 1, frames, spacing, crop, (columns, rows), "" if decoded else note))
     return decoded
 
 
@@ -200,46 +199,44 @@ def _scaled_to_8_bits(array: np.ndarray, dataset) -> np.ndarray:
     return values * 255.0 / (2**bits - 1)
 
 
-def _tissue_region(dataset, columns: int, rows: int) -> tuple[tuple[int, int, int, int] | None, str]:
-    """The largest 2-D tissue region (x0, y0, x1, y1 inclusive) of SequenceOfUltrasoundRegions that lies
-    inside the frame, and a note when regions were named but none fits."""
+REGION_CORNERS = ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1")
+
+
+def _box(region) -> tuple[int, int, int, int]:
+    """A region's (left, top, right, bottom) with right and bottom exclusive, as PIL crops (DICOM's
+    corners are inclusive)."""
+    x0, y0, x1, y1 = (int(region[keyword].value) for keyword in REGION_CORNERS)
+    return x0, y0, x1 + 1, y1 + 1
+
+
+def _tissue_region(dataset, columns: int, rows: int):
+    """The largest 2-D tissue region item of SequenceOfUltrasoundRegions that lies inside the frame (or
+    None), and a note when regions were named but none fits."""
     regions = []
     for region in dataset.get("SequenceOfUltrasoundRegions") or []:
         if int(region.get("RegionSpatialFormat", 0) or 0) != TISSUE_REGION:
             continue
         try:
-            box = tuple(
-                int(region[keyword].value)
-                for keyword in (
-                    "RegionLocationMinX0",
-                    "RegionLocationMinY0",
-                    "RegionLocationMaxX1",
-                    "RegionLocationMaxY1",
-                )
-            )
+            regions.append((region, _box(region)))
         except (KeyError, TypeError, ValueError):
             continue
-        regions.append(box)
-    inside = [b for b in regions if 0 <= b[0] < b[2] < columns and 0 <= b[1] < b[3] < rows]
+    inside = [(r, b) for r, b in regions if 0 <= b[0] < b[2] - 1 < columns and 0 <= b[1] < b[3] - 1 < rows]
     if inside:
-        return max(inside, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])), ""
+        return max(inside, key=lambda item: (item[1][2] - item[1][0]) * (item[1][3] - item[1][1]))[0], ""
     if regions:
-        x0, y0, x1, y1 = regions[0]
-        return None, f"tissue region ({x0},{y0})-({x1},{y1}) lies outside the {columns}×{rows} frame; not cropped"
+        x0, y0, x1, y1 = regions[0][1]
+        return (
+            None,
+            f"tissue region ({x0},{y0})-({x1 - 1},{y1 - 1}) lies outside the {columns}×{rows} frame; not cropped",
+        )
     return None, ""
 
 
 def _spacing_mm(dataset, region) -> tuple[float, float] | None:
     """(x, y) millimetres per source pixel: the tissue region's physical deltas (in cm), else PixelSpacing."""
-    if region is not None:
-        for candidate in dataset.SequenceOfUltrasoundRegions:
-            box = tuple(
-                int(candidate.get(k, -1))
-                for k in ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1")
-            )
-            units = (candidate.get("PhysicalUnitsXDirection"), candidate.get("PhysicalUnitsYDirection"))
-            if box == region and units == (CENTIMETRE, CENTIMETRE):
-                return float(candidate.PhysicalDeltaX) * 10, float(candidate.PhysicalDeltaY) * 10
+    units = None if region is None else (region.get("PhysicalUnitsXDirection"), region.get("PhysicalUnitsYDirection"))
+    if units == (CENTIMETRE, CENTIMETRE):
+        return float(region.PhysicalDeltaX) * 10, float(region.PhysicalDeltaY) * 10
     spacing = dataset.get("PixelSpacing")  # row spacing (y), column spacing (x), in mm
     if spacing is not None and len(spacing) == 2:
         return float(spacing[1]), float(spacing[0])

@@ -15,7 +15,6 @@ from torchvision.transforms.v2 import functional as TF
 from busi.data.duplicates import perceptual_hash, pixel_digest
 from busi.dicom import (
     DEFAULT_OPTIONS,
-    DICOM_MAGIC_OFFSET,
     DICOM_SUFFIXES,
     DicomOptions,
     Frame,
@@ -87,10 +86,12 @@ def read_file(path: Path) -> bytes:
 def decode_frames(path: Path, data: bytes | None = None, dicom: DicomOptions = DEFAULT_OPTIONS) -> list[Frame]:
     """Fully decode `path` (or its already-read bytes): one 8-bit L or RGB frame for a raster image,
     those `dicom` asks for for a DICOM file; or raise UnreadableImageError."""
-    if path.suffix.lower() in DICOM_SUFFIXES or (data is None and is_dicom_file(path)):
+    if data is None:
+        dicom_file = is_dicom_file(path)
+    else:  # an upload: its name, or its first bytes
+        dicom_file = path.suffix.lower() in DICOM_SUFFIXES or starts_like_dicom(data)
+    if dicom_file:
         return read_dicom(path, read_file(path) if data is None else data, dicom)
-    if data is not None and starts_like_dicom(data[: DICOM_MAGIC_OFFSET + 4]):
-        return read_dicom(path, data, dicom)
     return [Frame(_decode_raster(path, data))]
 
 

@@ -280,12 +280,13 @@ def predict(args) -> int:
                 say(f"error  {prediction.error}", error=True)
             else:
                 predicted += 1
-                if prediction.note and prediction.frame == dicom.indices(prediction.frames)[0] + 1:
+                if prediction.note:  # the first frame of a file carries it
                     say(f"warning: {prediction.path}: {prediction.note}", error=True)
                 frame = f" frame {prediction.frame}/{prediction.frames}" if layout["frames"] else ""
                 say(f"{row[1]:<10} {float(row[2]):6.1%}  {prediction.path}{frame}")
-            if prediction.probabilities is None or prediction.frame == prediction.frames or not layout["frames"]:
-                bar.update()  # one step per file
+            last_of_its_file = not layout["frames"] or prediction.frame == prediction.frames
+            if prediction.probabilities is None or last_of_its_file:
+                bar.update()
     print(
         f"{predicted} predicted, {failed} failed → {args.output}"
         + (f"; Grad-CAM overlays in {args.cam}" if args.cam else "")

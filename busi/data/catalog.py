@@ -116,15 +116,17 @@ def scan_class_folders(root: Path, class_names: tuple[str, ...] = CLASS_NAMES):
         folder = root / name
         entries = sorted(p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir())
         files = [p for p in entries if not is_hidden(p, folder) and not p.is_dir()]
-        ignored += [p for p in entries if p not in files]
-        images = [p for p in files if is_image_file(p) and not is_mask(p)]
+        kept = set(files)
+        ignored += [p for p in entries if p not in kept]
+        pictures = [p for p in files if is_image_file(p)]  # once: a file without extension is opened to tell
+        images = [p for p in pictures if not is_mask(p)]
         if not images:
             raise DataError(f"{folder}: no images in this class folder; add its images or check --data.root")
         masks_by_stem: dict[tuple[Path, str], list[Path]] = defaultdict(list)
-        for path in files:
-            if is_image_file(path) and is_mask(path):
+        for path in pictures:
+            if is_mask(path):
                 masks_by_stem[(path.parent, path.stem.split("_mask")[0])].append(path)
-        ignored += [p for p in files if not is_image_file(p)]
+        ignored += sorted(kept - set(pictures))
         image_keys = {(p.parent, p.stem) for p in images}
         orphan_masks += [m for key, ms in masks_by_stem.items() if key not in image_keys for m in ms]
         records += [ImageRecord(p, label, tuple(masks_by_stem.get((p.parent, p.stem), ()))) for p in images]
