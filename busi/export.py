@@ -17,6 +17,10 @@ from busi.inference import PixelsToProbabilities
 from busi.metrics import LESION_THRESHOLD
 from busi.model import BusiClassifier, load_classifier
 
+NORMALISATION = {
+    "imagenet": "inside the model (divided by 255, then ImageNet mean and std)",
+    "divide255": "inside the model (divided by 255 only: a model imported from Keras)",
+}
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2"}
 
 
@@ -30,7 +34,7 @@ def preprocessing(classifier: BusiClassifier, model_format: str) -> dict:
             "dtype": "float32",
             "values": "RGB pixel values 0-255 (grayscale replicated to 3 channels, 16-bit scaled to 8-bit)",
             "resize": f"squash to {size}x{size}, bilinear",
-            "normalisation": "inside the model (ImageNet mean and std)",
+            "normalisation": NORMALISATION[classifier.hparams.preprocessing],
         },
         "output": {
             "name": "probabilities",
@@ -62,11 +66,13 @@ def export(classifier: BusiClassifier, model_format: str, output: Path) -> Path:
 
     The exported model takes images decoded to 8-bit RGB (grayscale: the same value in R, G and B;
     16-bit: scaled to 8 bits) and squashed to S×S (bilinear; S: `image_size` in the JSON), as float32
-    pixel values 0–255 in an (N, 3, S, S) array named `pixels`. ImageNet normalisation happens inside;
+    pixel values 0–255 in an (N, 3, S, S) array named `pixels`. Normalisation happens inside (the JSON says which);
     `probabilities` (N, classes) follow `class_names`. A model with a lesion decoder also returns
     `lesion` (N, S, S): per-pixel lesion probabilities (lesion from 0.5 on; stretch the map back to the
     image's size as it was squashed)."""
-    module = PixelsToProbabilities(classifier.model, classifier.temperature, bool(classifier.hparams.tta)).eval()
+    hparams = classifier.hparams
+    module = PixelsToProbabilities(classifier.model, classifier.temperature, bool(hparams.tta), hparams.preprocessing)
+    module.eval()
     size = classifier.hparams.image_size
     example = torch.rand(2, 3, size, size) * 255
     batch = torch.export.Dim("batch", min=1)

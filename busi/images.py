@@ -223,8 +223,11 @@ def as_three_channels(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.expand(*pixels.shape[:-3], 3, *pixels.shape[-2:]) if pixels.shape[-3] == 1 else pixels
 
 
-def to_model_input(pixels: torch.Tensor) -> torch.Tensor:
+def to_model_input(pixels: torch.Tensor, preprocessing: str = "imagenet") -> torch.Tensor:
     """uint8 0–255 or float 0–1 (…, 1 or 3, H, W) → float32 (…, 3, H, W) with ImageNet mean/std
-    normalisation: what the network takes, in training, prediction and every export."""
+    normalisation (`imagenet`) or as 0–1 values (`divide255`, a Keras model imported by
+    busi-import-keras): what the network takes, in training, prediction and every export."""
     scaled = TF.to_dtype_image(as_three_channels(pixels), torch.float32, scale=True)
+    if preprocessing == "divide255":
+        return scaled
     return TF.normalize_image(scaled, list(IMAGENET_MEAN), list(IMAGENET_STD))

@@ -71,14 +71,17 @@ class PixelsToProbabilities(nn.Module):
     """What busi-export writes: (N, 3, S, S) float RGB pixels 0–255 → (N, classes) calibrated
     probabilities, and (N, S, S) lesion probabilities when the network has a decoder."""
 
-    def __init__(self, network: DenseNetClassifier, temperature: torch.Tensor, tta: bool):
+    def __init__(
+        self, network: DenseNetClassifier, temperature: torch.Tensor, tta: bool, preprocessing: str = "imagenet"
+    ):
         super().__init__()
+        self.preprocessing = preprocessing
         self.network = network.to(memory_format=torch.contiguous_format).eval()
         self.tta = tta
         self.register_buffer("temperature", temperature.detach().clone())
 
     def forward(self, pixels: torch.Tensor):
-        images = to_model_input(pixels / 255)
+        images = to_model_input(pixels / 255, self.preprocessing)
         features, lesion_logits = self.network.encode(images)
         logits = self.network.head(features)
         probabilities = calibrated_probabilities(self.network, images, logits, self.temperature, self.tta)

@@ -21,7 +21,13 @@ from busi.feature_cache import FeatureCache
 from busi.images import mask_known, to_model_input
 from busi.inference import Outputs, calibrated_probabilities, grad_cam, lesion_probabilities
 from busi.metrics import epoch_metrics, overlap_scores
-from busi.network import DenseNetClassifier, load_backbone_weights, parameter_counts
+from busi.network import (
+    DEFAULT_BATCH_NORM_EPS,
+    DenseNetClassifier,
+    load_backbone_weights,
+    parameter_counts,
+    set_batch_norm_eps,
+)
 
 SUMMARY_KEY = "busi_summary"  # in best.ckpt: recipe, training data and test scores (busi.finish.model_summary)
 
@@ -58,6 +64,11 @@ class BusiClassifier(L.LightningModule):
             fixed for this many epochs while the head and decoder train, then train too (BatchNorm
             layers train throughout).
         backbone_lr_ratio: the backbone's learning rate as a share of `lr` (fine-tuning).
+        preprocessing: how uint8 pixels become the network's input: `imagenet` (÷255, then ImageNet
+            mean and std: torchvision's and Keras DenseNet's `preprocess_input`) or `divide255` (÷255
+            only: the original Keras project's app; set by busi-import-keras).
+        batch_norm_eps: the backbone's BatchNorm epsilon; None: the weights' own (Keras files 1.001e-5,
+            otherwise torch's 1e-5). Recorded in checkpoints.
     """
 
     def __init__(
@@ -83,6 +94,8 @@ class BusiClassifier(L.LightningModule):
         segmentation_weight: float = 0.0,
         unfreeze_backbone_at_epoch: int = 0,
         backbone_lr_ratio: float = 1.0,
+        preprocessing: Literal["imagenet", "divide255"] = "imagenet",
+        batch_norm_eps: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -99,7 +112,9 @@ class BusiClassifier(L.LightningModule):
         hp = self.hparams
         segment = hp.segmentation_weight > 0
         self.model = DenseNetClassifier(hp.image_size, len(self.class_names), hp.freeze_backbone, hp.head, segment)
-        load_backbone_weights(self.model.features, hp.weights)
+        weights_eps = load_backbone_weights(self.model.features, hp.weights)
+        hp.batch_norm_eps = hp.batch_norm_eps or weights_eps or DEFAULT_BATCH_NORM_EPS
+        set_batch_norm_eps(self.model.features, hp.batch_norm_eps)
         if hp.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # Kept outside the module tree so that state_dict keys never gain `_orig_mod.`.
@@ -143,9 +158,9 @@ class BusiClassifier(L.LightningModule):
         if augment:
             moved = masks is not None and self.model.segments
             augmented, masks = augment_batch(pixels, masks) if moved else (augment_batch(pixels), masks)
-            images = to_model_input(augmented)
+            images = to_model_input(augmented, self.hparams.preprocessing)
         else:
-            images = to_model_input(pixels) if pixels.dtype == torch.uint8 else pixels
+            images = to_model_input(pixels, self.hparams.preprocessing) if pixels.dtype == torch.uint8 else pixels
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images if masks is None else (images, masks)

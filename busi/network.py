@@ -12,9 +12,11 @@ from torch import nn
 from torchvision.models import DenseNet121_Weights, densenet121
 
 from busi.errors import OptionError, WeightsError
+from busi.keras_files import KERAS_BATCH_NORM_EPS, densenet_state_dict, is_keras_file, read_keras_file
 
 FEATURE_CHANNELS = 1024
 FEATURE_STRIDE = 32
+DEFAULT_BATCH_NORM_EPS = 1e-5  # torch's, and torchvision's ImageNet weights'
 # DenseNet121's dense blocks 1-3 (strides 4, 8, 16) feed the lesion decoder beside the final features.
 SKIP_LAYERS = ("denseblock1", "denseblock2", "denseblock3")
 SKIP_CHANNELS = (256, 512, 1024)
@@ -169,10 +171,13 @@ def imagenet_weights_file() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(DenseNet121_Weights.IMAGENET1K_V1.url).name
 
 
-def load_backbone_weights(features: nn.Module, weights: str | None) -> None:
-    """`imagenet` (torch hub cache, else download), a path to a state dict, or None/`none`."""
+def load_backbone_weights(features: nn.Module, weights: str | None) -> float | None:
+    """Load `imagenet` (torch hub cache, else download), a state dict or busi checkpoint file, or a Keras
+    DenseNet121 HDF5 file (busi.keras_files) into `features`; None/`none` loads nothing. Returns the
+    BatchNorm epsilon the weights were trained with when it is not torch's (Keras: 1.001e-5)."""
     if weights is None or weights.lower() == "none":
-        return
+        return None
+    eps = None
     if weights.lower() == "imagenet":
         try:
             state_dict = DenseNet121_Weights.IMAGENET1K_V1.get_state_dict(
@@ -185,19 +190,37 @@ def load_backbone_weights(features: nn.Module, weights: str | None) -> None:
                 "(set $TORCH_HOME to move the cache), pass --model.weights /path/to/weights.pth, "
                 "or train without them: --model.weights none (see configs/scratch.yaml)"
             ) from None
+    elif is_keras_file(weights):
+        return load_keras_backbone(features, weights)
     else:
         path = Path(weights)
         if not path.is_file():
-            raise WeightsError(f"{path}: weights file not found; pass a state dict file, 'imagenet' or 'none'")
+            raise WeightsError(
+                f"{path}: weights file not found; pass a state dict file, a Keras .h5 file, 'imagenet' or 'none'"
+            )
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
             raise WeightsError(f"{path}: not a loadable state dict ({type(error).__name__}: {error})") from None
+        eps = (state_dict.get("hyper_parameters") or {}).get("batch_norm_eps")  # a busi checkpoint's
     try:
         features.load_state_dict(_feature_state_dict(state_dict))
     except RuntimeError as error:
         detail = " ".join(str(error).split())[:300]
         raise WeightsError(f"{weights}: weights do not fit DenseNet121 features ({detail})") from None
+    return eps
+
+
+def load_keras_backbone(features: nn.Module, path: str | Path) -> float:
+    keras = read_keras_file(path)
+    features.load_state_dict(densenet_state_dict(keras, features.state_dict()))
+    return KERAS_BATCH_NORM_EPS
+
+
+def set_batch_norm_eps(module: nn.Module, eps: float) -> None:
+    for layer in module.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.eps = eps
 
 
 def parameter_counts(module: nn.Module) -> tuple[int, int]:
