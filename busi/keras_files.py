@@ -69,7 +69,7 @@ def read_keras_file(path: str | Path) -> KerasFile:
     try:
         with h5py.File(path, "r") as file:
             model = _model_config(file)
-            root = file["model_weights"] if "model_weights" in file else file
+            root = file.get("model_weights", file)
             if "layer_names" in root.attrs:
                 weights = _legacy_weights(root)
             elif "layers" in root:
@@ -244,7 +244,7 @@ def original_head(keras: KerasFile, channels: int, stride: int) -> KerasHead:
             f"({original})"
         )
     rows = shapes[0].shape[0]
-    side = int(round((rows / channels) ** 0.5))
+    side = round((rows / channels) ** 0.5)
     if side * side * channels != rows:
         raise WeightsError(f"{keras.path}: the first Dense layer takes {rows} inputs, not a square map of {channels}")
     linear = []

@@ -33,7 +33,7 @@ def original_model(image_size: int, seed: int = 0, classes: int = 3, head=(1024,
     base(rng.uniform(0, 1, (8, image_size, image_size, 3)).astype("float32"), training=True)
     for layer in norms:
         layer.momentum = 0.99
-        gamma, beta, mean, variance = (np.asarray(w) for w in layer.get_weights())
+        gamma, _, mean, variance = (np.asarray(w) for w in layer.get_weights())
         channels = len(gamma)
         gamma = rng.uniform(0.7, 1.3, channels)
         tiny = rng.random(channels) < 0.02
