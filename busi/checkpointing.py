@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -107,3 +108,38 @@ def find_resume_checkpoint(ckpt_path: str, root_dir: str | Path) -> tuple[Path, 
             raise ResumeError(f"{ckpt}: checkpoint not found; pass RUN/checkpoints/last.ckpt, RUN, or last")
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
     return ckpt, run_dir
+
+
+# what a weights-only checkpoint fixes about the network it fine-tunes
+ARCHITECTURE = ("class_names", "head", "preprocessing", "batch_norm_eps")
+
+
+def starting_hyperparameters(ckpt: Path) -> dict | None:
+    """A weights-only checkpoint's hyperparameters (a run's best.ckpt, an imported model): fine-tuning
+    starts from its weights in a new run; None for a training checkpoint (last.ckpt), which resumes."""
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        raise ResumeError(
+            f"{ckpt}: refused: the checkpoint holds pickled objects other than tensors and plain values; "
+            "only start from checkpoints written by busi"
+        ) from None
+    except (RuntimeError, OSError) as error:
+        raise ResumeError(f"{ckpt}: not a readable checkpoint ({str(error).splitlines()[0]})") from None
+    if "optimizer_states" in state:
+        return None
+    if not isinstance(state.get("state_dict"), dict) or "hyper_parameters" not in state:
+        raise ResumeError(f"{ckpt}: not a busi checkpoint (no state_dict and hyper_parameters)")
+    return state["hyper_parameters"]
+
+
+def load_starting_weights(model: L.LightningModule, ckpt: Path) -> None:
+    """Fine-tuning: the checkpoint's weights into `model`, all of them (a lesion decoder the checkpoint
+    lacks starts fresh); the temperature is fitted again when the run finishes."""
+    state_dict = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    state_dict.pop("temperature", None)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    left_out = [key for key in missing if key != "temperature" and not key.startswith("model.decoder.")]
+    if left_out or unexpected:
+        key = (left_out or unexpected)[0]
+        raise ResumeError(f"{ckpt}: its weights do not fit the model to fine-tune (e.g. {key})")

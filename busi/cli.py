@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from busi.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
+from busi.checkpointing import ARCHITECTURE, AtomicCheckpointIO, find_resume_checkpoint, starting_hyperparameters
 from busi.data.catalog import check_data_root
 
 warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")
@@ -70,6 +70,8 @@ def choose_precision(accelerator: str | None, freeze_backbone: bool) -> tuple[st
 
 
 class BusiCLI(LightningCLI):
+    start_from: Path | None = None  # a weights-only checkpoint to fine-tune from (busi.training loads it)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -86,7 +88,8 @@ class BusiCLI(LightningCLI):
             "--ckpt_path",
             type=str | None,
             default=None,
-            help="resume an interrupted run: `last` (the newest run), a run directory or RUN/checkpoints/last.ckpt",
+            help="resume an interrupted run: `last` (the newest run), a run directory or RUN/checkpoints/last.ckpt; "
+            "or fine-tune, in a new run, from a weights-only checkpoint (RUN/checkpoints/best.ckpt, busi-import-keras's)",
         )
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
@@ -114,6 +117,10 @@ class BusiCLI(LightningCLI):
             return
         ckpt, run_dir = find_resume_checkpoint(config.ckpt_path, config.trainer.default_root_dir or ".")
         config.ckpt_path = str(ckpt)
+        hparams = starting_hyperparameters(ckpt)
+        if hparams is not None:
+            self.fine_tune_from(ckpt, hparams, run_dir)
+            return
         if run_dir is None:
             return
         if config.trainer.logger in (None, True):
@@ -125,3 +132,22 @@ class BusiCLI(LightningCLI):
             )
         if not config.data.split_csv and (run_dir / "split.csv").is_file():
             config.data.split_csv = str(run_dir / "split.csv")
+
+    def fine_tune_from(self, ckpt: Path, hparams: dict, run_dir: Path | None) -> None:
+        """A new run that starts from `ckpt`'s weights: its network's shape and input preprocessing come
+        with them, and a busi run's split (when beside it) is kept, so no test image becomes a training one."""
+        config = self.config
+        self.start_from, config.ckpt_path = ckpt, None
+        config.model.weights = "none"  # the checkpoint's weights replace any others
+        config.data.image_size = hparams.get("image_size", config.data.image_size)
+        for key in ARCHITECTURE:
+            if key in hparams:
+                config.model[key] = tuple(hparams[key]) if key == "class_names" else hparams[key]
+        split = run_dir / "split.csv" if run_dir is not None else None
+        if not config.data.split_csv and split is not None and split.is_file():
+            config.data.split_csv = str(split)
+        rank_zero_info(
+            f"fine-tuning from {ckpt}: its weights, {config.data.image_size} px, {config.model.head} head, "
+            f"{config.model.preprocessing} preprocessing"
+            + (f", its run's split ({config.data.split_csv})" if config.data.split_csv else "")
+        )

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from busi.checkpointing import ResumeCheckpoint, StepSeed
+from busi.checkpointing import ResumeCheckpoint, StepSeed, load_starting_weights
 from busi.cli import DEFAULT_CONFIG, BusiCLI, recipe_paths
 from busi.data.audit import format_audit
 from busi.data.module import BusiDataModule
@@ -66,6 +66,8 @@ def run(args: list[str] | None = None) -> TrainingRun:
             parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
         )
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    if cli.start_from is not None:
+        load_starting_weights(model, cli.start_from)
     try:
         # weights_only: a checkpoint handed over by someone else cannot run code when it is loaded
         trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)

@@ -172,3 +172,16 @@ def test_with_weight_averaging_best_ckpt_holds_the_averaged_weights(busi_root, t
     assert head and all(torch.equal(best["state_dict"][key], averaged[key]) for key in head)
     assert not {"optimizer_states", "current_model_state"} & set(best)  # as small as without averaging
     assert load_classifier(cli.trainer.checkpoint_callback.best_model_path).temperature > 0
+
+
+def test_a_best_checkpoint_fine_tunes_in_a_new_run_on_its_own_split(trained_run, busi_root, tmp_path):
+    """`--ckpt_path RUN/checkpoints/best.ckpt` (weights only) is a starting point, not a resume: a new run
+    directory, the old run's split (its test images stay unseen), and its weights (learning rate 0 keeps
+    them)."""
+    _, old_run = trained_run
+    finished = run(train_args(busi_root, tmp_path, f"--ckpt_path={old_run / 'checkpoints/best.ckpt'}", "--model.lr=0"))
+    assert finished.run_dir.parent == tmp_path / "lightning_logs"
+    assert (finished.run_dir / "split.csv").read_text() == (old_run / "split.csv").read_text()
+    old = load(old_run / "checkpoints/best.ckpt")["state_dict"]
+    new = load(finished.run_dir / "checkpoints/best.ckpt")["state_dict"]
+    assert all(torch.equal(old[key], new[key]) for key in old if key != "temperature")

@@ -23,7 +23,7 @@ from busi.keras_files import KERAS_BATCH_NORM_EPS
 from busi.model import BusiClassifier, load_classifier
 from busi.predict import main as predict_main
 
-from fake_busi import IMAGE_SIZE
+from fake_busi import IMAGE_SIZE, train_args
 from fake_keras import original_model, save_keras2_weights, save_model_h5
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras on numpy 2
@@ -145,3 +145,19 @@ def test_other_files_get_one_line_saying_what_was_found(tmp_path, capsys):
         if name in ("resnet", "not_keras", "truncated"):
             with pytest.raises(WeightsError, match="Keras"):
                 BusiClassifier(weights=str(path), image_size=IMAGE_SIZE)
+
+
+def test_the_imported_model_fine_tunes_from_its_checkpoint(keras_project, busi_root, tmp_path):
+    """`--ckpt_path DIR/best.ckpt`: a new run starts from the imported weights, with their preprocessing
+    and BatchNorm epsilon; at learning rate 0 it still answers as Keras does."""
+    from busi.training import run
+
+    output = tmp_path / "imported"
+    assert import_main([str(keras_project["model"]), "--output", str(output)]) == 0
+    args = train_args(busi_root, tmp_path / "runs", f"--ckpt_path={output / 'best.ckpt'}", "--model.lr=0", epochs=1)
+    finished = run(args)
+    classifier = load_classifier(finished.run_dir / "checkpoints" / "best.ckpt")
+    assert classifier.hparams.preprocessing == "divide255"
+    assert classifier.hparams.batch_norm_eps == KERAS_BATCH_NORM_EPS
+    uncalibrated = classifier.infer(keras_project["pixels"]).uncalibrated.numpy()
+    assert np.abs(uncalibrated - keras_project["probabilities"]).max() <= 1e-4
