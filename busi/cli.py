@@ -69,6 +69,33 @@ def choose_precision(accelerator: str | None, freeze_backbone: bool) -> tuple[st
     return "32-true", "frozen backbone on a CPU" if freeze_backbone else "this CPU has no native bfloat16"
 
 
+RUN_DIRECTORY_LOGGERS = ("TensorBoardLogger", "CSVLogger")  # Trainer.log_dir is theirs; any other: save_dir
+
+
+def run_directory_logger(config: Namespace, resumed: Path | None) -> Namespace:
+    """TensorBoard in the run directory: a new lightning_logs/version_N, or the resumed run's own."""
+    if resumed is None:
+        init = Namespace(save_dir=str(config.trainer.default_root_dir or "."))
+    else:
+        init = Namespace(save_dir=str(resumed.parent.parent), name=resumed.parent.name, version=resumed.name)
+    return Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=init)
+
+
+def with_run_directory(logger, tensorboard: Namespace):
+    """The run's loggers with TensorBoard first, where busi's run directory (checkpoints, split, report)
+    is; other loggers (MLflow, W&B, …) come after it and get the same metrics, and the report's files
+    where they take files (busi.publish). `--trainer.logger false` stays without loggers."""
+    if logger is False:
+        return False
+    if logger in (None, True):
+        return tensorboard
+    loggers = logger if isinstance(logger, list) else [logger]
+    first = getattr(loggers[0], "class_path", "") if loggers else ""
+    if first.rsplit(".", 1)[-1] in RUN_DIRECTORY_LOGGERS:
+        return loggers
+    return [tensorboard, *loggers]
+
+
 class BusiCLI(LightningCLI):
     start_from: Path | None = None  # a weights-only checkpoint to fine-tune from (busi.training loads it)
 
@@ -113,25 +140,21 @@ class BusiCLI(LightningCLI):
         if config.trainer.precision is None:
             config.trainer.precision, why = choose_precision(config.trainer.accelerator, config.model.freeze_backbone)
             rank_zero_info(f"precision: {config.trainer.precision}, since {why}; set it with --trainer.precision")
-        if not config.ckpt_path:
-            return
+        resumed = self.resume_or_fine_tune() if config.ckpt_path else None
+        config.trainer.logger = with_run_directory(config.trainer.logger, run_directory_logger(config, resumed))
+
+    def resume_or_fine_tune(self) -> Path | None:
+        """The run directory of the run to resume (its split reused), or None."""
+        config = self.config
         ckpt, run_dir = find_resume_checkpoint(config.ckpt_path, config.trainer.default_root_dir or ".")
         config.ckpt_path = str(ckpt)
         hparams = starting_hyperparameters(ckpt)
         if hparams is not None:
             self.fine_tune_from(ckpt, hparams, run_dir)
-            return
-        if run_dir is None:
-            return
-        if config.trainer.logger in (None, True):
-            config.trainer.logger = Namespace(
-                class_path="lightning.pytorch.loggers.TensorBoardLogger",
-                init_args=Namespace(
-                    save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name
-                ),
-            )
-        if not config.data.split_csv and (run_dir / "split.csv").is_file():
+            return None
+        if run_dir is not None and not config.data.split_csv and (run_dir / "split.csv").is_file():
             config.data.split_csv = str(run_dir / "split.csv")
+        return run_dir
 
     def fine_tune_from(self, ckpt: Path, hparams: dict, run_dir: Path | None) -> None:
         """A new run that starts from `ckpt`'s weights: its network's shape and input preprocessing come

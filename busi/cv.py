@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentParser
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
 from torchmetrics.classification import (
     BinaryRecall,
     BinarySpecificity,
@@ -23,9 +23,11 @@ from torchmetrics.classification import (
 )
 
 from busi.errors import OptionError, run_command
+from busi.history import read_history
 from busi.metrics import LESION_THRESHOLD, RELIABILITY_BINS, reliability
 from busi.plots import confusion_matrix_figure, fold_curves_figure, reliability_figure
-from busi.report import format_confusion_matrix, save_figures, training_history
+from busi.publish import publish
+from busi.report import format_confusion_matrix, save_figures
 from busi.training import TrainingRun, run
 
 SUMMARY_KEYS = ("accuracy", "macro_f1", "auroc_macro_ovr", "ece")
@@ -211,9 +213,10 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_summary(summary: dict, cv_dir: Path) -> None:
-    """cv_summary.json/.txt, the pooled out-of-fold confusion matrix and reliability diagram, every
-    fold's validation curves, as files and in TensorBoard."""
+def write_summary(summary: dict, cv_dir: Path, fold_loggers: list[Logger] = ()) -> None:
+    """cv_summary.json/.txt, the pooled out-of-fold confusion matrix and reliability diagram and every
+    fold's validation curves as files; all of it to TensorBoard in cv_dir and, when the folds logged to
+    MLflow, to a cross-validation run there (the folds' runs nested under it)."""
     (cv_dir / "cv_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     (cv_dir / "cv_summary.txt").write_text(format_summary(summary) + "\n", encoding="utf-8")
     oof, folds = summary["out_of_fold"], summary["folds"]
@@ -221,19 +224,35 @@ def write_summary(summary: dict, cv_dir: Path) -> None:
     figures = {
         "confusion_matrix": confusion_matrix_figure(oof["confusion_matrix"], tuple(summary["class_names"]), title),
         "reliability": reliability_figure(oof["reliability"], oof["ece_calibrated"], f"{folds}-fold out-of-fold"),
-        "curves": fold_curves_figure({k: training_history(fold_dir(cv_dir, k)) for k in range(folds)}),
+        "curves": fold_curves_figure({k: read_history(fold_dir(cv_dir, k)) for k in range(folds)}),
     }
-    with SummaryWriter(str(cv_dir)) as writer:
-        for fold in summary["per_fold"]:
-            for key in SUMMARY_KEYS:
-                writer.add_scalar(f"cv/{key}", fold[key], fold["fold"])
-            for name, scores in fold.get("segmentation", {}).items():
-                for key in ("dice", "predicted_lesion_share"):
-                    if scores.get(key) is not None:
-                        writer.add_scalar(f"cv/{key}_{name}", scores[key], fold["fold"])
-        writer.add_text("cv/summary", "    " + format_summary(summary).replace("\n", "\n    "))
-        tags = {name: f"cv/out_of_fold_{name}" if name != "curves" else "cv/curves" for name in figures}
-        save_figures(figures, cv_dir, writer, tags)
+    save_figures(figures, cv_dir)
+    loggers = [TensorBoardLogger(save_dir=cv_dir, name="", version=""), *cv_mlflow_runs(cv_dir, fold_loggers)]
+    for fold in summary["per_fold"]:
+        scalars = {f"cv/{key}": fold[key] for key in SUMMARY_KEYS}
+        for name, scores in fold.get("segmentation", {}).items():
+            for key in ("dice", "predicted_lesion_share"):
+                if scores.get(key) is not None:
+                    scalars[f"cv/{key}_{name}"] = scores[key]
+        for logger in loggers:
+            logger.log_metrics(scalars, fold["fold"])
+    images = {f"cv/out_of_fold_{name}" if name != "curves" else "cv/curves": f"{name}.png" for name in figures}
+    publish(loggers, cv_dir, ["cv_summary.json", "cv_summary.txt"], images, {"cv/summary": format_summary(summary)}, {})
+    for logger in loggers:
+        logger.finalize("success")
+
+
+def cv_mlflow_runs(cv_dir: Path, fold_loggers: list[Logger]) -> list[MLFlowLogger]:
+    """One MLflow run for the summary in each experiment the folds logged to, the folds' runs under it."""
+    runs = {}
+    for logger in fold_loggers:
+        if isinstance(logger, MLFlowLogger):
+            key = (logger._tracking_uri, logger.experiment_id)  # the tracking URI is kept only there
+            if key not in runs:
+                name = logger.experiment.get_experiment(logger.experiment_id).name
+                runs[key] = MLFlowLogger(name, run_name=f"{cv_dir.name} (cross-validation)", tracking_uri=key[0])
+            logger.experiment.set_tag(logger.run_id, "mlflow.parentRunId", runs[key].run_id)
+    return list(runs.values())
 
 
 CV_OPTIONS = ("--folds", "--name", "--trainer.default_root_dir")
@@ -273,6 +292,7 @@ def cross_validate(folds: int, cv_dir: Path, train_args: list[str]) -> None:
     kept, an interrupted fold resumes from its last checkpoint."""
     if folds < 3:
         raise OptionError("--folds must be at least 3 (one fold tests, one validates, the rest train)")
+    fold_loggers = []
     for fold in range(folds):
         run_dir = fold_dir(cv_dir, fold)
         if (run_dir / "out_of_fold.csv").is_file():
@@ -287,10 +307,11 @@ def cross_validate(folds: int, cv_dir: Path, train_args: list[str]) -> None:
             print(f"fold {fold}: interrupted before its first checkpoint, trained again")
             shutil.rmtree(run_dir.parent)
         trained = run(fold_args)
+        fold_loggers += trained.trainer.loggers
         if trained.trainer.is_global_zero:
             write_out_of_fold(trained, run_dir)
     summary = summarise(cv_dir, folds)
-    write_summary(summary, cv_dir)
+    write_summary(summary, cv_dir, fold_loggers)
     print(format_summary(summary))
     print(f"\nCross-validation directory: {cv_dir}")
 

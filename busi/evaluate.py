@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from jsonargparse import ArgumentParser
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
 
 from busi.data.audit import format_audit
 from busi.data.catalog import read_catalog
@@ -21,6 +21,7 @@ from busi.metrics import SplitEvaluation
 from busi.model import load_classifiers
 from busi.predict import Prediction, choose_device, csv_columns, csv_row
 from busi.progress import progress_bar
+from busi.publish import publish_report
 from busi.report import build_report, format_report, write_report
 
 
@@ -64,8 +65,10 @@ def evaluate(
         writer = csv.writer(handle)
         writer.writerow(csv_columns(first.class_names))
         writer.writerows(csv_row(p, first.class_names) for p in predictions)
-    with SummaryWriter(str(output)) as experiment:
-        write_report(report, output, experiment)
+    write_report(report, output)
+    logger = TensorBoardLogger(save_dir=output, name="", version="")  # events in `output` itself
+    publish_report(report, output, [logger])
+    logger.finalize("success")
     return report
 
 

@@ -19,6 +19,7 @@ from busi.explain import localisation_scores
 from busi.inference import Outputs
 from busi.metrics import SplitEvaluation
 from busi.model import SUMMARY_KEY, BusiClassifier
+from busi.publish import publish_report
 from busi.report import build_report, format_report, write_report
 
 # present when weight averaging made best.ckpt a full checkpoint: not needed to predict
@@ -80,9 +81,8 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
                 localisation_scores(model, datamodule.catalog, test_images),
             )
             if log_dir:
-                experiment = getattr(model.logger, "experiment", None)
-                experiment = experiment if hasattr(experiment, "add_image") else None
-                write_report(report, Path(log_dir), experiment, model.global_step)
+                write_report(report, Path(log_dir))
+                publish_report(report, Path(log_dir), trainer.loggers, model.global_step)
         if best:
             state["state_dict"]["temperature"] = model.temperature.detach().cpu().clone()
             if report is not None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw
@@ -88,13 +87,6 @@ def curves_figure(history: list[dict], title: str, best_epoch: int | None = None
         axes.legend(fontsize=8)
     figure.suptitle(title)
     return figure
-
-
-def figure_pixels(figure: Figure) -> np.ndarray:
-    """(H, W, 3) uint8 rendering, for TensorBoard's add_image."""
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def fold_curves_figure(histories: dict[int, list[dict]]) -> Figure:

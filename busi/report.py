@@ -1,15 +1,14 @@
 """The report of a trained model on labelled images: assembled, formatted and written in one place
-(report.json, report.txt, confusion_matrix.png, reliability.png, curves.png and TensorBoard)."""
+(report.json, report.txt, confusion_matrix.png, reliability.png, curves.png)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+from busi.history import read_history
 from busi.metrics import LESION_THRESHOLD, RELIABILITY_BINS
-from busi.plots import confusion_matrix_figure, curves_figure, figure_pixels, reliability_figure
+from busi.plots import confusion_matrix_figure, curves_figure, reliability_figure
 
 
 def build_report(
@@ -126,10 +125,9 @@ def format_localisation(
     return "\n".join(lines)
 
 
-def write_report(report: dict, folder: Path, experiment=None, step: int = 0, split: str = "test") -> None:
-    """report.json, report.txt, confusion_matrix.png, reliability.png and, for a training run whose
-    TensorBoard events are in `folder`, curves.png; the same pictures, text and localisation scores
-    go to `experiment` (a TensorBoard SummaryWriter) when given."""
+def write_report(report: dict, folder: Path, split: str = "test") -> None:
+    """report.json, report.txt, confusion_matrix.png, reliability.png and, for a training run (its
+    history.csv in `folder`), curves.png; busi.publish hands them to the run's loggers."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (folder / "report.txt").write_text(format_report(report) + "\n", encoding="utf-8")
@@ -141,48 +139,14 @@ def write_report(report: dict, folder: Path, experiment=None, step: int = 0, spl
         ),
         "reliability": reliability_figure(scored["reliability"], scored["ece"], where),
     }
-    history = training_history(folder)
+    history = read_history(folder)
     if history:
         best = max(history, key=lambda row: row.get("val/macro_f1", float("-inf")))
         figures["curves"] = curves_figure(history, f"training curves of {folder.name}", best["epoch"])
-    tags = {"confusion_matrix": f"{split}/confusion_matrix", "reliability": f"{split}/reliability_diagram"}
-    save_figures(figures, folder, experiment, {name: tags.get(name, f"{split}/{name}") for name in figures}, step)
-    if experiment is None:
-        return
-    experiment.add_text(f"{split}/report", "    " + format_report(report).replace("\n", "\n    "), step)
-    for name, values in (report.get("localisation") or {}).get("per_class", {}).items():
-        for key in ("energy_inside", "pointing_hit"):
-            experiment.add_scalar(f"report/{split}_cam_{key}_{name}", values[key], step)
-    for name, values in (scored.get("segmentation") or {}).items():
-        for key in ("dice", "iou", "predicted_lesion_share"):
-            if values.get(key) is not None:
-                experiment.add_scalar(f"report/{split}_{key}_{name}", values[key], step)
+    save_figures(figures, folder)
 
 
-def save_figures(figures: dict, folder: Path, experiment=None, tags: dict | None = None, step: int = 0) -> None:
-    """Each figure as folder/NAME.png and, with an experiment, as the TensorBoard image tags[NAME]."""
+def save_figures(figures: dict, folder: Path) -> None:
+    """Each figure as folder/NAME.png."""
     for name, figure in figures.items():
         figure.savefig(folder / f"{name}.png", dpi=120)
-        if experiment is not None:
-            experiment.add_image(tags[name], figure_pixels(figure), step, dataformats="HWC")
-
-
-def training_history(folder: Path) -> list[dict]:
-    """Per epoch (from 0): the train/ and val/ scalars that training logged to TensorBoard in
-    `folder`; a resumed run's repeated steps count once (the later value)."""
-    if not any(folder.glob("events.out.tfevents.*")):
-        return []
-    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = events.Tags()["scalars"]
-    if "epoch" not in tags:
-        return []
-    epoch_of = {event.step: int(event.value) for event in events.Scalars("epoch")}
-    epochs: dict[int, dict] = {}
-    for tag in tags:
-        if tag.startswith(("train/", "val/")):
-            for event in events.Scalars(tag):
-                if event.step in epoch_of:
-                    epoch = epoch_of[event.step]
-                    epochs.setdefault(epoch, {"epoch": epoch})[tag] = event.value
-    return [epochs[epoch] for epoch in sorted(epochs)]

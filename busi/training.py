@@ -21,6 +21,7 @@ from busi.data.splits import write_split_csv
 from busi.errors import ResumeError, run_command
 from busi.explain import GradCamGrid
 from busi.finish import SplitReports, finish
+from busi.history import EpochHistory
 from busi.model import BusiClassifier
 
 
@@ -61,7 +62,9 @@ def run(args: list[str] | None = None) -> TrainingRun:
             BusiDataModule,
             run=False,
             args=recipe_paths(sys.argv[1:] if args is None else args),
-            trainer_defaults={"callbacks": [ResumeCheckpoint(), StepSeed(), GradCamGrid(), RunFiles(), SplitReports()]},
+            trainer_defaults={
+                "callbacks": [ResumeCheckpoint(), StepSeed(), GradCamGrid(), RunFiles(), EpochHistory(), SplitReports()]
+            },
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
         )

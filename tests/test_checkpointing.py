@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
 from busi.checkpointing import AtomicCheckpointIO
+from busi.history import read_history
 from busi.model import load_classifier
 from busi.predict import main as predict_main
 from busi.training import main, run
@@ -76,6 +77,7 @@ def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_result(uninterru
     run_dir = tmp_path / "lightning_logs" / "version_0"
     assert not (tmp_path / "lightning_logs" / "version_1").exists()  # resumed in its own directory
     assert report(run_dir) == report(uninterrupted)
+    assert read_history(run_dir) == read_history(uninterrupted)  # each epoch once, as recorded uninterrupted
     for name in ("best.ckpt", "last.ckpt"):  # last: the weights after the epochs trained after the kill
         resumed, reference = load(run_dir / "checkpoints" / name), load(uninterrupted / "checkpoints" / name)
         assert resumed["epoch"] == reference["epoch"]

@@ -9,7 +9,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from busi import CLASS_NAMES
 from busi.metrics import reliability
 from busi.plots import confusion_matrix_figure
-from busi.report import format_report, training_history
+from busi.history import read_history
+from busi.report import format_report
 
 PICTURES = ("confusion_matrix.png", "reliability.png", "curves.png")
 
@@ -29,15 +30,20 @@ def test_every_run_directory_holds_the_report_and_its_three_pictures(trained_run
     assert {"test/confusion_matrix", "test/reliability_diagram", "test/curves"} <= set(events.Tags()["images"])
 
 
-def test_training_curves_come_from_every_epoch_logged(trained_run):
+def test_training_curves_come_from_every_epoch_busi_recorded(trained_run):
+    """history.csv, which busi writes itself whatever the loggers, holds what TensorBoard was sent."""
     cli, run_dir = trained_run
-    history = training_history(run_dir)
+    history = read_history(run_dir)
     assert [row["epoch"] for row in history] == list(range(cli.trainer.max_epochs))
     for row in history:
         assert {"train/loss", "train/acc", "train/macro_f1", "val/loss", "val/acc", "val/macro_f1"} <= row.keys()
         assert 0 <= row["val/macro_f1"] <= 1 and row["train/loss"] > 0
     best = torch.load(run_dir / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
     assert max(history, key=lambda row: row["val/macro_f1"])["epoch"] == best["epoch"]
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    sent = [event.value for event in events.Scalars("val/macro_f1")]
+    assert sent == pytest.approx([row["val/macro_f1"] for row in history])
 
 
 def test_reliability_bins_count_images_and_average_confidence_and_accuracy():
