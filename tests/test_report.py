@@ -7,9 +7,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from busi import CLASS_NAMES
+from busi.history import read_history
 from busi.metrics import reliability
 from busi.plots import confusion_matrix_figure
-from busi.history import read_history
 from busi.report import format_report
 
 PICTURES = ("confusion_matrix.png", "reliability.png", "curves.png")
