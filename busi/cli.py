@@ -136,7 +136,8 @@ class BusiCLI(LightningCLI):
         precision; resume into the run's own directory: its TensorBoard curves continue, the best
         checkpoint is tracked across the interruption, and the run's split is reused."""
         config = self.config
-        check_data_root(Path(config.data.root))
+        if not config.data.download:  # else BusiDataModule.prepare_data fetches it
+            check_data_root(Path(config.data.root))
         if config.trainer.precision is None:
             config.trainer.precision, why = choose_precision(config.trainer.accelerator, config.model.freeze_backbone)
             rank_zero_info(f"precision: {config.trainer.precision}, since {why}; set it with --trainer.precision")

@@ -3,11 +3,20 @@ under two classes, unreadable and ignored files), as a dict for audit.json and a
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from busi.data.catalog import Catalog
+
+SOURCE_RECORD = "busi-download.json"  # written by busi-download beside the class folders: where the data came from
+
+
+def read_source(root: Path) -> dict | None:
+    path = Path(root) / SOURCE_RECORD
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def build_audit(catalog: Catalog, class_names, sizes, modes, unreadable, orphan_masks, ignored) -> dict:
@@ -58,6 +67,7 @@ def build_audit(catalog: Catalog, class_names, sizes, modes, unreadable, orphan_
         "unreadable": unreadable,
         "orphan_masks": relative(orphan_masks),
         "ignored_files": relative(ignored),
+        **({"source": source} if (source := read_source(catalog.root)) else {}),
     }
 
 
@@ -75,6 +85,9 @@ def format_audit(audit: dict, split_counts: dict[str, dict[str, int]] | None = N
         f"  duplicate groups: {len(audit['duplicate_groups'])} holding {grouped} images (kept on one side of every split)",
         f"  conflicting labels: {len(audit['conflicting_labels'])}",
     ]
+    if "source" in audit:
+        source = audit["source"]
+        lines.insert(1, f"  downloaded from {source['url']} on {source['downloaded'][:10]}, SHA-256 {source['sha256']}")
     for conflict in audit["conflicting_labels"]:
         kind = "identical pixels" if conflict["identical_pixels"] else "near-duplicates"
         pairs = ", ".join(f"{p} [{lab}]" for p, lab in zip(conflict["paths"], conflict["labels"], strict=True))

@@ -94,8 +94,8 @@ def check_data_root(root: Path, class_names: tuple[str, ...] = CLASS_NAMES) -> N
     """DataError unless `root` holds one folder per class: checked before anything is built or fetched."""
     if not root.is_dir():
         raise DataError(
-            f"{root}: data folder not found; download BUSI (see README) and pass --data.root "
-            "pointing at the folder that holds benign/, malignant/ and normal/"
+            f"{root}: data folder not found; fetch BUSI with busi-download (or add --data.download true), "
+            "or pass --data.root pointing at the folder that holds benign/, malignant/ and normal/"
         )
     missing = [name for name in class_names if not (root / name).is_dir()]
     if missing:

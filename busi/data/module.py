@@ -17,6 +17,7 @@ from busi.data.audit import format_audit
 from busi.data.cache import default_cache_dir
 from busi.data.catalog import Catalog, read_catalog, warn
 from busi.data.dataset import ClassBalancedSampler, ImageTensors
+from busi.data.download import OFFICIAL_URL, download_busi
 from busi.data.splits import SPLIT_NAMES, assign_groups, fold_splits, read_split_csv
 from busi.errors import DataError
 
@@ -46,6 +47,9 @@ class BusiDataModule(L.LightningDataModule):
         fold: which fold, 0 … folds-1.
         sampling: `shuffle` (every training image once per epoch) or `balanced` (as many draws,
             with replacement, each class equally likely: ClassBalancedSampler).
+        download: fetch and unpack the dataset's archive into `root` when it is not there
+            (busi.data.download; busi-download does the same on its own).
+        download_url: where the archive is: the official one, or a mirror.
     """
 
     def __init__(
@@ -65,6 +69,8 @@ class BusiDataModule(L.LightningDataModule):
         folds: int = 0,
         fold: int = 0,
         sampling: Literal["shuffle", "balanced"] = "shuffle",
+        download: bool = False,
+        download_url: str = OFFICIAL_URL,
     ):
         super().__init__()
         if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
@@ -75,6 +81,10 @@ class BusiDataModule(L.LightningDataModule):
         self.class_names = CLASS_NAMES
         self.catalog: Catalog | None = None
         self.split_of: list[str] = []
+
+    def prepare_data(self) -> None:
+        if self.hparams.download:  # Lightning calls this on one process per machine, before `setup`
+            download_busi(Path(self.hparams.root), self.hparams.download_url)
 
     def setup(self, stage: str) -> None:
         if self.catalog is not None:
