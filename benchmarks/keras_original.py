@@ -10,6 +10,8 @@ python -m benchmarks.keras_original --pool DIR/pool --out DIR/keras [--image_siz
 busi-import-keras DIR/keras/model.h5 --output DIR/keras/imported
 busi-evaluate --ckpt DIR/keras/imported/best.ckpt --data.root DIR/holdout
     (DIR/pool and DIR/holdout from `python -m benchmarks.holdout link`: the holdout is busi's test split.)
+    With --holdout DIR/holdout it also prints Keras's own accuracy there (a model.h5 already in --out
+    is scored, not trained again), to set beside busi-evaluate's.
 """
 
 from __future__ import annotations
@@ -69,23 +71,30 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--weights", default=None, help="Keras DenseNet121 notop .h5 (ImageNet); default: none")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--holdout", type=Path, default=None, help="BUSI-layout folder to score Keras's model on")
     args = parser.parse_args()
 
     import keras
 
-    keras.utils.set_random_seed(args.seed)
-    images, labels = load_folder(args.pool, args.image_size)
-    model = original_model(args.image_size, args.weights)
-    started = time.perf_counter()
-    model.fit(
-        images, keras.utils.to_categorical(labels, len(CLASS_NAMES)), batch_size=16, epochs=args.epochs, verbose=2
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save(str(args.out / "model.h5"))
-    print(
-        f"trained on {len(labels)} images × {args.epochs} epochs in {time.perf_counter() - started:.0f} s "
-        f"→ {args.out / 'model.h5'}"
-    )
+    saved = args.out / "model.h5"
+    if saved.is_file():
+        model = keras.models.load_model(str(saved))
+    else:
+        keras.utils.set_random_seed(args.seed)
+        images, labels = load_folder(args.pool, args.image_size)
+        model = original_model(args.image_size, args.weights)
+        started = time.perf_counter()
+        targets = keras.utils.to_categorical(labels, len(CLASS_NAMES))
+        model.fit(images, targets, batch_size=16, epochs=args.epochs, verbose=2)
+        args.out.mkdir(parents=True, exist_ok=True)
+        model.save(str(saved))
+        print(
+            f"trained on {len(labels)} images × {args.epochs} epochs in {time.perf_counter() - started:.0f} s → {saved}"
+        )
+    if args.holdout is not None:
+        images, labels = load_folder(args.holdout, args.image_size)
+        predicted = model.predict(images, verbose=0).argmax(axis=1)
+        print(f"Keras on {args.holdout}: accuracy {np.mean(predicted == labels):.4f} ({len(labels)} images)")
 
 
 if __name__ == "__main__":
