@@ -143,6 +143,15 @@ def model_panel(classifiers: list[BusiClassifier], path: str) -> None:
     classifier = classifiers[0]
     summary = classifier.summary
     st.subheader("Model" if len(classifiers) == 1 else f"Ensemble of {len(classifiers)} fold models")
+    if summary is None and classifier.imported:
+        source, hparams = classifier.imported, classifier.hparams
+        scaling = "÷255" if hparams.preprocessing == "divide255" else "÷255, ImageNet mean/std"
+        st.caption(
+            f"Imported from Keras ({Path(source['file']).name}, Keras {source.get('keras_version') or '?'}): "
+            f"{hparams.image_size} px input, {scaling}. busi neither trained nor scored it: score it with "
+            "busi-evaluate on images it never saw."
+        )
+        return
     if summary is None:
         st.caption(
             f"{classifier.hparams.image_size} px input. This checkpoint holds no training summary (written by "

@@ -17,10 +17,8 @@ from busi import CLASS_NAMES
 from busi.checkpointing import AtomicCheckpointIO
 from busi.errors import OptionError, WeightsError, run_command
 from busi.keras_files import KERAS_BATCH_NORM_EPS, densenet_state_dict, original_head, read_keras_file
-from busi.model import BusiClassifier
+from busi.model import IMPORT_KEY, BusiClassifier
 from busi.network import FEATURE_CHANNELS, FEATURE_STRIDE
-
-IMPORT_KEY = "busi_import"  # in best.ckpt: where the weights came from
 
 
 def import_keras_model(
@@ -51,7 +49,7 @@ def import_keras_model(
         for layer, (weight, bias) in zip(layers, head.linear, strict=True):
             layer.weight.copy_(weight)
             layer.bias.copy_(bias)
-    classifier.keras_source = {
+    classifier.imported = {
         "file": str(model_file),
         "sha256": hashlib.sha256(Path(model_file).read_bytes()).hexdigest(),
         "keras_version": keras.keras_version,
@@ -69,7 +67,7 @@ def save_checkpoint(classifier: BusiClassifier, output: Path) -> Path:
         "pytorch-lightning_version": L.__version__,
         "epoch": 0,
         "global_step": 0,
-        IMPORT_KEY: getattr(classifier, "keras_source", {}),
+        IMPORT_KEY: classifier.imported,
     }
     output.mkdir(parents=True, exist_ok=True)
     AtomicCheckpointIO().save_checkpoint(state, path)

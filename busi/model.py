@@ -30,6 +30,7 @@ from busi.network import (
 )
 
 SUMMARY_KEY = "busi_summary"  # in best.ckpt: recipe, training data and test scores (busi.finish.model_summary)
+IMPORT_KEY = "busi_import"  # in a checkpoint written by busi-import-keras: the file it came from
 
 
 class BusiClassifier(L.LightningModule):
@@ -123,6 +124,7 @@ class BusiClassifier(L.LightningModule):
         # Temperature scaling, fitted on the validation split after training (busi.finish).
         self.register_buffer("temperature", torch.ones(()))
         self.summary: dict | None = None  # read from a checkpoint's SUMMARY_KEY
+        self.imported: dict | None = None  # read from a checkpoint's IMPORT_KEY
 
     def configure_losses(self) -> None:
         # set from the train split's class counts when the fit starts (class_weighting: balanced)
@@ -214,6 +216,7 @@ class BusiClassifier(L.LightningModule):
             raise WeightsError("not a busi checkpoint (no busi model weights in its state_dict)")
         state_dict.setdefault("temperature", torch.ones(()))  # written before calibration existed
         self.summary = checkpoint.get(SUMMARY_KEY)
+        self.imported = checkpoint.get(IMPORT_KEY)
         expected, found = set(self.state_dict()), set(state_dict)
         if expected != found:
             differ = sorted(expected ^ found)

@@ -161,3 +161,15 @@ def test_the_imported_model_fine_tunes_from_its_checkpoint(keras_project, busi_r
     assert classifier.hparams.batch_norm_eps == KERAS_BATCH_NORM_EPS
     uncalibrated = classifier.infer(keras_project["pixels"]).uncalibrated.numpy()
     assert np.abs(uncalibrated - keras_project["probabilities"]).max() <= 1e-4
+
+
+def test_the_app_says_where_an_imported_model_came_from(keras_project, busi_root, tmp_path, monkeypatch):
+    streamlit_testing = pytest.importorskip("streamlit.testing.v1")
+    output = tmp_path / "imported"
+    assert import_main([str(keras_project["model"]), "--output", str(output)]) == 0
+    monkeypatch.setenv("BUSI_CHECKPOINT", str(output / "best.ckpt"))
+    app = streamlit_testing.AppTest.from_file(str(Path(__file__).parents[1] / "busi" / "app.py"), default_timeout=120)
+    app.run()
+    assert not app.exception and not app.error
+    captions = " ".join(caption.value for caption in app.sidebar.caption)
+    assert "Imported from Keras (model.h5, Keras 3." in captions and "÷255" in captions
