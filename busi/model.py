@@ -65,6 +65,10 @@ class BusiClassifier(L.LightningModule):
             fixed for this many epochs while the head and decoder train, then train too (BatchNorm
             layers train throughout).
         backbone_lr_ratio: the backbone's learning rate as a share of `lr` (fine-tuning).
+        loss: the head's training loss: `cross_entropy`, or `focal` (Lin et al. 2017: each image's
+            cross-entropy scaled by (1 − p_true)^γ, so confidently right images count less), both
+            with the class weights.
+        focal_gamma: γ of the focal loss (0: cross-entropy).
         preprocessing: how uint8 pixels become the network's input: `imagenet` (÷255, then ImageNet
             mean and std: torchvision's and Keras DenseNet's `preprocess_input`) or `divide255` (÷255
             only: the original Keras project's app; set by busi-import-keras).
@@ -97,12 +101,16 @@ class BusiClassifier(L.LightningModule):
         backbone_lr_ratio: float = 1.0,
         preprocessing: Literal["imagenet", "divide255"] = "imagenet",
         batch_norm_eps: float | None = None,
+        loss: Literal["cross_entropy", "focal"] = "cross_entropy",
+        focal_gamma: float = 2.0,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = tuple(class_names)
         if not 0 <= label_smoothing < 1:
             raise OptionError(f"--model.label_smoothing {label_smoothing}: must be at least 0 and below 1 (0: off)")
+        if loss == "focal" and (label_smoothing or focal_gamma < 0):
+            raise OptionError("--model.loss focal takes --model.focal_gamma ≥ 0 and no --model.label_smoothing")
         if segmentation_weight < 0:
             raise OptionError(f"--model.segmentation_weight {segmentation_weight}: must be 0 (off) or positive")
         self.configure_models()
@@ -264,8 +272,12 @@ class BusiClassifier(L.LightningModule):
         return loss
 
     def classification_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The training loss of the head: cross-entropy with the class weights and label smoothing."""
-        return F.cross_entropy(logits, targets, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing)
+        """The training loss of the head: cross-entropy with the class weights and label smoothing, or
+        the focal loss with the class weights."""
+        hp = self.hparams
+        if hp.loss == "focal":
+            return focal_loss(logits, targets, hp.focal_gamma, self.class_weight)
+        return F.cross_entropy(logits, targets, weight=self.class_weight, label_smoothing=hp.label_smoothing)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         pixels, targets, keys, masks = batch
@@ -316,6 +328,15 @@ class BusiClassifier(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, gamma: float, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """−w_t (1 − p_t)^γ log p_t, averaged with the class weights as F.cross_entropy averages (γ 0: equal)."""
+    log_true = F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None])[:, 0]
+    weights = torch.ones_like(log_true) if weight is None else weight[targets]
+    return (-((1 - log_true.exp()) ** gamma) * log_true * weights).sum() / weights.sum()
 
 
 def segmentation_loss(lesion_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 
 from busi import CLASS_NAMES
 from busi.data.catalog import read_catalog, scan_class_folders
-from busi.data.dataset import ClassBalancedSampler
+from busi.data.dataset import ClassBalancedSampler, ClassRepeatSampler
 from busi.data.module import BusiDataModule
 from busi.data.splits import read_split_csv, write_split_csv
 from busi.errors import DataError
@@ -104,3 +104,24 @@ def test_balanced_sampling_draws_each_class_equally_the_same_way_every_time_and_
     shards = [epoch(7, 3, replicas=2, rank=r) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 50
     assert [i for pair in zip(*shards, strict=True) for i in pair] == whole
+
+
+def test_oversampling_repeats_each_class_by_its_inverse_share_the_same_way_every_time_and_shards_exactly():
+    labels = [0] * 56 + [1] * 27 + [2] * 17  # BUSI-like shares: ×2, ×4, ×6
+    dataset = list(range(len(labels)))
+
+    def epoch(seed, number, replicas=1, rank=0):
+        sampler = ClassRepeatSampler(dataset, labels, num_replicas=replicas, rank=rank, seed=seed)
+        sampler.set_epoch(number)
+        assert len(sampler) == len(list(sampler))
+        return list(sampler)
+
+    drawn = epoch(7, 0)
+    assert Counter(drawn) == Counter({i: (2, 4, 6)[label] for i, label in enumerate(labels)})  # each image
+    assert len(drawn) == 56 * 2 + 27 * 4 + 17 * 6
+    assert drawn == epoch(7, 0) and drawn != epoch(7, 1) and drawn != epoch(8, 0)  # a function of (seed, epoch)
+    shards = [epoch(7, 0, replicas=2, rank=r) for r in (0, 1)]
+    assert [i for pair in zip(*shards, strict=True) for i in pair] == drawn
+    three = [epoch(7, 0, replicas=3, rank=r) for r in (0, 1, 2)]  # 322 draws: padded to 324, as DistributedSampler
+    interleaved = [i for triple in zip(*three, strict=True) for i in triple]
+    assert interleaved[: len(drawn)] == drawn and interleaved[len(drawn) :] == drawn[:2]

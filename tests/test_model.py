@@ -1,9 +1,12 @@
+import math
+
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 
 from busi.data.module import BusiDataModule
+from busi.errors import OptionError
 from busi.model import BusiClassifier
 
 from fake_busi import IMAGE_SIZE
@@ -84,3 +87,23 @@ def test_label_smoothing_moves_its_share_of_the_training_target_evenly_onto_ever
     assert torch.allclose(smoothed.classification_loss(logits, targets), 0.9 * hard + 0.1 * (-log_p.mean(dim=1)).mean())
     plain = BusiClassifier(weights=None, image_size=IMAGE_SIZE)
     assert torch.allclose(plain.classification_loss(logits, targets), hard)
+
+
+def test_focal_loss_is_the_written_out_formula_with_the_class_weights():
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 1, 2, 2, 1, 0])
+    model = BusiClassifier(weights=None, image_size=IMAGE_SIZE, loss="focal", focal_gamma=2.0)
+    model.class_weight = torch.tensor([0.5, 2.0, 3.0])
+    expected_sum, weights_sum = 0.0, 0.0
+    for row, target in zip(logits.tolist(), targets.tolist(), strict=True):
+        exps = [math.exp(v) for v in row]
+        p_true = exps[target] / sum(exps)
+        weight = [0.5, 2.0, 3.0][target]
+        expected_sum += -weight * (1 - p_true) ** 2 * math.log(p_true)
+        weights_sum += weight
+    assert model.classification_loss(logits, targets).item() == pytest.approx(expected_sum / weights_sum, rel=1e-6)
+    model.hparams.focal_gamma = 0.0  # γ 0 is the weighted cross-entropy
+    weighted = F.cross_entropy(logits, targets, weight=model.class_weight)
+    assert torch.allclose(model.classification_loss(logits, targets), weighted)
+    with pytest.raises(OptionError, match="focal"):
+        BusiClassifier(weights=None, image_size=IMAGE_SIZE, loss="focal", label_smoothing=0.1)

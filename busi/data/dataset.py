@@ -1,7 +1,8 @@
-"""A catalog's images as a torch Dataset, and the class-balanced training sampler."""
+"""A catalog's images as a torch Dataset, and the training samplers that reweigh the classes."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import torch
@@ -44,4 +45,27 @@ class ClassBalancedSampler(DistributedSampler):
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
         draws = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
+        return iter(draws[self.rank : self.total_size : self.num_replicas].tolist())
+
+
+class ClassRepeatSampler(DistributedSampler):
+    """Oversampling: every training image repeated round(1 / its class's share) times per epoch (BUSI's
+    shares give benign ×2, malignant ×4, normal ×6: epochs about 3× longer), in one shuffled order per
+    (seed, epoch): exact under resume, and sharded over processes like DistributedSampler, the shards
+    interleaving back to the single-process order."""
+
+    def __init__(self, dataset: Dataset, labels: list[int], num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        counts = Counter(labels)
+        self.repeats = {label: max(1, round(len(labels) / count)) for label, count in counts.items()}
+        self.order = torch.tensor([i for i, label in enumerate(labels) for _ in range(self.repeats[label])])
+        self.num_samples = math.ceil(len(self.order) / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        draws = self.order[torch.randperm(len(self.order), generator=generator)]
+        padding = self.total_size - len(draws)  # repeats the first draws, as DistributedSampler does
+        draws = torch.cat([draws, draws[:padding]]) if padding else draws
         return iter(draws[self.rank : self.total_size : self.num_replicas].tolist())

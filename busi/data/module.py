@@ -16,10 +16,12 @@ from busi import CLASS_NAMES
 from busi.data.audit import format_audit
 from busi.data.cache import default_cache_dir
 from busi.data.catalog import Catalog, read_catalog, warn
-from busi.data.dataset import ClassBalancedSampler, ImageTensors
+from busi.data.dataset import ClassBalancedSampler, ClassRepeatSampler, ImageTensors
 from busi.data.download import OFFICIAL_URL, download_busi
 from busi.data.splits import SPLIT_NAMES, assign_groups, fold_splits, read_split_csv
 from busi.errors import DataError
+
+SAMPLERS = {"balanced": ClassBalancedSampler, "oversample": ClassRepeatSampler}
 
 
 class BusiDataModule(L.LightningDataModule):
@@ -45,8 +47,9 @@ class BusiDataModule(L.LightningDataModule):
         folds: k-fold cross-validation (`python -m busi.cv` sets it): 0 for the fractions above;
             k ≥ 3 for fold `fold`: test = that fold, val = the next one, train = the rest.
         fold: which fold, 0 … folds-1.
-        sampling: `shuffle` (every training image once per epoch) or `balanced` (as many draws,
-            with replacement, each class equally likely: ClassBalancedSampler).
+        sampling: `shuffle` (every training image once per epoch), `balanced` (as many draws, with
+            replacement, each class equally likely: ClassBalancedSampler) or `oversample` (each image
+            round(1 / its class's share) times per epoch, so epochs are longer: ClassRepeatSampler).
         download: fetch and unpack the dataset's archive into `root` when it is not there
             (busi.data.download; busi-download does the same on its own).
         download_url: where the archive is: the official one, or a mirror.
@@ -68,7 +71,7 @@ class BusiDataModule(L.LightningDataModule):
         memory_limit_mb: float = 4096,
         folds: int = 0,
         fold: int = 0,
-        sampling: Literal["shuffle", "balanced"] = "shuffle",
+        sampling: Literal["shuffle", "balanced", "oversample"] = "shuffle",
         download: bool = False,
         download_url: str = OFFICIAL_URL,
     ):
@@ -153,9 +156,9 @@ class BusiDataModule(L.LightningDataModule):
             # One order per (seed, epoch), whatever happened before: a run resumed from an epoch
             # boundary sees the batches the uninterrupted run saw. Sharded over processes under DDP.
             seed = int(os.environ.get("PL_GLOBAL_SEED", hp.seed))
-            if hp.sampling == "balanced":
+            if hp.sampling in SAMPLERS:
                 labels = [self.catalog.records[i].label for i in dataset.indices]
-                sampler = ClassBalancedSampler(dataset, labels, num_replicas=replicas, rank=rank, seed=seed)
+                sampler = SAMPLERS[hp.sampling](dataset, labels, num_replicas=replicas, rank=rank, seed=seed)
             else:
                 sampler = DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=seed)
         elif replicas > 1:
