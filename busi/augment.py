@@ -1,5 +1,6 @@
 """Augmentations that ultrasound tolerates, drawn independently per image on the training device
-(never a vertical flip: the transducer is always at the top)."""
+(by default never a vertical flip or a large rotation: the transducer is always at the top; long
+from-scratch runs may ask for both, as regularisation)."""
 
 from __future__ import annotations
 
@@ -21,21 +22,30 @@ def _uniform(n: int, bound: float, like: torch.Tensor) -> torch.Tensor:
     return (torch.rand(n, device=like.device) * 2 - 1) * bound
 
 
-def augment_batch(images: torch.Tensor, masks: torch.Tensor | None = None):
+def augment_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor | None = None,
+    max_rotation_degrees: float = MAX_ROTATION_DEGREES,
+    vertical_flip: bool = False,
+):
     """uint8 or [0, 1] float (N, C, H, W) → augmented float in [0, 1], same shape. With `masks` (uint8
     (N, 1, H, W)), returns (images, masks): each mask moved by its image's rotation, scaling, shift and
-    flip (nearest neighbour, so 0/1 and unknown values stay what they were; what enters from outside
-    the image is background)."""
+    flips (nearest neighbour, so 0/1 and unknown values stay what they were; what enters from outside
+    the image is background). Mirrored left-right half of the time; upside down half of the time only
+    with `vertical_flip`."""
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
     n = x.shape[0]
-    angle = _uniform(n, math.radians(MAX_ROTATION_DEGREES), x)
+    angle = _uniform(n, math.radians(max_rotation_degrees), x)
     scale = 1 + _uniform(n, MAX_SCALE_CHANGE, x)
     flip = torch.where(torch.rand(n, device=x.device) < 0.5, -1.0, 1.0)
+    upside_down = (
+        torch.where(torch.rand(n, device=x.device) < 0.5, -1.0, 1.0) if vertical_flip else torch.ones_like(flip)
+    )
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [
-            torch.stack([cos * flip, -sin, _uniform(n, 2 * MAX_SHIFT, x)], dim=1),
-            torch.stack([sin * flip, cos, _uniform(n, 2 * MAX_SHIFT, x)], dim=1),
+            torch.stack([cos * flip, -sin * upside_down, _uniform(n, 2 * MAX_SHIFT, x)], dim=1),
+            torch.stack([sin * flip, cos * upside_down, _uniform(n, 2 * MAX_SHIFT, x)], dim=1),
         ],
         dim=1,
     )

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric, SumMetric
 
 from busi import CLASS_NAMES
-from busi.augment import augment_batch
+from busi.augment import MAX_ROTATION_DEGREES, augment_batch
 from busi.errors import OptionError, WeightsError
 from busi.feature_cache import FeatureCache
 from busi.images import mask_known, to_model_input
@@ -65,6 +65,10 @@ class BusiClassifier(L.LightningModule):
             fixed for this many epochs while the head and decoder train, then train too (BatchNorm
             layers train throughout).
         backbone_lr_ratio: the backbone's learning rate as a share of `lr` (fine-tuning).
+        augment_rotation: with `augment`, rotations drawn up to ± this many degrees (10: what a
+            probe's tilt gives; up to 180 for long from-scratch runs).
+        augment_vertical_flip: with `augment`, turn half of the images upside down (no scanner does;
+            a regulariser for long from-scratch runs).
         loss: the head's training loss: `cross_entropy`, or `focal` (Lin et al. 2017: each image's
             cross-entropy scaled by (1 − p_true)^γ, so confidently right images count less), both
             with the class weights.
@@ -101,6 +105,8 @@ class BusiClassifier(L.LightningModule):
         backbone_lr_ratio: float = 1.0,
         preprocessing: Literal["imagenet", "divide255"] = "imagenet",
         batch_norm_eps: float | None = None,
+        augment_rotation: float = MAX_ROTATION_DEGREES,
+        augment_vertical_flip: bool = False,
         loss: Literal["cross_entropy", "focal"] = "cross_entropy",
         focal_gamma: float = 2.0,
     ):
@@ -167,7 +173,12 @@ class BusiClassifier(L.LightningModule):
         pixels are taken as already prepared."""
         if augment:
             moved = masks is not None and self.model.segments
-            augmented, masks = augment_batch(pixels, masks) if moved else (augment_batch(pixels), masks)
+            hp = self.hparams
+            geometry = {"max_rotation_degrees": hp.augment_rotation, "vertical_flip": hp.augment_vertical_flip}
+            if moved:
+                augmented, masks = augment_batch(pixels, masks, **geometry)
+            else:
+                augmented = augment_batch(pixels, **geometry)
             images = to_model_input(augmented, self.hparams.preprocessing)
         else:
             images = to_model_input(pixels, self.hparams.preprocessing) if pixels.dtype == torch.uint8 else pixels
