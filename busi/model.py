@@ -57,8 +57,10 @@ class BusiClassifier(L.LightningModule):
         warmup_epochs: linear learning-rate warm-up from 0, then `schedule`.
         schedule: `constant` or `cosine` (decay to 0 at the last step).
         tta: test-time augmentation: average the probabilities of the image and its mirror image.
-        head: `flatten` (the original: the whole feature map into the first dense layer) or `pooled`
-            (global average pooling first: 67 M fewer parameters at 256 px).
+        head: `flatten` (the original: the whole feature map into the first dense layer), `pooled`
+            (global average pooling first: 67 M fewer parameters at 256 px) or `lesion` (with the
+            decoder: final features and dense block 3, averaged over the image and over the predicted
+            lesion, so the classifier sees what the decoder found).
         segmentation_weight: λ > 0 adds a lesion decoder (busi.network.LesionDecoder) trained with
             λ·(Dice + BCE) on the lesion masks beside the classification loss; 0: no decoder.
         unfreeze_backbone_at_epoch: fine-tuning (freeze_backbone false): the backbone's weights stay
@@ -99,7 +101,7 @@ class BusiClassifier(L.LightningModule):
         warmup_epochs: float = 0.0,
         schedule: Literal["constant", "cosine"] = "constant",
         tta: bool = False,
-        head: Literal["flatten", "pooled"] = "flatten",
+        head: Literal["flatten", "pooled", "lesion"] = "flatten",
         segmentation_weight: float = 0.0,
         unfreeze_backbone_at_epoch: int = 0,
         backbone_lr_ratio: float = 1.0,
@@ -162,7 +164,7 @@ class BusiClassifier(L.LightningModule):
         return hp.freeze_backbone and hp.cache_features and not hp.augment and not self.model.segments
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.head(self._extract(images))
+        return self.model.classify(images, self._extract)
 
     def prepare_inputs(
         self, pixels: torch.Tensor, masks: torch.Tensor | None = None, augment: bool = False

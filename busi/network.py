@@ -66,11 +66,23 @@ class LesionDecoder(nn.Module):
         return self.out(x)
 
 
+class LesionPooling(nn.Module):
+    """The lesion head's pooling: (N, C + 1, h, w) maps whose last channel is the lesion probability →
+    (N, 2C): each map's mean over the image and its mean over the predicted lesion (attention)."""
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        maps, attention = maps[:, :-1], maps[:, -1:]
+        inside = (maps * attention).sum(dim=(2, 3)) / attention.sum(dim=(2, 3)).clamp_min(1e-6)
+        return torch.cat([maps.mean(dim=(2, 3)), inside], dim=1)
+
+
 class DenseNetClassifier(nn.Module):
     """torchvision DenseNet121 `features` → ReLU → the dense head 1024-1024-512-128-classes (logits out),
     fed by `head`: `flatten`, the original (the whole S/32 × S/32 × 1024 feature map: 67 M weights in
-    the first layer at 256 px), or `pooled` (global average pooling: 1024 inputs at any image size).
-    With `segment`, a LesionDecoder beside the head predicts the lesion from the same features."""
+    the first layer at 256 px), `pooled` (global average pooling: 1024 inputs at any image size) or
+    `lesion` (needs `segment`: the final features and dense block 3's output, each averaged over the
+    image and over the decoder's predicted lesion: 4096 inputs). With `segment`, a LesionDecoder beside
+    the head predicts the lesion from the same features."""
 
     def __init__(
         self,
@@ -83,11 +95,19 @@ class DenseNetClassifier(nn.Module):
         super().__init__()
         if image_size % FEATURE_STRIDE:
             raise OptionError(f"image_size {image_size} must be a multiple of {FEATURE_STRIDE}")
+        if head == "lesion" and not segment:
+            raise OptionError(
+                "--model.head lesion reads the lesion decoder's map: turn the decoder on with "
+                "--model.segmentation_weight 0.5 (any value above 0)"
+            )
         side = image_size // FEATURE_STRIDE
         self.freeze_backbone = freeze_backbone
+        self.sees_lesion = head == "lesion"
         self.features = densenet121(weights=None).features
         if head == "flatten":
             inputs = [nn.Flatten(), nn.Linear(FEATURE_CHANNELS * side * side, 1024)]
+        elif head == "lesion":
+            inputs = [LesionPooling(), nn.Linear(2 * (FEATURE_CHANNELS + SKIP_CHANNELS[-1]), 1024)]
         else:
             inputs = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(FEATURE_CHANNELS, 1024)]
         self.head = FullPrecisionHead(
@@ -134,16 +154,29 @@ class DenseNetClassifier(nn.Module):
         return F.relu(x), found
 
     def encode(self, images: torch.Tensor, extract=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(final features, lesion logits (N, 1, S/4, S/4) or None without a decoder); `extract`: this
-        network's `extract` as compiled by the caller."""
+        """(what the head reads, lesion logits (N, 1, S/4, S/4) or None without a decoder): the final
+        features, or for the lesion head those joined with dense block 3's output (pooled to S/32) and
+        the lesion probability; `extract`: this network's `extract` as compiled by the caller."""
         extract = extract or self.extract
         if not self.segments:
             return extract(images), None
         features, skips = extract(images, skips=True)
-        return features, self.decoder(features, skips)
+        lesions = self.decoder(features, skips)
+        if self.sees_lesion:
+            size = features.shape[-2:]
+            block3 = F.adaptive_avg_pool2d(skips[-1], size)
+            attention = F.adaptive_avg_pool2d(lesions.sigmoid(), size)
+            features = torch.cat([features, block3, attention.to(features.dtype)], dim=1)
+        return features, lesions
+
+    def classify(self, images: torch.Tensor, extract=None) -> torch.Tensor:
+        """Logits; the decoder runs only when the head reads its map."""
+        if self.sees_lesion:
+            return self.head(self.encode(images, extract)[0])
+        return self.head((extract or self.extract)(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.extract(images))
+        return self.classify(images)
 
 
 _LEGACY_KEY = re.compile(

@@ -172,3 +172,41 @@ def test_the_app_names_the_decoder_and_shows_the_lesion_dice(segmenting_run, mon
     assert "lesion decoder (λ 1)" in panel
     measures = test.sidebar.table[0].value["measure"].tolist()
     assert "lesion Dice, benign" in measures and "lesion Dice, malignant" in measures
+
+
+def test_the_lesion_head_reads_the_decoder_and_exports_to_onnx(tmp_path):
+    """`--model.head lesion`: the head's inputs are the final features and dense block 3, each averaged
+    over the image and over the predicted lesion; a different lesion map changes the answer; the ONNX
+    export answers as PyTorch does."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from busi.export import export
+
+    torch.manual_seed(0)
+    classifier = BusiClassifier(weights=None, image_size=IMAGE_SIZE, head="lesion", segmentation_weight=0.5, tta=True)
+    classifier.eval()
+    pixels = torch.randint(0, 256, (3, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    with torch.no_grad():
+        features, lesions = classifier.encode(classifier.prepare_inputs(pixels))
+    side = IMAGE_SIZE // 32
+    assert features.shape == (3, 2 * FEATURE_CHANNELS + 1, side, side) and lesions.shape[1] == 1
+    assert classifier.model.head[1].in_features == 4 * FEATURE_CHANNELS
+    outputs = classifier.infer(pixels, explain=True)
+    assert outputs.logits.shape == (3, 3) and outputs.cams.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        classifier.model.decoder.out.bias += 3.0  # the decoder sees more lesion: the head answers otherwise
+    assert not torch.allclose(classifier.infer(pixels).logits, outputs.logits)
+
+    output = export(classifier, "onnx", tmp_path / "lesion.onnx")
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    probabilities, lesion = session.run(["probabilities", "lesion"], {"pixels": pixels.float().numpy()})
+    expected = classifier.infer(pixels)
+    assert np.abs(probabilities - expected.probabilities.numpy()).max() < 1e-4
+    assert np.abs(lesion - expected.lesions.numpy()).max() < 1e-4
+
+
+def test_the_lesion_head_without_the_decoder_is_one_line(busi_root, tmp_path, capsys):
+    from busi.training import main
+
+    assert main(train_args(busi_root, tmp_path, "--model.head=lesion", epochs=1)) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--model.head lesion" in error[0] and "--model.segmentation_weight" in error[0]
