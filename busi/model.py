@@ -75,6 +75,11 @@ class BusiClassifier(L.LightningModule):
             cross-entropy scaled by (1 − p_true)^γ, so confidently right images count less), both
             with the class weights.
         focal_gamma: γ of the focal loss (0: cross-entropy).
+        teacher: a busi-cv folder whose models teach this one (busi.distillation): the training loss
+            becomes (1 − w)·the loss above + w·the cross-entropy against the teacher's probabilities.
+        teacher_targets: `out_of_fold` (each training image scored by the fold model that never saw
+            it) or `ensemble` (the mean of all fold models, each of which trained on most of them).
+        distillation_weight: w, the teacher's share of the training loss.
         preprocessing: how uint8 pixels become the network's input: `imagenet` (÷255, then ImageNet
             mean and std: torchvision's and Keras DenseNet's `preprocess_input`) or `divide255` (÷255
             only: the original Keras project's app; set by busi-import-keras).
@@ -111,6 +116,9 @@ class BusiClassifier(L.LightningModule):
         augment_vertical_flip: bool = False,
         loss: Literal["cross_entropy", "focal"] = "cross_entropy",
         focal_gamma: float = 2.0,
+        teacher: str | None = None,
+        teacher_targets: Literal["out_of_fold", "ensemble"] = "out_of_fold",
+        distillation_weight: float = 0.5,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -119,6 +127,8 @@ class BusiClassifier(L.LightningModule):
             raise OptionError(f"--model.label_smoothing {label_smoothing}: must be at least 0 and below 1 (0: off)")
         if loss == "focal" and (label_smoothing or focal_gamma < 0):
             raise OptionError("--model.loss focal takes --model.focal_gamma ≥ 0 and no --model.label_smoothing")
+        if not 0 <= distillation_weight <= 1:
+            raise OptionError(f"--model.distillation_weight {distillation_weight}: must be in [0, 1]")
         if segmentation_weight < 0:
             raise OptionError(f"--model.segmentation_weight {segmentation_weight}: must be 0 (off) or positive")
         self.configure_models()
@@ -145,6 +155,8 @@ class BusiClassifier(L.LightningModule):
     def configure_losses(self) -> None:
         # set from the train split's class counts when the fit starts (class_weighting: balanced)
         self.register_buffer("class_weight", torch.ones(len(self.class_names)), persistent=False)
+        # the teacher's probabilities by image digest, set when the fit starts (busi.distillation.TeacherTargets)
+        self.soft_targets: dict[str, torch.Tensor] = {}
 
     def configure_metrics(self) -> None:
         classes = len(self.class_names)
@@ -273,6 +285,12 @@ class BusiClassifier(L.LightningModule):
         features, lesions = self.encode(images, keys)
         logits = self.model.head(features)
         loss = self.classification_loss(logits, targets)
+        if self.hparams.teacher:
+            if not self.soft_targets:
+                raise OptionError("--model.teacher: no soft targets; train through busi-train (TeacherTargets)")
+            soft = torch.stack([self.soft_targets[key] for key in keys])
+            weight = self.hparams.distillation_weight
+            loss = (1 - weight) * loss + weight * soft_cross_entropy(logits, soft)
         self.train_metrics.update(logits, targets)
         self.train_loss.update(loss.detach(), weight=len(targets))
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
@@ -341,6 +359,11 @@ class BusiClassifier(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """−Σ_c q_c log p_c, averaged over the batch (q: a teacher's probabilities)."""
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
 def focal_loss(

@@ -18,6 +18,7 @@ from busi.cli import DEFAULT_CONFIG, BusiCLI, recipe_paths
 from busi.data.audit import format_audit
 from busi.data.module import BusiDataModule
 from busi.data.splits import write_split_csv
+from busi.distillation import TeacherTargets
 from busi.errors import ResumeError, run_command
 from busi.explain import GradCamGrid
 from busi.finish import SplitReports, finish
@@ -63,7 +64,15 @@ def run(args: list[str] | None = None) -> TrainingRun:
             run=False,
             args=recipe_paths(sys.argv[1:] if args is None else args),
             trainer_defaults={
-                "callbacks": [ResumeCheckpoint(), StepSeed(), GradCamGrid(), RunFiles(), EpochHistory(), SplitReports()]
+                "callbacks": [
+                    ResumeCheckpoint(),
+                    StepSeed(),
+                    GradCamGrid(),
+                    RunFiles(),
+                    EpochHistory(),
+                    TeacherTargets(),
+                    SplitReports(),
+                ]
             },
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -144,3 +145,45 @@ def test_predict_and_the_app_take_a_cv_folder_as_a_fold_ensemble(cv_run, busi_ro
     assert not app.exception and not app.error
     assert "Ensemble of 3 fold models" in [s.value for s in app.sidebar.subheader]
     assert any("3-fold cross-validation" in m.value for m in app.sidebar.markdown)
+
+
+class RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+@pytest.mark.parametrize("kind", ["out_of_fold", "ensemble"])
+def test_a_student_learns_from_a_cv_folder_read_without_running_code(cv_run, busi_root, tmp_path, kind, capsys):
+    """`--model.teacher CV`: the training images' soft targets are the out-of-fold probabilities (as the
+    folds wrote them) or the fold ensemble's; the fold checkpoints load with weights_only."""
+    from busi.distillation import out_of_fold_probabilities
+    from busi.training import main
+
+    def student(teacher: Path) -> list[str]:
+        return train_args(
+            busi_root, tmp_path, f"--model.teacher={teacher}", f"--model.teacher_targets={kind}", epochs=1
+        )
+
+    finished = run(student(cv_run))
+    model, datamodule = finished.model, finished.datamodule
+    train = datamodule.dataset("train").indices
+    catalog = datamodule.catalog
+    assert set(model.soft_targets) == {catalog.digests[i] for i in train}
+    assert all(abs(float(p.sum()) - 1) < 1e-5 for p in model.soft_targets.values())
+    if kind == "out_of_fold":
+        expected = torch.tensor(out_of_fold_probabilities(cv_run)[catalog.relative(train[0])])
+        assert torch.allclose(model.soft_targets[catalog.digests[train[0]]].cpu(), expected)
+        return
+    evil = tmp_path / "evil_cv"
+    shutil.copytree(cv_run, evil)
+    ckpt = fold_dir(evil, 0) / "checkpoints" / "best.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    state["extra"] = RunsCode(tmp_path / "pwned")
+    torch.save(state, ckpt)
+    capsys.readouterr()
+    assert main(student(evil)) == 2
+    assert "refused" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "pwned").exists()

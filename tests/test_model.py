@@ -107,3 +107,17 @@ def test_focal_loss_is_the_written_out_formula_with_the_class_weights():
     assert torch.allclose(model.classification_loss(logits, targets), weighted)
     with pytest.raises(OptionError, match="focal"):
         BusiClassifier(weights=None, image_size=IMAGE_SIZE, loss="focal", label_smoothing=0.1)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_distillation_with_its_own_probabilities_and_weight_one_is_the_soft_cross_entropy():
+    torch.manual_seed(2)
+    model = BusiClassifier(weights=None, image_size=IMAGE_SIZE, teacher="some/cv", distillation_weight=1.0).eval()
+    pixels = torch.randint(0, 256, (4, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    keys = [f"image{i}" for i in range(4)]
+    with torch.no_grad():
+        own = model.infer(pixels).uncalibrated
+        model.soft_targets = dict(zip(keys, own, strict=True))
+        loss = model.training_step((pixels, torch.tensor([0, 1, 2, 0]), keys, torch.zeros(4, 1, 1, 1)), 0)
+    by_hand = sum(-sum(q * math.log(q) for q in row) for row in own.tolist()) / 4  # the teacher's entropy
+    assert loss.item() == pytest.approx(by_hand, rel=1e-5)
