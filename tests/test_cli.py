@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -147,3 +148,21 @@ def test_pooled_head_with_balanced_sampling_trains_a_small_checkpoint(trained_ru
     assert saved == pytest.approx(first_layers, rel=0.01)
     assert load_classifier(best).hparams.head == "pooled"
     assert cli.report["splits"]["test"]["samples"] > 0
+
+
+def test_the_long_run_options_train_together(busi_root, tmp_path):
+    """Oversampling (longer epochs: every image round(1/share) times), the lesion head, the focal loss
+    and the long-run augmentation, in one real run whose checkpoint loads back."""
+    extra = [
+        "--data.sampling=oversample", "--model.head=lesion", "--model.segmentation_weight=0.5", "--model.loss=focal",
+        "--model.augment=true", "--model.augment_rotation=180", "--model.augment_vertical_flip=true",
+    ]  # fmt: skip
+    cli = run(train_args(busi_root, tmp_path, *extra, epochs=1))
+    counts = cli.datamodule.split_counts()["train"]
+    images = sum(counts.values())
+    draws = sum(round(images / n) * n for n in counts.values())
+    assert draws > 2 * images
+    assert cli.trainer.num_training_batches == math.ceil(draws / 8)
+    classifier = load_classifier(Path(cli.trainer.log_dir) / "checkpoints" / "best.ckpt")
+    assert classifier.hparams.head == "lesion" and classifier.hparams.loss == "focal"
+    assert cli.report["splits"]["test"]["segmentation"]
