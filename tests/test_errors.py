@@ -11,10 +11,12 @@ import pytest
 from busi.cli import DEFAULT_CONFIG, BusiCLI
 from busi.cv import main as cv_main
 from busi.data.cache_command import main as cache_main
+from busi.data.download import main as download_main
 from busi.data.module import BusiDataModule
 from busi.evaluate import main as evaluate_main
 from busi.explain import main as explain_main
 from busi.export import main as export_main
+from busi.import_keras import main as import_main
 from busi.model import BusiClassifier
 from busi.predict import main as predict_main
 from busi.training import main as train_main
@@ -34,11 +36,28 @@ def commands(tmp_path: Path) -> dict:
         "busi-explain": (explain_main, ["--ckpt", missing_ckpt, "--data.root", missing_root], "checkpoint not found"),
         "busi-export": (export_main, ["--ckpt", missing_ckpt], "checkpoint not found"),
         "busi-cache": (cache_main, [f"--data.root={missing_root}"], "data folder not found"),
+        "busi-download": (
+            download_main,
+            ["--root", missing_root, "--url", "http://127.0.0.1:9/x.zip"],
+            "could not download",
+        ),
+        "busi-import-keras": (import_main, [str(tmp_path / "model.h5"), "--output", missing_root], "file not found"),
     }
 
 
 @pytest.mark.parametrize(
-    "command", ["busi-train", "busi-cv", "busi-predict", "busi-evaluate", "busi-explain", "busi-export", "busi-cache"]
+    "command",
+    [
+        "busi-train",
+        "busi-cv",
+        "busi-predict",
+        "busi-evaluate",
+        "busi-explain",
+        "busi-export",
+        "busi-cache",
+        "busi-download",
+        "busi-import-keras",
+    ],
 )
 def test_every_command_reports_what_to_change_in_one_line_and_exits_2(command, tmp_path, capsys):
     main, args, expected = commands(tmp_path)[command]
