@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Issue 24's cross-validations (docs/experiments.md, "Issue 24 … in progress"), one after the other, matched
+# in images seen per fold model (28 oversampled epochs ≈ 90 plain ones on BUSI's shares). Each busi-cv keeps
+# its finished folds and resumes an interrupted one, so rerunning this after a stop continues where it was:
+#   nohup bash benchmarks/issue24.sh 42 > runs/issue24_seed42.log 2>&1 &     (split seed 42 first, then 7)
+set -euo pipefail
+SEED=${1:-42}
+SUFFIX=$([ "$SEED" = 42 ] && echo "" || echo "_seed$SEED")
+ROOT=${BUSI_ROOT:-../shared/data/busi/Dataset_BUSI_with_GT}
+COMMON=(--config scratch --data.root "$ROOT" --data.image_size 128 --data.seed "$SEED"
+        --trainer.enable_progress_bar false --model.warmup_epochs 2)
+OVERSAMPLE=(--trainer.max_epochs 28 --data.sampling oversample --model.class_weighting none)
+
+run() {
+    local started=$SECONDS
+    echo "== $1 ($(date -u +%FT%TZ))"
+    busi-cv --folds 5 --name "$@"
+    echo "== $1: $((SECONDS - started)) s wall in this call"
+}
+
+run "e20_seg05_90ep_p30$SUFFIX" "${COMMON[@]}" --trainer.max_epochs 90 --trainer.callbacks.patience=30  # longer alone
+run "e23_oversample_28ep$SUFFIX" "${COMMON[@]}" "${OVERSAMPLE[@]}"                                      # oversampling
+run "e24_oversample_lesion_focal_aug_28ep$SUFFIX" "${COMMON[@]}" "${OVERSAMPLE[@]}" --model.head lesion \
+    --model.loss focal --model.augment true --model.augment_rotation 180 --model.augment_vertical_flip true
