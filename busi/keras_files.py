@@ -14,7 +14,7 @@ import torch
 from busi.errors import WeightsError
 
 KERAS_BATCH_NORM_EPS = 1.001e-5  # keras.applications.densenet; torch's BatchNorm2d default is 1e-5
-KERAS_SUFFIXES = (".h5", ".hdf5")
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 HEAD_WIDTHS = (1024, 1024, 512, 128)  # the original project's dense layers before the class layer
 BATCH_NORM_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
 TORCH_BATCH_NORM = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
@@ -66,6 +66,10 @@ def read_keras_file(path: str | Path) -> KerasFile:
         raise WeightsError(f'{path}: reading Keras files needs h5py: pip install "busi[keras]"') from None
     if not path.is_file():
         raise WeightsError(f"{path}: Keras weights file not found")
+    if path.suffix.lower() == ".keras":
+        raise WeightsError(
+            f"{path}: the .keras (zip) format is not read; in Keras, save it as HDF5: model.save('model.h5')"
+        )
     try:
         with h5py.File(path, "r") as file:
             model = _model_config(file)

@@ -127,12 +127,14 @@ def other_keras_files(folder: Path) -> dict[str, tuple[Path, str]]:
         file["scan"] = np.zeros((4, 4))
     data = (folder / "two_classes.h5").read_bytes()
     (folder / "truncated.h5").write_bytes(data[: len(data) // 3])
+    two_classes.save(str(folder / "model.keras"))
     return {
         "resnet": (folder / "resnet50_notop.h5", "not a Keras DenseNet121: found a Keras model 'resnet50'"),
         "head": (folder / "other_head.h5", "the head after DenseNet121 is Flatten → Dense 256 relu → Dense 3 softmax"),
         "classes": (folder / "two_classes.h5", "the model answers 2 classes"),
         "not_keras": (folder / "not_keras.h5", "an HDF5 file without Keras weights"),
         "truncated": (folder / "truncated.h5", "not a readable Keras HDF5 file"),
+        "keras_format": (folder / "model.keras", "save it as HDF5: model.save('model.h5')"),
     }
 
 
@@ -142,7 +144,7 @@ def test_other_files_get_one_line_saying_what_was_found(tmp_path, capsys):
         errors = capsys.readouterr().err.strip().splitlines()
         assert len(errors) == 1 and errors[0].startswith(f"error: {path}: ") and expected in errors[0], errors
         assert not (tmp_path / name / "best.ckpt").exists()
-        if name in ("resnet", "not_keras", "truncated"):
+        if name in ("resnet", "not_keras", "truncated", "keras_format"):
             with pytest.raises(WeightsError, match="Keras"):
                 BusiClassifier(weights=str(path), image_size=IMAGE_SIZE)
 
