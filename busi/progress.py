@@ -9,14 +9,24 @@ from collections.abc import Iterable
 from tqdm import tqdm
 
 
-def progress_bar(items: Iterable | None = None, total: int | None = None, what: str = "", quiet: bool = False) -> tqdm:
-    """A bar over `items` (or updated by hand up to `total`), on stderr; tqdm draws it only when stderr is
-    a terminal (`disable=None`), so logs of piped runs hold no carriage returns."""
+def progress_bar(
+    items: Iterable | None = None,
+    total: int | None = None,
+    what: str = "",
+    quiet: bool = False,
+    unit: str = "image",
+    initial: int = 0,
+) -> tqdm:
+    """A bar over `items` (or updated by hand up to `total`, from `initial`), on stderr; tqdm draws it only
+    when stderr is a terminal (`disable=None`), so logs of piped runs hold no carriage returns. Bytes
+    (`unit="B"`) are shown as kB, MB, …"""
     return tqdm(
         items,
         total=total,
+        initial=initial,
         desc=what,
-        unit="image",
+        unit=unit,
+        unit_scale=unit == "B",
         file=sys.stderr,
         disable=True if quiet else None,
         dynamic_ncols=True,

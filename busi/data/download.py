@@ -7,7 +7,6 @@ import hashlib
 import json
 import shutil
 import stat
-import sys
 import urllib.error
 import urllib.request
 import zipfile
@@ -16,13 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from jsonargparse import ArgumentParser
-from tqdm import tqdm
 
 from busi import CLASS_NAMES
 from busi.data.audit import SOURCE_RECORD
 from busi.data.catalog import check_data_root
 from busi.errors import DataError, run_command
 from busi.images import is_image_file, is_mask
+from busi.progress import progress_bar
 
 OFFICIAL_URL = "https://scholar.cu.edu.eg/Dataset_BUSI.zip"  # Al-Dhabyani et al., Data in Brief 28 (2020)
 FOLDER_NAME = "Dataset_BUSI_with_GT"
@@ -58,9 +57,9 @@ def fetch(url: str, archive: Path, target: Path, quiet: bool = False) -> None:
     partial = archive.with_name(archive.name + ".part")
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            if fetch_once(url, partial, quiet):
-                partial.replace(archive)
-                return
+            fetch_once(url, partial, quiet)
+            partial.replace(archive)
+            return
         except ValueError as error:  # not an http(s) URL, or one with spaces
             raise DataError(f"--url {url}: not a URL to download from ({error})") from None
         except urllib.error.HTTPError as error:
@@ -71,11 +70,10 @@ def fetch(url: str, archive: Path, target: Path, quiet: bool = False) -> None:
                 kept = partial.stat().st_size if partial.is_file() else 0
                 retry = f" ({kept / 2**20:.1f} MiB kept: run the command again to continue)" if kept else ""
                 raise DataError(f"could not download {url} ({reason}){retry}; or {by_hand(target, url)}") from None
-    raise DataError(f"could not download {url}: cut {ATTEMPTS} times; run the command again to continue")
 
 
-def fetch_once(url: str, partial: Path, quiet: bool) -> bool:
-    """One request from where ARCHIVE.part ends; True when the whole file is there."""
+def fetch_once(url: str, partial: Path, quiet: bool) -> None:
+    """One request from where ARCHIVE.part ends; OSError when the connection closes before the end."""
     have = partial.stat().st_size if partial.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(request, timeout=60) as response:
@@ -85,10 +83,7 @@ def fetch_once(url: str, partial: Path, quiet: bool) -> bool:
         total = have + int(length) if length is not None else None
         with (
             partial.open("ab" if have else "wb") as handle,
-            tqdm(
-                total=total, initial=have, unit="B", unit_scale=True, desc="BUSI archive", file=sys.stderr,
-                disable=True if quiet else None, leave=False,
-            ) as bar,
+            progress_bar(total=total, what="BUSI archive", quiet=quiet, unit="B", initial=have) as bar,
         ):  # fmt: skip
             while chunk := response.read(CHUNK):
                 handle.write(chunk)
@@ -96,7 +91,6 @@ def fetch_once(url: str, partial: Path, quiet: bool) -> bool:
     size = partial.stat().st_size
     if total is not None and size < total:
         raise OSError(f"connection closed at {size} of {total} bytes")
-    return True
 
 
 def unpack(archive: Path, target: Path, url: str) -> None:
