@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 24's cross-validations (docs/experiments.md, "Issue 24 … in progress"), one after the other, matched
-# in images seen per fold model (28 oversampled epochs ≈ 90 plain ones on BUSI's shares). Each busi-cv keeps
-# its finished folds and resumes an interrupted one, so rerunning this after a stop continues where it was:
+# in images seen per fold model (28 oversampled epochs ≈ 90 plain ones on BUSI's shares). The anchor's whole
+# recipe (e24) runs before its oversampling-alone control (e23): whether the combination reaches the targets
+# decides what else is worth the CPU. Each busi-cv keeps its finished folds and resumes an interrupted one,
+# so rerunning this after a stop continues where it was:
 #   nohup bash benchmarks/issue24.sh 42 > runs/issue24_seed42.log 2>&1 &     (split seed 42 first, then 7)
 set -euo pipefail
 SEED=${1:-42}
@@ -19,6 +21,6 @@ run() {
 }
 
 run "e20_seg05_90ep_p30$SUFFIX" "${COMMON[@]}" --trainer.max_epochs 90 --trainer.callbacks.patience=30  # longer alone
-run "e23_oversample_28ep$SUFFIX" "${COMMON[@]}" "${OVERSAMPLE[@]}"                                      # oversampling
 run "e24_oversample_lesion_focal_aug_28ep$SUFFIX" "${COMMON[@]}" "${OVERSAMPLE[@]}" --model.head lesion \
     --model.loss focal --model.augment true --model.augment_rotation 180 --model.augment_vertical_flip true
+run "e23_oversample_28ep$SUFFIX" "${COMMON[@]}" "${OVERSAMPLE[@]}"                                      # oversampling
