@@ -23,7 +23,7 @@ from torchmetrics.classification import (
 )
 
 from busi.errors import OptionError, run_command
-from busi.history import read_history
+from busi.history import format_training_cost, read_history
 from busi.metrics import LESION_THRESHOLD, RELIABILITY_BINS, reliability
 from busi.plots import confusion_matrix_figure, fold_curves_figure, reliability_figure
 from busi.publish import publish
@@ -78,6 +78,7 @@ def summarise(cv_dir: Path, folds: int) -> dict:
                 "temperature": report.get("temperature", 1.0),
                 **({"segmentation": test["segmentation"]} if "segmentation" in test else {}),
                 **({"localisation": report["localisation"]["per_class"]} if report.get("localisation") else {}),
+                **({"training": report["training"]} if "training" in report else {}),
             }
         )
 
@@ -99,6 +100,12 @@ def summarise(cv_dir: Path, folds: int) -> dict:
         }
         return {name: values for name, values in scores.items() if values}
 
+    costs = [fold.get("training", {}) for fold in per_fold]
+    for key in ("images_seen", "images_seen_to_best"):
+        if all(cost.get(key) is not None for cost in costs):
+            summary[key] = mean_sd([cost[key] for cost in costs])
+    if all(cost.get("wall_s") is not None for cost in costs):
+        summary["wall_s_total"] = sum(cost["wall_s"] for cost in costs)
     if all("segmentation" in fold for fold in per_fold):
         summary["segmentation"] = per_class("segmentation", ("dice", "iou", "predicted_lesion_share"))
     if all("localisation" in fold for fold in per_fold):
@@ -171,6 +178,20 @@ def format_summary(summary: dict) -> str:
         f"{m['auroc_macro_ovr']['sd']:>7.4f} {m['ece']['sd']:>7.4f} {'':>6} "
         + " ".join(f"{m['recall'][n]['sd']:>14.4f}" for n in names)
     )
+    if any("training" in fold for fold in summary["per_fold"]):
+        lines += ["", "Training cost per fold model"]
+        lines += [
+            f"{fold['fold']:>5}: " + format_training_cost(fold["training"])
+            for fold in summary["per_fold"]
+            if "training" in fold
+        ]
+        if "images_seen" in m:
+            seen, to_best = m["images_seen"], m["images_seen_to_best"]
+            lines.append(
+                f"{'mean':>5}: {seen['mean']:,.0f} ± {seen['sd']:,.0f} images drawn per model "
+                f"({to_best['mean']:,.0f} ± {to_best['sd']:,.0f} up to the best epoch)"
+                + (f"; {m['wall_s_total'] / 60:.1f} min of training in all" if "wall_s_total" in m else "")
+            )
     if "segmentation" in m:
         lines += [
             "",

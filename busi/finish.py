@@ -16,6 +16,7 @@ from busi.checkpointing import AtomicCheckpointIO
 from busi.data.module import BusiDataModule
 from busi.data.splits import SPLIT_NAMES
 from busi.explain import localisation_scores
+from busi.history import read_history, training_cost
 from busi.inference import Outputs
 from busi.metrics import SplitEvaluation
 from busi.model import SUMMARY_KEY, BusiClassifier
@@ -80,6 +81,9 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
                 temperature,
                 localisation_scores(model, datamodule.catalog, test_images),
             )
+            history = read_history(Path(log_dir)) if log_dir else []
+            if history and state is not None:
+                report["training"] = training_cost(history, state["epoch"])
             if log_dir:
                 write_report(report, Path(log_dir))
                 publish_report(report, Path(log_dir), trainer.loggers, model.global_step)

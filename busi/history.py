@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 HISTORY_FILE = "history.csv"
+SAMPLES = "train/samples"  # the images drawn in the epoch (an oversampled epoch draws some several times)
+EPOCH_SECONDS = "time/epoch_s"  # the epoch's training and validation, wall clock
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -36,16 +39,47 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     temporary.replace(path)
 
 
+def training_cost(history: list[dict], best_epoch: int) -> dict:
+    """What a model cost to train, from its history: epochs, images drawn in all and up to the best
+    epoch (the one kept), wall seconds; None for what the history does not hold (runs from before)."""
+
+    def total(key: str, epochs: list[dict]) -> float | None:
+        return sum(row[key] for row in epochs) if all(key in row for row in epochs) else None
+
+    up_to_best = [row for row in history if row["epoch"] <= best_epoch]
+    return {
+        "epochs": len(history),
+        "best_epoch": best_epoch,
+        "images_seen": total(SAMPLES, history),
+        "images_seen_to_best": total(SAMPLES, up_to_best),
+        "wall_s": total(EPOCH_SECONDS, history),
+    }
+
+
+def format_training_cost(cost: dict) -> str:
+    seen = cost["images_seen"]
+    images = f", {seen:,.0f} images drawn ({cost['images_seen_to_best']:,.0f} up to it)" if seen is not None else ""
+    wall = f", {cost['wall_s'] / 60:.1f} min" if cost["wall_s"] is not None else ""
+    epochs = f"{cost['epochs']} epoch" + ("s" if cost["epochs"] != 1 else "")
+    return f"{epochs}, best at epoch {cost['best_epoch'] + 1}{images}{wall}"
+
+
 class EpochHistory(Callback):
-    """At the end of every training epoch, the epoch's train/ and val/ metrics join RUN/history.csv; a
-    resumed run keeps the rows of the epochs it finished before and replaces the rest."""
+    """At the end of every training epoch, the epoch's train/ and val/ metrics and its wall time join
+    RUN/history.csv; a resumed run keeps the rows of the epochs it finished before and replaces the rest."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.monotonic()  # a run resumed inside an epoch starts it without the hook below
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.monotonic()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
         if not trainer.is_global_zero or log_dir is None or trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
-        row = {"epoch": epoch}
+        row = {"epoch": epoch, EPOCH_SECONDS: time.monotonic() - self._started}
         for key, value in trainer.callback_metrics.items():
             if key.startswith(("train/", "val/")):
                 row[key] = float(value)

@@ -165,7 +165,7 @@ class BusiClassifier(L.LightningModule):
         # torchmetrics rather than self.log averaging: exact over all processes under DDP
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
         self.train_segmentation_loss, self.val_dice = MeanMetric(), MeanMetric()
-        self.val_samples = SumMetric()
+        self.train_samples, self.val_samples = SumMetric(), SumMetric()
 
     @property
     def caches_features(self) -> bool:
@@ -293,7 +293,9 @@ class BusiClassifier(L.LightningModule):
             loss = (1 - weight) * loss + weight * soft_cross_entropy(logits, soft)
         self.train_metrics.update(logits, targets)
         self.train_loss.update(loss.detach(), weight=len(targets))
+        self.train_samples.update(len(targets))
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+        self.log("train/samples", self.train_samples, on_step=False, on_epoch=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         if self.model.segments:
             segmentation = segmentation_loss(lesions, masks)

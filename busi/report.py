@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from busi.history import read_history
+from busi.history import format_training_cost, read_history
 from busi.metrics import LESION_THRESHOLD, RELIABILITY_BINS
 from busi.plots import confusion_matrix_figure, curves_figure, reliability_figure
 
@@ -73,6 +73,8 @@ def format_report(report: dict) -> str:
         lines.append(
             f"{name:>6} {split['samples']:7d} {split['loss']:8.4f} {split['accuracy']:9.4f} {split['macro_f1']:9.4f}"
         )
+    if "training" in report:
+        lines += ["", f"Training: {format_training_cost(report['training'])}"]
     lines += ["", f"Classification report ({where})", format_classification_report(test, class_names), ""]
     lines += [f"Macro one-vs-rest AUROC ({scope}): {test['auroc_macro_ovr']:.4f}"]
     if ensemble:

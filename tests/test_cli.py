@@ -163,6 +163,7 @@ def test_the_long_run_options_train_together(busi_root, tmp_path):
     draws = sum(round(images / n) * n for n in counts.values())
     assert draws > 2 * images
     assert cli.trainer.num_training_batches == math.ceil(draws / 8)
+    assert cli.report["training"]["images_seen"] == draws  # the cost a comparison must match, not the images
     classifier = load_classifier(Path(cli.trainer.log_dir) / "checkpoints" / "best.ckpt")
     assert classifier.hparams.head == "lesion" and classifier.hparams.loss == "focal"
     assert cli.report["splits"]["test"]["segmentation"]

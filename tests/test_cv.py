@@ -77,6 +77,11 @@ def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(cv_r
     hits = [fold["localisation"]["malignant"]["pointing_hit"] for fold in folds]
     assert summary["mean_sd"]["localisation"]["malignant"]["pointing_hit"]["mean"] == pytest.approx(sum(hits) / 3)
     assert "Lesion segmentation, test folds" in (tmp_path / "cv" / "cv_summary.txt").read_text()
+    seen = [fold["training"]["images_seen"] for fold in folds]  # one epoch: each fold's training images once
+    train_images = [images - fold["images"] - folds[(fold["fold"] + 1) % 3]["images"] for fold in folds]
+    assert seen == train_images and summary["mean_sd"]["images_seen"]["mean"] == pytest.approx(sum(seen) / 3)
+    assert summary["mean_sd"]["wall_s_total"] == pytest.approx(sum(fold["training"]["wall_s"] for fold in folds))
+    assert "images drawn per model" in (tmp_path / "cv" / "cv_summary.txt").read_text()
     assert cv_main(args) == 0  # a finished cross-validation is summarised again, not retrained
     output = capsys.readouterr().out
     assert "done before, kept" in output and "Pooled out-of-fold" in output

@@ -40,6 +40,18 @@ def test_training_curves_come_from_every_epoch_busi_recorded(trained_run):
         assert 0 <= row["val/macro_f1"] <= 1 and row["train/loss"] > 0
     best = torch.load(run_dir / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
     assert max(history, key=lambda row: row["val/macro_f1"])["epoch"] == best["epoch"]
+    train_images = cli.report["splits"]["train"]["samples"]
+    assert [row["train/samples"] for row in history] == [train_images] * len(history)
+    assert all(row["time/epoch_s"] > 0 for row in history)
+    cost = cli.report["training"]
+    assert cost["epochs"] == len(history) and cost["best_epoch"] == best["epoch"]
+    assert cost["images_seen"] == train_images * len(history)
+    assert cost["images_seen_to_best"] == train_images * (best["epoch"] + 1)
+    assert cost["wall_s"] == pytest.approx(sum(row["time/epoch_s"] for row in history))
+    assert (
+        f"Training: {len(history)} epochs, best at epoch {best['epoch'] + 1}, {cost['images_seen']:,.0f} images drawn"
+        in format_report(cli.report)
+    )
     events = EventAccumulator(str(run_dir))
     events.Reload()
     sent = [event.value for event in events.Scalars("val/macro_f1")]
