@@ -1,0 +1,93 @@
+"""Experiment: one docs/experiments.md row per busi-cv folder, with what its fold models cost to train.
+
+python -m benchmarks.cv_table runs/NAME [runs/OTHER …] [--against runs/CONTROL]
+
+Prints accuracy, macro-F1, malignant recall, AUROC (mean ± sd over folds), the pooled out-of-fold ECE,
+the lesion Dice (benign / malignant), the images drawn per fold model (in all, and up to the epoch
+kept) and the training wall time; with --against, each fold's accuracy difference to the control's
+same fold. Folds trained before busi recorded the cost (report.json without "training") get it from
+their checkpoints: epochs × training images, which holds for plain (not oversampled) epochs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from busi.cv import fold_dir
+
+
+def fold_cost(run_dir: Path, report: dict) -> dict:
+    if "training" in report:
+        return report["training"]
+    checkpoints = run_dir / "checkpoints"
+    epochs = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)["epoch"] + 1
+    best = torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    images = report["splits"]["train"]["samples"]
+    return {
+        "epochs": epochs,
+        "best_epoch": best,
+        "images_seen": images * epochs,
+        "images_seen_to_best": images * (best + 1),
+        "wall_s": None,
+    }
+
+
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def row(cv_dir: Path) -> tuple[str, list[float]]:
+    summary = json.loads((cv_dir / "cv_summary.json").read_text())
+    folds = summary["per_fold"]
+    reports = [json.loads((fold_dir(cv_dir, f["fold"]) / "report.json").read_text()) for f in folds]
+    costs = [fold_cost(fold_dir(cv_dir, f["fold"]), r) for f, r in zip(folds, reports, strict=True)]
+    m = summary["mean_sd"]
+    dice = m.get("segmentation", {})
+    dice_text = " / ".join(f"{dice[c]['dice']['mean']:.3f}" for c in ("benign", "malignant") if c in dice) or "–"
+    walls = [c["wall_s"] for c in costs]
+    wall = f"{sum(walls) / 60:.0f} min" if None not in walls else "–"
+    seen = [c["images_seen"] for c in costs]
+    to_best = [c["images_seen_to_best"] for c in costs]
+    epochs = "/".join(f"{c['epochs']}({c['best_epoch'] + 1})" for c in costs)
+    cells = [
+        cv_dir.name,
+        mean_sd([f["accuracy"] for f in folds]),
+        mean_sd([f["macro_f1"] for f in folds]),
+        mean_sd([f["recall"]["malignant"] for f in folds]),
+        mean_sd([f["auroc_macro_ovr"] for f in folds]),
+        f"{summary['out_of_fold']['ece_calibrated']:.3f}",
+        dice_text,
+        f"{statistics.fmean(seen):,.0f} ({statistics.fmean(to_best):,.0f})",
+        epochs,
+        wall,
+    ]
+    return "| " + " | ".join(cells) + " |", [f["accuracy"] for f in folds]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cv_dirs", nargs="+", type=Path)
+    parser.add_argument("--against", type=Path, help="a control CV on the same folds")
+    args = parser.parse_args()
+    header = (
+        "| CV | accuracy | macro-F1 | malignant recall | AUROC | pooled ECE | Dice benign / malignant "
+        "| images drawn per model (to the kept epoch) | epochs (kept) per fold | training wall time |"
+    )
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    control = row(args.against)[1] if args.against else None
+    for cv_dir in args.cv_dirs:
+        text, accuracies = row(cv_dir)
+        print(text)
+        if control:
+            deltas = [a - c for a, c in zip(accuracies, control, strict=True)]
+            print(f"  accuracy against {args.against.name}, fold by fold: " + ", ".join(f"{d:+.3f}" for d in deltas))
+
+
+if __name__ == "__main__":
+    main()
