@@ -49,19 +49,20 @@ def calibrated_probabilities(
 
 
 def grad_cam(
-    head: nn.Module, features: torch.Tensor, size, classes: torch.Tensor | None
+    head: nn.Module, features: torch.Tensor, size, classes: torch.Tensor | None, channels: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(heat-maps (N, H, W) in [0, 1] at `size`, logits, the classes explained: `classes`, or the
-    predicted ones). Only the head is differentiated, never the backbone; works inside Lightning's
-    inference-mode loops."""
+    predicted ones), summed over the first `channels` maps of what the head reads (all by default).
+    Only the head is differentiated, never the backbone; works inside Lightning's inference-mode loops."""
     with torch.inference_mode(False):
         features = features.clone().requires_grad_(True)
         with torch.enable_grad():
             logits = head(features).float()
             chosen = logits.argmax(dim=1) if classes is None else classes.to(logits.device)
             (gradient,) = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), features)
+        maps, gradient = features.detach()[:, :channels], gradient[:, :channels]
         weights = gradient.mean(dim=(2, 3), keepdim=True)
-        cams = F.relu((weights * features.detach()).sum(dim=1, keepdim=True)).float()
+        cams = F.relu((weights * maps).sum(dim=1, keepdim=True)).float()
         cams = F.interpolate(cams, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
         cams = cams / cams.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
         return cams, logits.detach(), chosen.detach()

@@ -226,7 +226,9 @@ class BusiClassifier(L.LightningModule):
                     images = images.clone()  # not an inference tensor: the head is differentiated next
                     features, lesion_logits = self.encode(images)
                 classes = None if explain is True else explain
-                cams, logits, explained = grad_cam(self.model.head, features, images.shape[-2:], classes)
+                cams, logits, explained = grad_cam(
+                    self.model.head, features, images.shape[-2:], classes, self.model.cam_channels
+                )
             with torch.no_grad():
                 probabilities = calibrated_probabilities(self, images, logits, self.temperature, self.hparams.tta)
                 lesions = lesion_probabilities(lesion_logits, images.shape[-2:])
