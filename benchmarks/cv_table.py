@@ -37,33 +37,33 @@ def fold_cost(run_dir: Path, report: dict) -> dict:
     }
 
 
-def mean_sd(values: list[float], digits: int = 3) -> str:
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+def mean_sd(scores: dict) -> str:
+    return f"{scores['mean']:.3f} ± {scores['sd']:.3f}"
 
 
 def row(cv_dir: Path) -> tuple[str, list[float]]:
     summary = json.loads((cv_dir / "cv_summary.json").read_text())
-    folds = summary["per_fold"]
-    reports = [json.loads((fold_dir(cv_dir, f["fold"]) / "report.json").read_text()) for f in folds]
-    costs = [fold_cost(fold_dir(cv_dir, f["fold"]), r) for f, r in zip(folds, reports, strict=True)]
-    m = summary["mean_sd"]
+    folds, m = summary["per_fold"], summary["mean_sd"]
+    costs = [
+        fold_cost(fold_dir(cv_dir, f["fold"]), json.loads((fold_dir(cv_dir, f["fold"]) / "report.json").read_text()))
+        for f in folds
+    ]
     dice = m.get("segmentation", {})
     dice_text = " / ".join(f"{dice[c]['dice']['mean']:.3f}" for c in ("benign", "malignant") if c in dice) or "–"
     walls = [c["wall_s"] for c in costs]
     wall = f"{sum(walls) / 60:.0f} min" if None not in walls else "–"
-    seen = [c["images_seen"] for c in costs]
-    to_best = [c["images_seen_to_best"] for c in costs]
-    epochs = "/".join(f"{c['epochs']}({c['best_epoch'] + 1})" for c in costs)
+    seen = statistics.fmean(c["images_seen"] for c in costs)
+    to_best = statistics.fmean(c["images_seen_to_best"] for c in costs)
     cells = [
         cv_dir.name,
-        mean_sd([f["accuracy"] for f in folds]),
-        mean_sd([f["macro_f1"] for f in folds]),
-        mean_sd([f["recall"]["malignant"] for f in folds]),
-        mean_sd([f["auroc_macro_ovr"] for f in folds]),
+        mean_sd(m["accuracy"]),
+        mean_sd(m["macro_f1"]),
+        mean_sd(m["recall"]["malignant"]),
+        mean_sd(m["auroc_macro_ovr"]),
         f"{summary['out_of_fold']['ece_calibrated']:.3f}",
         dice_text,
-        f"{statistics.fmean(seen):,.0f} ({statistics.fmean(to_best):,.0f})",
-        epochs,
+        f"{seen:,.0f} ({to_best:,.0f})",
+        "/".join(f"{c['epochs']}({c['best_epoch'] + 1})" for c in costs),
         wall,
     ]
     return "| " + " | ".join(cells) + " |", [f["accuracy"] for f in folds]

@@ -81,10 +81,10 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
                 temperature,
                 localisation_scores(model, datamodule.catalog, test_images),
             )
-            history = read_history(Path(log_dir)) if log_dir else []
-            if history and state is not None:
-                report["training"] = training_cost(history, state["epoch"])
             if log_dir:
+                history = read_history(Path(log_dir))
+                if history and state is not None:
+                    report["training"] = training_cost(history, state["epoch"])
                 write_report(report, Path(log_dir))
                 publish_report(report, Path(log_dir), trainer.loggers, model.global_step)
         if best:

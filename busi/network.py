@@ -103,15 +103,14 @@ class DenseNetClassifier(nn.Module):
         side = image_size // FEATURE_STRIDE
         self.freeze_backbone = freeze_backbone
         self.sees_lesion = head == "lesion"
-        self.cam_channels = FEATURE_CHANNELS  # the channels of what the head reads that Grad-CAM sums
+        # The channels of what the head reads that Grad-CAM sums: the feature maps, never the lesion
+        # probability the lesion head also reads (counted in, it pushed the heat-maps off the lesion)
+        self.cam_channels = FEATURE_CHANNELS + (SKIP_CHANNELS[-1] if self.sees_lesion else 0)
         self.features = densenet121(weights=None).features
         if head == "flatten":
             inputs = [nn.Flatten(), nn.Linear(FEATURE_CHANNELS * side * side, 1024)]
         elif head == "lesion":
             inputs = [LesionPooling(), nn.Linear(2 * (FEATURE_CHANNELS + SKIP_CHANNELS[-1]), 1024)]
-            # Grad-CAM sums the feature maps only: the lesion probability the head also reads is not one
-            # (counted in, it pushed the heat-maps off the lesion: docs/experiments.md, issue 24, e24)
-            self.cam_channels = FEATURE_CHANNELS + SKIP_CHANNELS[-1]
         else:
             inputs = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(FEATURE_CHANNELS, 1024)]
         self.head = FullPrecisionHead(
