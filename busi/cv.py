@@ -276,7 +276,7 @@ def cv_mlflow_runs(cv_dir: Path, fold_loggers: list[Logger]) -> list[MLFlowLogge
     return list(runs.values())
 
 
-CV_OPTIONS = ("--folds", "--name", "--trainer.default_root_dir")
+CV_OPTIONS = ("--folds", "--only_folds", "--name", "--trainer.default_root_dir")
 
 
 def parser() -> ArgumentParser:
@@ -288,7 +288,26 @@ def parser() -> ArgumentParser:
     parser.add_argument("--folds", type=int, default=5, help="k: at least 3 (one fold tests, one validates)")
     parser.add_argument("--trainer.default_root_dir", type=Path, default=Path("runs"), help="the root of ROOT/NAME")
     parser.add_argument("--name", default="cv", help="the folder under the root: ROOT/NAME")
+    parser.add_argument(
+        "--only_folds",
+        type=str | None,
+        default=None,
+        help="train only these folds, e.g. 0,1 (to screen a recipe on a few folds, or share the folds between "
+        "machines); the summary is written once every fold is done",
+    )
     return parser
+
+
+def chosen_folds(only_folds: str | None, folds: int) -> list[int]:
+    if only_folds is None:
+        return list(range(folds))
+    try:
+        chosen = sorted({int(fold) for fold in str(only_folds).split(",")})
+    except ValueError:
+        chosen = [-1]
+    if not chosen or chosen[0] < 0 or chosen[-1] >= folds:
+        raise OptionError(f"--only_folds {only_folds}: give fold numbers from 0 to {folds - 1}, comma-separated")
+    return chosen
 
 
 def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -303,18 +322,19 @@ def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
     return own, train
 
 
-def cross_validate(folds: int, cv_dir: Path, train_args: list[str]) -> None:
+def cross_validate(folds: int, cv_dir: Path, train_args: list[str], only: list[int] | None = None) -> None:
     """The images are cut into k stratified, duplicate-aware folds (busi.data.splits.fold_splits). Fold i
     trains on k-2 folds, picks its best epoch and fits its temperature on fold i+1, and is tested on fold
     i, so every image is tested exactly once by a model that never saw it or its near-duplicates. Folds
     run in cv_dir/fold_i/lightning_logs/version_0 (checkpoints kept); the summary (per fold, mean ± sd,
     pooled out-of-fold confusion matrix and calibration) goes to cv_summary.json/.txt, the PNGs and
     TensorBoard in cv_dir. Run it again to finish an interrupted cross-validation: finished folds are
-    kept, an interrupted fold resumes from its last checkpoint."""
+    kept, an interrupted fold resumes from its last checkpoint. `only` trains some folds and leaves the
+    summary to the run that finishes the last one."""
     if folds < 3:
         raise OptionError("--folds must be at least 3 (one fold tests, one validates, the rest train)")
     fold_loggers = []
-    for fold in range(folds):
+    for fold in range(folds) if only is None else only:
         run_dir = fold_dir(cv_dir, fold)
         if (run_dir / "out_of_fold.csv").is_file():
             print(f"fold {fold}: done before, kept ({run_dir})")
@@ -331,6 +351,10 @@ def cross_validate(folds: int, cv_dir: Path, train_args: list[str]) -> None:
         fold_loggers += trained.trainer.loggers
         if trained.trainer.is_global_zero:
             write_out_of_fold(trained, run_dir)
+    missing = [fold for fold in range(folds) if not (fold_dir(cv_dir, fold) / "out_of_fold.csv").is_file()]
+    if missing:
+        print(f"\nFolds {', '.join(map(str, missing))} not trained yet: run again without --only_folds to summarise.")
+        return
     summary = summarise(cv_dir, folds)
     write_summary(summary, cv_dir, fold_loggers)
     print(format_summary(summary))
@@ -340,7 +364,10 @@ def cross_validate(folds: int, cv_dir: Path, train_args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     own, train_args = split_arguments(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(own)
-    return run_command(lambda: cross_validate(args.folds, args.trainer.default_root_dir / args.name, train_args))
+    cv_dir = args.trainer.default_root_dir / args.name
+    return run_command(
+        lambda: cross_validate(args.folds, cv_dir, train_args, chosen_folds(args.only_folds, args.folds))
+    )
 
 
 if __name__ == "__main__":

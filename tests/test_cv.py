@@ -114,9 +114,15 @@ def test_an_interrupted_fold_resumes_in_its_own_folder(cv_run, busi_root, tmp_pa
         (resumed / name).unlink()
     shutil.rmtree(restarted / "checkpoints")  # killed during its first epoch
     (restarted / "out_of_fold.csv").unlink()
-    assert cv_main(["--folds", "3", *train_args(busi_root, tmp_path, "--model.segmentation_weight=1", epochs=1)]) == 0
+    (cv_dir / "cv_summary.json").unlink()
+    args = ["--folds", "3", *train_args(busi_root, tmp_path, "--model.segmentation_weight=1", epochs=1)]
+    assert cv_main(["--only_folds", "1", *args]) == 0  # a screen of one fold: the others wait, no summary yet
     output = capsys.readouterr().out
-    assert "fold 1: interrupted, resumed" in output and "fold 2: interrupted before its first checkpoint" in output
+    assert "fold 1: interrupted, resumed" in output and "fold 2" not in output and "Folds 2 not trained" in output
+    assert (resumed / "out_of_fold.csv").is_file() and not (cv_dir / "cv_summary.json").exists()
+    assert cv_main(args) == 0
+    output = capsys.readouterr().out
+    assert "fold 1: done before, kept" in output and "fold 2: interrupted before its first checkpoint" in output
     for run_dir in (resumed, restarted):
         assert (run_dir / "out_of_fold.csv").is_file() and (run_dir / "report.json").is_file()
         assert [p.name for p in run_dir.parent.iterdir()] == ["version_0"]  # no version_1 beside it
