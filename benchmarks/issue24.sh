@@ -2,7 +2,7 @@
 # Issue 24's cross-validations (docs/experiments.md, "Issue 24 … in progress"), one after the other, matched
 # in images seen per fold model (28 oversampled epochs ≈ 90 plain ones on BUSI's shares). The anchor's whole
 # recipe (e24) was screened on two folds first (E24_FOLDS=0,1,2,3,4 for all five); the lesion head alone at
-# row 12's length (e26) and the oversampling-alone control (e23) follow. Each busi-cv keeps its finished folds and resumes an interrupted one,
+# row 12's length (e26), the focal loss alone (e27) and the oversampling-alone control (e23) follow. Each busi-cv keeps its finished folds and resumes an interrupted one,
 # so rerunning this after a stop continues where it was:
 #   nohup bash benchmarks/issue24.sh 42 > runs/issue24_seed42.log 2>&1 &     (split seed 42 first, then 7)
 set -euo pipefail
@@ -25,4 +25,5 @@ run "e24_oversample_lesion_focal_aug_28ep$SUFFIX" --only_folds "${E24_FOLDS:-0,1
     --model.head lesion --model.loss focal --model.augment true --model.augment_rotation 180 \
     --model.augment_vertical_flip true                                       # the anchor's step, screened
 run "e26_lesion_head_30ep$SUFFIX" "${COMMON[@]}" --trainer.max_epochs 30 --model.head lesion  # the head at row 12's cost
+run "e27_focal_30ep$SUFFIX" "${COMMON[@]}" --trainer.max_epochs 30 --model.loss focal      # focal loss at row 12's cost
 run "e23_oversample_28ep$SUFFIX" "${COMMON[@]}" "${OVERSAMPLE[@]}"                                      # oversampling
