@@ -82,7 +82,9 @@ def curves_figure(history: list[dict], title: str, best_epoch: int | None = None
         axes.set(xlabel="epoch", ylabel=label, title=label)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
-        if key != "loss":
+        if key == "loss":
+            loss_scale(axes)
+        else:
             axes.set_ylim(0, 1)
         axes.legend(fontsize=8)
     figure.suptitle(title)
@@ -101,8 +103,17 @@ def fold_curves_figure(histories: dict[int, list[dict]]) -> Figure:
         axes.set(xlabel="epoch", ylabel=label, title=label)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
+        if key == "val/loss":
+            loss_scale(axes)
         axes.legend(fontsize=7)
     return figure
+
+
+def loss_scale(axes) -> None:
+    """A logarithmic loss axis: one early spike (a from-scratch network's first epochs reach 10–40) would
+    otherwise flatten every later epoch onto the floor of a linear one."""
+    axes.set_yscale("log")
+    axes.grid(alpha=0.3, which="both")
 
 
 OUTLINE_COLOUR = (255, 0, 255)  # the predicted lesion's outline: magenta, in neither grey scans nor `jet`

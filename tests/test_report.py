@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from busi import CLASS_NAMES
 from busi.history import read_history
 from busi.metrics import reliability
-from busi.plots import confusion_matrix_figure
+from busi.plots import confusion_matrix_figure, curves_figure, fold_curves_figure
 from busi.report import format_report
 
 PICTURES = ("confusion_matrix.png", "reliability.png", "curves.png")
@@ -72,3 +72,14 @@ def test_confusion_matrix_picture_shows_counts_and_row_shares():
     labels = [text.get_text() for text in figure.axes[0].texts]
     assert labels[:3] == ["3\n75%", "1\n25%", "0\n0%"] and labels[-1] == "5\n100%"
     assert [tick.get_text() for tick in figure.axes[0].get_xticklabels()] == list(CLASS_NAMES)
+
+
+def test_loss_curves_are_logarithmic_so_an_early_spike_leaves_the_later_epochs_readable():
+    history = [
+        {"epoch": epoch, "train/loss": loss, "val/loss": loss, "val/macro_f1": 0.5}
+        for epoch, loss in enumerate([1.2, 36.0, 0.9, 0.8, 0.75])
+    ]
+    for figure in (curves_figure(history, "run"), fold_curves_figure({0: history, 1: history})):
+        loss_axes = figure.axes[0]
+        assert loss_axes.get_title().endswith("loss") and loss_axes.get_yscale() == "log"
+        assert all(axes.get_yscale() == "linear" for axes in figure.axes[1:])
