@@ -7,7 +7,7 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter
 from PIL import Image, ImageDraw
 
 from busi.images import as_three_channels
@@ -113,6 +113,9 @@ def loss_scale(axes) -> None:
     """A logarithmic loss axis: one early spike (a from-scratch network's first epochs reach 10–40) would
     otherwise flatten every later epoch onto the floor of a linear one."""
     axes.set_yscale("log")
+    axes.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    axes.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    axes.yaxis.set_minor_formatter(NullFormatter())
     axes.grid(alpha=0.3, which="both")
 
 
