@@ -39,6 +39,10 @@ def fold_dir(cv_dir: Path, fold: int) -> Path:
     return cv_dir / f"fold_{fold}" / "lightning_logs" / "version_0"
 
 
+def fold_done(cv_dir: Path, fold: int) -> bool:
+    return (fold_dir(cv_dir, fold) / "out_of_fold.csv").is_file()
+
+
 def write_out_of_fold(fold: TrainingRun, run_dir: Path) -> None:
     """The held-out fold's probabilities (calibrated as reported, and raw) for the pooled summary."""
     model, datamodule = fold.model.eval(), fold.datamodule
@@ -302,10 +306,10 @@ def chosen_folds(only_folds: str | None, folds: int) -> list[int]:
     if only_folds is None:
         return list(range(folds))
     try:
-        chosen = sorted({int(fold) for fold in str(only_folds).split(",")})
+        chosen = sorted({int(fold) for fold in only_folds.split(",")})
     except ValueError:
-        chosen = [-1]
-    if not chosen or chosen[0] < 0 or chosen[-1] >= folds:
+        chosen = []
+    if not chosen or not all(0 <= fold < folds for fold in chosen):
         raise OptionError(f"--only_folds {only_folds}: give fold numbers from 0 to {folds - 1}, comma-separated")
     return chosen
 
@@ -336,7 +340,7 @@ def cross_validate(folds: int, cv_dir: Path, train_args: list[str], only: list[i
     fold_loggers = []
     for fold in range(folds) if only is None else only:
         run_dir = fold_dir(cv_dir, fold)
-        if (run_dir / "out_of_fold.csv").is_file():
+        if fold_done(cv_dir, fold):
             print(f"fold {fold}: done before, kept ({run_dir})")
             continue
         fold_args = [*train_args, f"--data.folds={folds}", f"--data.fold={fold}"]
@@ -351,7 +355,7 @@ def cross_validate(folds: int, cv_dir: Path, train_args: list[str], only: list[i
         fold_loggers += trained.trainer.loggers
         if trained.trainer.is_global_zero:
             write_out_of_fold(trained, run_dir)
-    missing = [fold for fold in range(folds) if not (fold_dir(cv_dir, fold) / "out_of_fold.csv").is_file()]
+    missing = [fold for fold in range(folds) if not fold_done(cv_dir, fold)]
     if missing:
         print(f"\nFolds {', '.join(map(str, missing))} not trained yet: run again without --only_folds to summarise.")
         return
