@@ -6,6 +6,7 @@
 #   nohup bash benchmarks/issue24_holdout.sh 42 NAME RECIPE… > runs/holdout42_NAME.log 2>&1 &
 # e.g. RECIPE = --config scratch --data.image_size 128 --trainer.max_epochs 30 --model.warmup_epochs 2
 # Rerunning continues: busi-cv keeps finished folds, a finished student is skipped, a cut one resumes.
+# TEACHER_TARGETS="ensemble" trains only that student (default: both, out-of-fold first).
 set -euo pipefail
 SEED=$1
 NAME=$2
@@ -21,9 +22,11 @@ started=$SECONDS
 busi-cv --folds 5 --name "$NAME" --trainer.default_root_dir "$OUT/cv" --data.root "$OUT/pool" "${RECIPE[@]}"
 echo "== teacher CV $NAME: $((SECONDS - started)) s wall in this call"
 
-for targets in out_of_fold ensemble; do
+students=()
+for targets in ${TEACHER_TARGETS:-out_of_fold ensemble}; do
     student="$OUT/students/${NAME}_$targets"
     run="$student/lightning_logs/version_0"
+    students+=("$run/checkpoints/best.ckpt")
     if [ -f "$run/report.json" ]; then continue; fi
     resume=()
     if [ -f "$run/checkpoints/last.ckpt" ]; then resume=(--ckpt_path last); fi
@@ -34,7 +37,5 @@ for targets in out_of_fold ensemble; do
     echo "== student $targets: $((SECONDS - started)) s wall in this call"
 done
 
-python -m benchmarks.holdout score --holdout "$OUT/holdout" "$OUT/cv/$NAME" \
-    "$OUT/students/${NAME}_out_of_fold/lightning_logs/version_0/checkpoints/best.ckpt" \
-    "$OUT/students/${NAME}_ensemble/lightning_logs/version_0/checkpoints/best.ckpt"
+python -m benchmarks.holdout score --holdout "$OUT/holdout" "$OUT/cv/$NAME" "${students[@]}"
 cp "$OUT/score.json" "$OUT/score_$NAME.json"
