@@ -60,12 +60,22 @@ def score(paths: list[Path], holdout: Path) -> dict[str, dict[str, float]]:
     return rows
 
 
+def model_kind(model: str) -> str:
+    """What a `score` row is, across folds and seeds: `fold best.ckpt`, `NAME ensemble`, or a single
+    run's `RUN_FOLDER best.ckpt` (e.g. a distilled student)."""
+    path = Path(model)
+    if "lightning_logs" not in path.parts:
+        return path.name
+    owner = path.parts[path.parts.index("lightning_logs") - 1]
+    return f"{'fold' if owner.startswith('fold_') else owner} {path.name}"
+
+
 def summary(score_files: list[Path]) -> dict[str, dict[str, str]]:
-    """Mean ± sd, per model file name, of the rows of `score` files (sd 0 for a single row)."""
+    """Mean ± sd, per kind of model (`model_kind`), of the rows of `score` files (sd 0 for a single row)."""
     by_name: dict[str, list[dict[str, float]]] = {}
     for path in score_files:
         for model, values in json.loads(path.read_text()).items():
-            by_name.setdefault(Path(model).name, []).append(values)
+            by_name.setdefault(model_kind(model), []).append(values)
     table = {}
     for name, rows in by_name.items():
         table[f"{name} ({len(rows)})"] = {}
@@ -95,7 +105,7 @@ def main() -> None:
         return
     if args.command == "summary":
         for model, values in summary(args.score_files).items():
-            print(f"{model:<28} " + "  ".join(f"{metric} {value}" for metric, value in values.items()))
+            print(f"{model:<40} " + "  ".join(f"{metric} {value}" for metric, value in values.items()))
         return
     rows = score(args.paths, args.holdout)
     print(f"{'model':<70} " + " ".join(f"{name:>16}" for name in [*METRICS, "malignant_recall"]))

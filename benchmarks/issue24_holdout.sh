@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 24's ensemble and distillation rows (docs/experiments.md), row 16's protocol: split seed SEED's test
 # split is held out (benchmarks.holdout link), a 5-fold CV of RECIPE on the rest (the pool) is the teacher
-# and the ensemble, two students train on the pool with the teacher's soft targets (out-of-fold, then the
-# ensemble's), and every model is scored on the held-out images none of them saw:
+# and the ensemble, students train on the pool with the teacher's soft targets (out-of-fold, then the
+# ensemble's) and one without a teacher (plain: the control, same images and split), and every model is
+# scored on the held-out images none of them saw:
 #   nohup bash benchmarks/issue24_holdout.sh 42 NAME RECIPE… > runs/holdout42_NAME.log 2>&1 &
 # e.g. RECIPE = --config scratch --data.image_size 128 --trainer.max_epochs 30 --model.warmup_epochs 2
 # Rerunning continues: busi-cv keeps finished folds, a finished student is skipped, a cut one resumes.
-# TEACHER_TARGETS="ensemble" trains only that student (default: both, out-of-fold first).
+# TEACHER_TARGETS="out_of_fold plain" trains only those students (default: all three, in this order).
 set -euo pipefail
 SEED=$1
 NAME=$2
@@ -23,17 +24,17 @@ busi-cv --folds 5 --name "$NAME" --trainer.default_root_dir "$OUT/cv" --data.roo
 echo "== teacher CV $NAME: $((SECONDS - started)) s wall in this call"
 
 students=()
-for targets in ${TEACHER_TARGETS:-out_of_fold ensemble}; do
+for targets in ${TEACHER_TARGETS:-out_of_fold ensemble plain}; do
     student="$OUT/students/${NAME}_$targets"
     run="$student/lightning_logs/version_0"
     students+=("$run/checkpoints/best.ckpt")
     if [ -f "$run/report.json" ]; then continue; fi
     resume=()
     if [ -f "$run/checkpoints/last.ckpt" ]; then resume=(--ckpt_path last); fi
+    teacher=(--model.teacher "$OUT/cv/$NAME" --model.teacher_targets "$targets" --model.distillation_weight "$WEIGHT")
+    if [ "$targets" = plain ]; then teacher=(); fi
     started=$SECONDS
-    busi-train --data.root "$OUT/pool" "${RECIPE[@]}" --trainer.default_root_dir "$student" \
-        --model.teacher "$OUT/cv/$NAME" --model.teacher_targets "$targets" \
-        --model.distillation_weight "$WEIGHT" "${resume[@]}"
+    busi-train --data.root "$OUT/pool" "${RECIPE[@]}" --trainer.default_root_dir "$student" "${teacher[@]}" "${resume[@]}"
     echo "== student $targets: $((SECONDS - started)) s wall in this call"
 done
 

@@ -49,15 +49,23 @@ def test_score_of_a_checkpoint_agrees_with_its_predictions(busi_root, trained_ru
     assert set(row) == {"accuracy", "macro_f1", "auroc_macro_ovr", "malignant_recall"}
 
 
-def test_summary_averages_models_of_the_same_name_over_holdouts(tmp_path):
-    for fold, accuracy in enumerate((0.6, 0.8)):
+def test_summary_averages_each_kind_of_model_over_holdouts(tmp_path):
+    """Fold models pool across folds and seeds; a CV's ensemble and a single run (a distilled student) keep
+    their own rows, never mixed with the fold models' best.ckpt."""
+    for seed, accuracy in ((42, 0.6), (7, 0.8)):
+        run = "lightning_logs/version_0/checkpoints"
         rows = {
-            f"/runs/fold_{fold}/best.ckpt": {"accuracy": accuracy},
-            f"/runs/fold_{fold}/last.ckpt": {"accuracy": 0.5},
+            f"runs/holdout{seed}/cv/e28 ensemble": {"accuracy": accuracy + 0.1},
+            f"runs/holdout{seed}/cv/e28/fold_0/{run}/best.ckpt": {"accuracy": accuracy},
+            f"runs/holdout{seed}/cv/e28/fold_1/{run}/best.ckpt": {"accuracy": accuracy},
+            f"runs/holdout{seed}/cv/e28/fold_0/{run}/last.ckpt": {"accuracy": 0.5},
+            f"runs/holdout{seed}/students/e28_out_of_fold/{run}/best.ckpt": {"accuracy": 0.9},
         }
-        (tmp_path / f"{fold}.json").write_text(json.dumps(rows))
-    lines = summary([tmp_path / "0.json", tmp_path / "1.json"])
+        (tmp_path / f"{seed}.json").write_text(json.dumps(rows))
+    lines = summary([tmp_path / "42.json", tmp_path / "7.json"])
     assert lines == {
-        "best.ckpt (2)": {"accuracy": "0.700 ± 0.141"},
-        "last.ckpt (2)": {"accuracy": "0.500 ± 0.000"},
+        "e28 ensemble (2)": {"accuracy": "0.800 ± 0.141"},
+        "fold best.ckpt (4)": {"accuracy": "0.700 ± 0.115"},
+        "fold last.ckpt (2)": {"accuracy": "0.500 ± 0.000"},
+        "e28_out_of_fold best.ckpt (2)": {"accuracy": "0.900 ± 0.000"},
     }
