@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Issue 24's repeat at 256 px on a lent GPU (docs/experiments.md, row 24): 5-fold CV of RECIPE on the compact
+# copy of the share (benchmarks/compact_copy.py) with the original's folds: one split seed after the other,
+# the folds of a seed at once, one process each (DenseNet121 at batch 16 leaves an H200 mostly idle, and
+# the device machine is lent for minutes), all stopped DEADLINE_S after the start; each finished seed's
+# busi-cv summary, and the results without checkpoints packed into $OUT/results.tgz. Here first:
+#   python -m benchmarks.compact_copy --data.root ../shared/data/busi/Dataset_BUSI_with_GT --out .device/busi256 --splits .device/splits
+# and jsonargparse's wheels in .whl (the device's image has every other package); then on the device, carrying .device and .whl:
+#   bash benchmarks/gpu_cv.sh 480 scratch256 --config configs/scratch.yaml --data.image_size 256 --trainer.max_epochs 30 --model.warmup_epochs 2
+set -uo pipefail
+DEADLINE=$1
+NAME=$2
+shift 2
+RECIPE=("$@")
+SEEDS=${SEEDS:-42 7}
+FOLDS=5
+DATA=${DATA:-.device/busi256}
+SPLITS=${SPLITS:-.device/splits}
+# checkpoints to memory where /dev/shm is large (a container's is often 64 MB)
+shm_kb=$(df -Pk /dev/shm 2> /dev/null | awk 'NR == 2 {print $4}')
+RUNS=${RUNS:-$(if [ "${shm_kb:-0}" -gt 20000000 ]; then echo /dev/shm; else echo /tmp; fi)/busi_gpu_cv}
+OUT=${OUT:-runs/gpu_cv}
+
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+mkdir -p "$RUNS/logs" "$OUT"
+python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+
+run_seed() {  # every fold of one split seed at once, stopped at the deadline; then its summary
+    local seed=$1 left=$((DEADLINE - SECONDS)) cv="$RUNS/${NAME}_seed$1" started=$SECONDS
+    if [ $left -le 0 ]; then echo "== seed $seed: not started, the deadline has passed"; return; fi
+    local pids=()
+    for fold in $(seq 0 $((FOLDS - 1))); do
+        BUSI_CACHE_DIR=$RUNS/cache/$seed.$fold timeout "$left" python3 -m busi.cv --folds $FOLDS --only_folds "$fold" \
+            --name "${NAME}_seed$seed" --trainer.default_root_dir "$RUNS" "${RECIPE[@]}" --data.root "$DATA" \
+            --data.seed "$seed" --data.split_csv "$SPLITS/seed${seed}_fold$fold.csv" --data.num_workers 0 \
+            --trainer.enable_progress_bar false > "$RUNS/logs/seed${seed}_fold$fold.log" 2>&1 &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    local done_folds
+    done_folds=$(find "$cv" -name out_of_fold.csv 2>/dev/null | wc -l)
+    echo "== seed $seed: $done_folds of $FOLDS folds done, $((SECONDS - started)) s wall for the $FOLDS at once"
+    if [ "$done_folds" -eq $FOLDS ]; then
+        python3 -m busi.cv --folds $FOLDS --name "${NAME}_seed$seed" --trainer.default_root_dir "$RUNS" \
+            > "$RUNS/logs/summary_seed$seed.log" 2>&1
+        cat "$cv/cv_summary.txt"
+    else
+        tail -n 3 "$RUNS/logs/seed${seed}_fold"*.log
+    fi
+}
+
+if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 5 > "$RUNS/logs/gpu_use.csv" &
+    trap 'kill $!' EXIT
+fi
+for seed in $SEEDS; do run_seed "$seed"; done
+tar czf "$OUT/results.tgz" --exclude='*.ckpt' --exclude=cache -C "$RUNS" .
+ls -la "$OUT"
