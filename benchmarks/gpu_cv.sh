@@ -21,11 +21,10 @@ shm_kb=$(df -Pk /dev/shm 2> /dev/null | awk 'NR == 2 {print $4}')
 RUNS=${RUNS:-$(if [ "${shm_kb:-0}" -gt 20000000 ]; then echo /dev/shm; else echo /tmp; fi)/busi_gpu_cv}
 OUT=${OUT:-runs/gpu_cv}
 
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+# busi itself too: its recipes are the package busi.configs, which only an install maps onto configs/
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site $(ls .whl/*.whl 2> /dev/null) . || exit
+export PYTHONPATH=/tmp/site OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$RUNS/logs" "$OUT"
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 
@@ -48,15 +47,19 @@ run_seed() {  # every fold of one split seed at once, stopped at the deadline; t
         python3 -m busi.cv --folds $FOLDS --name "${NAME}_seed$seed" --trainer.default_root_dir "$RUNS" \
             > "$RUNS/logs/summary_seed$seed.log" 2>&1
         cat "$cv/cv_summary.txt"
+        cp "$cv/cv_summary.txt" "$OUT/cv_summary_seed$seed.txt"
     else
         tail -n 3 "$RUNS/logs/seed${seed}_fold"*.log
     fi
 }
 
 if command -v nvidia-smi > /dev/null; then
-    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 5 > "$RUNS/logs/gpu_use.csv" &
-    trap 'kill $!' EXIT
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 5 > "$RUNS/logs/gpu_use.csv" 2>&1 &
+    monitor=$!
+    trap 'kill $monitor' EXIT
 fi
 for seed in $SEEDS; do run_seed "$seed"; done
-tar czf "$OUT/results.tgz" --exclude='*.ckpt' --exclude=cache -C "$RUNS" .
+# the text results only (checkpoints, TensorBoard and figures would pass the 16 MiB a returned file may have)
+(cd "$RUNS" && find . -path ./cache -prune -o -type f \( -name '*.json' -o -name '*.csv' -o -name '*.txt' -o -name '*.yaml' \
+    -o -name '*.log' \) -print | tar czf "$OUT/results.tgz" -T -)
 ls -la "$OUT"
