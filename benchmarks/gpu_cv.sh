@@ -24,7 +24,7 @@ OUT=${OUT:-runs/gpu_cv}
 # busi itself too: its recipes are the package busi.configs, which only an install maps onto configs/
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
     --target /tmp/site $(ls .whl/*.whl 2> /dev/null) . || exit
-export PYTHONPATH=/tmp/site OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site OMP_NUM_THREADS=3 PYTHONUNBUFFERED=1  # five processes on 16 cores
 mkdir -p "$RUNS/logs" "$OUT"
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 
