@@ -22,22 +22,29 @@ from PIL import Image
 from busi.data.catalog import scan_class_folders
 from busi.data.module import BusiDataModule
 from busi.data.splits import write_split_csv
+from busi.errors import UnreadableImageError
 from busi.images import decode_image, load_mask, resize_to_tensor
 
 
 def compact_copy(root: Path, out: Path, size: int) -> int:
-    records = scan_class_folders(root)[0]
-    for record in records:
+    """The number of images copied; unreadable ones are left out, as training leaves them out."""
+    copied = 0
+    for record in scan_class_folders(root)[0]:
         path = record.path
+        try:
+            pixels = resize_to_tensor(decode_image(path), size).numpy()
+        except UnreadableImageError as error:
+            print(f"left out: {error}")
+            continue
         folder = out / path.parent.relative_to(root)
         folder.mkdir(parents=True, exist_ok=True)
-        pixels = resize_to_tensor(decode_image(path), size).numpy()
         image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
-        image.save(folder / f"{path.stem}.png", optimize=True)
+        image.save(folder / path.name, format="PNG", optimize=True)  # the same name, so split CSVs match
         if record.masks:
             mask = load_mask(record.masks, size)
             Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).convert("1").save(folder / f"{path.stem}_mask.png")
-    return len(records)
+        copied += 1
+    return copied
 
 
 def write_fold_splits(root: Path, out: Path, seeds: list[int], folds: int) -> None:
