@@ -5,8 +5,10 @@
 # the device machine is lent for minutes), all stopped DEADLINE_S after the start; each finished seed's
 # busi-cv summary, and the results without checkpoints packed into $OUT/results.tgz. Here first:
 #   python -m benchmarks.compact_copy --data.root ../shared/data/busi/Dataset_BUSI_with_GT --out .device/busi256 --splits .device/splits
-# and jsonargparse's wheels in .whl (the device's image has every other package); then on the device, carrying .device and .whl:
-#   bash benchmarks/gpu_cv.sh 480 scratch256 --config configs/scratch.yaml --data.image_size 256 --trainer.max_epochs 30 --model.warmup_epochs 2
+# and the wheels the device's image lacks (it has torch, lightning, torchmetrics, torchvision, matplotlib):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl jsonargparse==4.53.0 typeshed_client==2.15.0 docstring_parser==0.18.0
+# then on the device (timeout_s 600), carrying .device and .whl:
+#   bash benchmarks/gpu_cv.sh 500 scratch256 --config scratch --data.image_size 256 --trainer.max_epochs 30 --model.warmup_epochs 2
 set -uo pipefail
 DEADLINE=$1
 NAME=$2
@@ -21,10 +23,14 @@ shm_kb=$(df -Pk /dev/shm 2> /dev/null | awk 'NR == 2 {print $4}')
 RUNS=${RUNS:-$(if [ "${shm_kb:-0}" -gt 20000000 ]; then echo /dev/shm; else echo /tmp; fi)/busi_gpu_cv}
 OUT=${OUT:-runs/gpu_cv}
 
+pip_install=(python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --target /tmp/site)
+if [ -d .whl ]; then "${pip_install[@]}" .whl/*.whl || exit; fi
+threads=$(($(nproc) / FOLDS))  # the cores shared by the folds that run at once (more threads than cores crawl)
+export PYTHONPATH=/tmp/site OMP_NUM_THREADS=$((threads > 0 ? threads : 1)) PYTHONUNBUFFERED=1
 # busi itself too: its recipes are the package busi.configs, which only an install maps onto configs/
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site $(ls .whl/*.whl 2> /dev/null) . || exit
-export PYTHONPATH=/tmp/site OMP_NUM_THREADS=3 PYTHONUNBUFFERED=1  # five processes on 16 cores
+if ! "${pip_install[@]}" --upgrade .; then
+    ln -sfn ../configs busi/configs && export PYTHONPATH=/tmp/site:$PWD
+fi
 mkdir -p "$RUNS/logs" "$OUT"
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 
