@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from jsonargparse import ArgumentParser
 from PIL import Image
+from torchvision.transforms.functional import to_pil_image
 
 from busi.data.catalog import scan_class_folders
 from busi.data.module import BusiDataModule
@@ -32,17 +32,16 @@ def compact_copy(root: Path, out: Path, size: int) -> int:
     for record in scan_class_folders(root)[0]:
         path = record.path
         try:
-            pixels = resize_to_tensor(decode_image(path), size).numpy()
+            pixels = resize_to_tensor(decode_image(path), size)
         except UnreadableImageError as error:
             print(f"left out: {error}")
             continue
         folder = out / path.parent.relative_to(root)
         folder.mkdir(parents=True, exist_ok=True)
-        image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
-        image.save(folder / path.name, format="PNG", optimize=True)  # the same name, so split CSVs match
+        # the same name, so split CSVs match
+        to_pil_image(pixels).save(folder / path.name, format="PNG", optimize=True)
         if record.masks:
-            mask = load_mask(record.masks, size)
-            Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).convert("1").save(folder / f"{path.stem}_mask.png")
+            Image.fromarray(load_mask(record.masks, size)).save(folder / f"{path.stem}_mask.png")  # bool → 1-bit
         copied += 1
     return copied
 
