@@ -164,9 +164,9 @@ def recipe_parts(root: Path, out: Path, epochs: int, cache_dir: Path) -> dict:
 
 def prediction(checkpoint: Path, images: list[Path], device: str, repeats: int = 20) -> dict:
     classifier = load_classifier(checkpoint).to(device)
-    list(predict_files([classifier], images[:8], 8, device))  # warm-up
-    batch_seconds, predictions = clock(lambda: list(predict_files([classifier], images, 32, device)))
-    single = [clock(lambda: list(predict_files([classifier], images[:1], 1, device)))[0] for _ in range(repeats)]
+    list(predict_files(classifier, images[:8], 8, device))  # warm-up
+    batch_seconds, predictions = clock(lambda: list(predict_files(classifier, images, 32, device)))
+    single = [clock(lambda: list(predict_files(classifier, images[:1], 1, device)))[0] for _ in range(repeats)]
     # The same weights as a bare eager model: contiguous NCHW float32, no channels_last.
     bare = load_classifier(checkpoint).to(device).to(memory_format=torch.contiguous_format)
     readable = [p for p in predictions if p.probabilities is not None][:32]

@@ -6,7 +6,7 @@
 # ../shared/data/busi/Dataset_BUSI_with_GT) at 64 px with seed 42: the frozen recipe (no pretrained
 # weights, 2 epochs) and the scratch recipe with its lesion decoder (2 epochs), a 3-fold busi-cv of the
 # scratch recipe (1 epoch per fold), and busi-predict with each; it keeps report.json, split.csv,
-# the predictions, cv_summary.json and what best.ckpt stores (all but the training date).
+# the predictions, cv_summary.json and what best.ckpt stores (all but the training date and wall times).
 set -euo pipefail
 CHECKOUT=$(realpath "$1"); OUT=$(realpath -m "$2")
 ROOT=$(realpath "${3:-$(dirname "$0")/../../shared/data/busi/Dataset_BUSI_with_GT}")
@@ -40,5 +40,16 @@ print(sorted(state), float(state['state_dict']['temperature']), state['busi_summ
 done
 cp "$WORK/runs/cv/cv_summary.json" "$OUT/cv_summary.json"
 python predict.py --ckpt "$WORK/runs/cv" "$DATA" --output "$OUT/cv_predict.csv" > /dev/null
+# wall times are the one thing that may differ: they are left out
+python -c "
+import json, sys
+def drop(value):
+    if isinstance(value, dict):
+        return {k: drop(v) for k, v in value.items() if 'wall_s' not in k}
+    return [drop(v) for v in value] if isinstance(value, list) else value
+for path in sys.argv[1:]:
+    kept = drop(json.load(open(path)))
+    open(path, 'w').write(json.dumps(kept, indent=2))
+" "$OUT"/*.json
 rm "$OUT"/*.log
 echo "$OUT"

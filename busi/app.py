@@ -16,15 +16,18 @@ import numpy as np
 import streamlit as st
 from matplotlib.figure import Figure
 from streamlit.web import cli as streamlit_cli
+from torch.utils.data import DataLoader
 
 from busi import __version__
-from busi.ensemble import infer_mean
+from busi.answering import answer
+from busi.data.files import Prediction
+from busi.ensemble import FoldEnsemble, load_model
 from busi.errors import WeightsError
 from busi.images import UnreadableImageError, as_three_channels, decode_image, resize_map, resize_to_tensor
 from busi.metrics import LESION_THRESHOLD
-from busi.model import BusiClassifier, load_classifiers
+from busi.model import BusiClassifier
 from busi.plots import HEAT_MAP, OUTLINE_COLOUR
-from busi.predict import Prediction, csv_columns, csv_row
+from busi.prediction_writer import csv_columns, csv_row
 
 MAX_UPLOAD_MB = 50  # also Streamlit's server.maxUploadSize: .streamlit/config.toml and busi-app
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]  # DICOM with busi[dicom]
@@ -61,11 +64,11 @@ class Result:
 
 
 @st.cache_resource(max_entries=2)
-def cached_classifiers(path: str, modified: float) -> list[BusiClassifier]:  # `modified`: reload a rewritten file
-    return load_classifiers(Path(path))
+def cached_model(path: str, modified: float) -> BusiClassifier | FoldEnsemble:  # `modified`: reload a rewritten file
+    return load_model(Path(path))
 
 
-def classify_upload(classifiers: list[BusiClassifier], name: str, data: bytes) -> Result:
+def classify_upload(model: BusiClassifier | FoldEnsemble, name: str, data: bytes) -> Result:
     """Probabilities and heat-map for one uploaded file, or UnreadableImageError saying why not."""
     if not data:
         raise UnreadableImageError(Path(name), "empty file (0 bytes)")
@@ -74,8 +77,8 @@ def classify_upload(classifiers: list[BusiClassifier], name: str, data: bytes) -
             Path(name), f"file too large ({len(data) / 2**20:.0f} MB; at most {MAX_UPLOAD_MB} MB)"
         )
     image = decode_image(Path(name), data)
-    pixels = resize_to_tensor(image, classifiers[0].hparams.image_size)
-    outputs = infer_mean(classifiers, as_three_channels(pixels)[None], explain=True)
+    pixels = as_three_channels(resize_to_tensor(image, model.image_size))
+    outputs = answer(model, DataLoader([{"pixels": pixels[None]}], batch_size=None), explain="predicted")
     return Result(
         name,
         outputs.probabilities[0].tolist(),
@@ -89,7 +92,7 @@ def classify_upload(classifiers: list[BusiClassifier], name: str, data: bytes) -
 def analyse(path: str, modified: float, name: str, data: bytes) -> dict:
     """One upload's result as Result's fields, cached by the checkpoint and the file's content."""
     try:
-        return vars(classify_upload(cached_classifiers(path, modified), name, data))
+        return vars(classify_upload(cached_model(path, modified), name, data))
     except UnreadableImageError as error:
         return vars(Result(name, error=str(error)))
     except Exception as error:  # a result for this file, never a crashed page
@@ -139,7 +142,8 @@ def predictions_csv(results: list[Result], class_names: tuple[str, ...]) -> byte
     return buffer.getvalue().encode("utf-8")
 
 
-def model_panel(classifiers: list[BusiClassifier], path: str) -> None:
+def model_panel(model: BusiClassifier | FoldEnsemble, path: str) -> None:
+    classifiers = model.members
     classifier = classifiers[0]
     summary = classifier.summary
     st.subheader("Model" if len(classifiers) == 1 else f"Ensemble of {len(classifiers)} fold models")
@@ -246,12 +250,12 @@ def main() -> None:
         return
     modified = Path(path).stat().st_mtime if Path(path).is_file() else 0.0
     try:
-        classifiers = cached_classifiers(path, modified)
+        model = cached_model(path, modified)
     except WeightsError as error:
         st.error(str(error))
         return
     with st.sidebar:
-        model_panel(classifiers, path)
+        model_panel(model, path)
         opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05)
     uploads = st.file_uploader(
         f"Ultrasound images ({', '.join(IMAGE_TYPES)}; up to {MAX_UPLOAD_MB} MB each)",
@@ -260,7 +264,7 @@ def main() -> None:
     )
     if not uploads:
         return
-    names = classifiers[0].class_names
+    names = model.class_names
     results = [Result(**analyse(path, modified, upload.name, upload.getvalue())) for upload in uploads]
     st.subheader("All uploads")
     table = list(csv.DictReader(io.StringIO(predictions_csv(results, names).decode("utf-8"))))

@@ -22,6 +22,7 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
+from busi.answering import answer
 from busi.errors import OptionError, run_command
 from busi.history import format_training_cost, read_history
 from busi.metrics import LESION_THRESHOLD, RELIABILITY_BINS, reliability
@@ -47,7 +48,8 @@ def write_out_of_fold(fold: TrainingRun, run_dir: Path) -> None:
     """The held-out fold's probabilities (calibrated as reported, and raw) for the pooled summary."""
     model, datamodule = fold.model.eval(), fold.datamodule
     test = datamodule.dataset("test")  # all of it: this runs on one process only
-    outputs, labels = model.infer_batches(DataLoader(test, batch_size=datamodule.hparams.eval_batch_size))
+    outputs = answer(model, DataLoader(test, batch_size=datamodule.hparams.eval_batch_size))
+    labels = test.labels
     raw = outputs.uncalibrated
     names = model.class_names
     with (run_dir / "out_of_fold.csv").open("w", newline="", encoding="utf-8") as handle:

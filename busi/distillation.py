@@ -9,11 +9,13 @@ from typing import Literal
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
 
-from busi.ensemble import infer_mean
+from busi.answering import answer
+from busi.data.dataset import ImageTensors
+from busi.ensemble import load_model
 from busi.errors import OptionError
-from busi.images import as_three_channels
-from busi.model import BusiClassifier, load_classifiers
+from busi.model import BusiClassifier
 
 
 def out_of_fold_probabilities(cv_dir: Path) -> dict[str, list[float]]:
@@ -46,19 +48,14 @@ def teacher_targets(
                 f"(e.g. {missing[0]}); train the student on the folder the teacher was cross-validated on"
             )
         return {catalog.digests[i]: torch.tensor(table[catalog.relative(i)], device=device) for i in indices}
-    teachers = [model.to(device) for model in load_classifiers(cv_dir, map_location=device)]  # weights_only
-    if teachers[0].hparams.image_size != catalog.image_size:
+    teacher = load_model(cv_dir).to(device)  # weights_only
+    if teacher.image_size != catalog.image_size:
         raise OptionError(
-            f"--model.teacher {cv_dir}: its models take {teachers[0].hparams.image_size} px, the student "
+            f"--model.teacher {cv_dir}: its models take {teacher.image_size} px, the student "
             f"{catalog.image_size} px; train the student at the teacher's size"
         )
-    targets = {}
-    for start in range(0, len(indices), 32):
-        chunk = indices[start : start + 32]
-        pixels = torch.stack([as_three_channels(catalog.image(i)) for i in chunk])
-        probabilities = infer_mean(teachers, pixels).probabilities
-        targets.update({catalog.digests[i]: p for i, p in zip(chunk, probabilities, strict=True)})
-    return targets
+    probabilities = answer(teacher, DataLoader(ImageTensors(catalog, indices), batch_size=32)).probabilities
+    return {catalog.digests[i]: p.to(device) for i, p in zip(indices, probabilities, strict=True)}
 
 
 class TeacherTargets(Callback):

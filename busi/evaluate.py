@@ -3,7 +3,6 @@ folder's fold ensemble) on every image of a labelled folder in the BUSI layout."
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -14,15 +13,16 @@ from torch.utils.data import DataLoader
 from busi.data.audit import format_audit
 from busi.data.catalog import read_catalog
 from busi.data.dataset import ImageTensors
-from busi.ensemble import infer_mean
+from busi.data.files import Prediction
+from busi.ensemble import load_model
 from busi.errors import run_command
 from busi.explain import localisation_scores
-from busi.metrics import SplitEvaluation
-from busi.model import load_classifiers
-from busi.predict import Prediction, choose_device, csv_columns, csv_row
+from busi.predict import choose_device
+from busi.prediction_writer import write_csv
 from busi.progress import progress_bar
 from busi.publish import publish_report
 from busi.report import build_report, format_report, write_report
+from busi.scoring import score
 
 
 def evaluate(
@@ -31,40 +31,30 @@ def evaluate(
     """Score every image of `root` (another hospital's scans, a later export), not only a split: report.json/.txt,
     confusion_matrix.png, reliability.png, Grad-CAM localisation where lesion masks exist (single models),
     predictions.csv (predict.py's columns), the audit and TensorBoard, in `output`."""
-    models = [model.to(choose_device(device)) for model in load_classifiers(ckpt)]
-    first = models[0]
+    model = load_model(ckpt).to(choose_device(device))
     catalog = read_catalog(
-        root, first.hparams.image_size, duplicate_distance=-1, class_names=first.class_names, progress=not quiet
+        root, model.image_size, duplicate_distance=-1, class_names=model.class_names, progress=not quiet
     )
-    evaluation = SplitEvaluation(len(first.class_names))
     everything = ImageTensors(catalog, range(len(catalog.records)))
-    probabilities = []
-    bar = progress_bar(total=len(everything), what="evaluate", quiet=quiet)
-    for pixels, targets, _, masks in DataLoader(everything, batch_size=batch_size):
-        bar.update(len(targets))
-        outputs = infer_mean(models, pixels)
-        lesions = None if outputs.lesions is None else outputs.lesions.cpu()
-        evaluation.update(outputs.probabilities.cpu(), targets, outputs.uncalibrated.cpu(), lesions, masks)
-        probabilities += outputs.probabilities.tolist()
-    bar.close()
-    predictions = [Prediction(record.path, row) for record, row in zip(catalog.records, probabilities, strict=True)]
-    localisation = None
-    if len(models) == 1:
-        localisation = localisation_scores(first, catalog, list(range(len(catalog.records))))
+    with progress_bar(total=len(everything), what="evaluate", quiet=quiet) as bar:
+        split, outputs = score(model, DataLoader(everything, batch_size=batch_size), bar)
+    predictions = [
+        Prediction(record.path, row)
+        for record, row in zip(catalog.records, outputs.probabilities.tolist(), strict=True)
+    ]
+    single = len(model.members) == 1
+    localisation = localisation_scores(model, catalog, list(range(len(catalog.records)))) if single else None
     report = build_report(
-        first.class_names,
+        model.class_names,
         str(ckpt),
-        {"test": evaluation.compute_report(first.class_names)},
-        float(first.temperature) if len(models) == 1 else None,
+        {"test": split},
+        float(model.members[0].temperature) if single else None,
         localisation,
     )
-    report["data"] = {"root": str(root), "images": len(catalog.records), "models": len(models)}
+    report["data"] = {"root": str(root), "images": len(catalog.records), "models": len(model.members)}
     output.mkdir(parents=True, exist_ok=True)
     (output / "audit.txt").write_text(format_audit(catalog.audit) + "\n", encoding="utf-8")
-    with (output / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(csv_columns(first.class_names))
-        writer.writerows(csv_row(p, first.class_names) for p in predictions)
+    write_csv(output / "predictions.csv", predictions, model.class_names)
     write_report(report, output)
     logger = TensorBoardLogger(save_dir=output, name="", version="")  # events in `output` itself
     publish_report(report, output, [logger])

@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
 
+from busi.answering import answer
 from busi.data.catalog import Catalog, read_catalog
+from busi.data.dataset import ImageTensors
 from busi.data.splits import read_split_csv
 from busi.errors import DataError, run_command
-from busi.images import as_three_channels
 from busi.model import BusiClassifier, load_classifier
 from busi.plots import overlay
 from busi.report import format_localisation
@@ -55,22 +57,14 @@ def summarise(rows: list[dict], class_names: tuple[str, ...]) -> dict:
 def localisation_scores(classifier: BusiClassifier, catalog: Catalog, indices: list[int], batch_size: int = 32) -> dict:
     """Grad-CAM of the true class for every image of `indices` that has a non-empty lesion mask (the
     catalog's, decoded with the images and at the same size)."""
-    classifier.eval()
-    candidates = []
-    for index in indices:
-        if catalog.masks[index] is not None:
-            mask = catalog.mask(index)[0].bool()
-            if mask.any():
-                candidates.append((index, mask))
+    candidates = [i for i in indices if catalog.masks[i] is not None and catalog.mask(i).any()]
+    loader = DataLoader(ImageTensors(catalog, candidates), batch_size=batch_size)
+    cams = answer(classifier.eval(), loader, explain="label").cams if candidates else []
     rows = []
-    for start in range(0, len(candidates), batch_size):
-        chunk = candidates[start : start + batch_size]
-        pixels = torch.stack([as_three_channels(catalog.image(i)) for i, _ in chunk])
-        targets = torch.tensor([catalog.records[i].label for i, _ in chunk])
-        outputs = classifier.infer(pixels, explain=targets)
-        for (index, mask), cam in zip(chunk, outputs.cams, strict=True):
-            label = classifier.class_names[catalog.records[index].label]
-            rows.append({"path": catalog.relative(index), "label": label, **localisation(cam, mask)})
+    for index, cam in zip(candidates, cams, strict=True):
+        label = classifier.class_names[catalog.records[index].label]
+        mask = catalog.mask(index)[0].bool()
+        rows.append({"path": catalog.relative(index), "label": label, **localisation(cam, mask)})
     return {"dilation_px": POINTING_DILATION, "per_class": summarise(rows, classifier.class_names), "images": rows}
 
 
@@ -156,14 +150,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_overlays(classifier: BusiClassifier, catalog: Catalog, indices: list[int], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for index in indices:
-        pixels = catalog.image(index)
-        outputs = classifier.infer(as_three_channels(pixels)[None], explain=True)
-        label = classifier.class_names[int(outputs.explained[0])]
+    if not indices:
+        return
+    loader = DataLoader(ImageTensors(catalog, indices), batch_size=32)
+    outputs = answer(classifier, loader, explain="predicted")
+    for index, cam, explained, row in zip(indices, outputs.cams, outputs.explained, outputs.probabilities, strict=True):
+        label = classifier.class_names[int(explained)]
         truth = classifier.class_names[catalog.records[index].label]
-        caption = f"{label} {float(outputs.probabilities[0].max()):.1%}\ntrue: {truth}"
+        caption = f"{label} {float(row.max()):.1%}\ntrue: {truth}"
         name = catalog.relative(index).replace("/", "__")
-        overlay(pixels, outputs.cams[0], caption).save(folder / Path(name).with_suffix(".png"))
+        overlay(catalog.image(index), cam, caption).save(folder / Path(name).with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from busi import __version__
+from busi.answering import answer
 from busi.calibration import fit_temperature
 from busi.checkpointing import AtomicCheckpointIO
 from busi.data.module import BusiDataModule
@@ -111,7 +112,8 @@ def load_weights(model: BusiClassifier, best: Path) -> dict:
 def calibrate(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule) -> float:
     """Fit the model's temperature on the validation split (busi.calibration) and set it; under DDP every
     process takes the main process's."""
-    outputs, targets = model.eval().infer_batches(datamodule.val_dataloader())
+    outputs = answer(model.eval(), datamodule.val_dataloader())
+    targets = datamodule.dataset("val").labels
     temperature = trainer.strategy.broadcast(fit_temperature(outputs.logits, targets), src=0)
     model.temperature.fill_(temperature)
     return temperature

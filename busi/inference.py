@@ -24,6 +24,21 @@ class Outputs:
     lesions: torch.Tensor | None = None  # (N, H, W) lesion probabilities at the input size, with a decoder
 
 
+def join_outputs(parts: list[Outputs], classes: int) -> Outputs:
+    """Outputs of several batches as one, on the CPU (fields that some batch lacks are left out)."""
+    parts = [part for part in parts if len(part.probabilities)] or [
+        Outputs(torch.empty((0, classes)), torch.empty((0, classes)))
+    ]
+
+    def joined(field: str) -> torch.Tensor | None:
+        values = [getattr(part, field) for part in parts]
+        return None if any(v is None for v in values) else torch.cat([v.cpu() for v in values])
+
+    return Outputs(
+        *(joined(field) for field in ("probabilities", "uncalibrated", "logits", "cams", "explained", "lesions"))
+    )
+
+
 def lesion_probabilities(lesion_logits: torch.Tensor | None, size) -> torch.Tensor | None:
     """Decoder logits (N, 1, h, w) → lesion probabilities (N, H, W) at `size` (bilinear, then sigmoid)."""
     if lesion_logits is None:
@@ -58,7 +73,8 @@ def grad_cam(
         features = features.clone().requires_grad_(True)
         with torch.enable_grad():
             logits = head(features).float()
-            chosen = logits.argmax(dim=1) if classes is None else classes.to(logits.device)
+            # a clone: labels collated inside an inference-mode loop are inference tensors
+            chosen = logits.argmax(dim=1) if classes is None else classes.to(logits.device).clone()
             (gradient,) = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), features)
         maps, gradient = features.detach()[:, :channels], gradient[:, :channels]
         weights = gradient.mean(dim=(2, 3), keepdim=True)

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric, SumMetric
 
 from busi import CLASS_NAMES
+from busi.answering import Answering
 from busi.augment import MAX_ROTATION_DEGREES, augment_batch
 from busi.errors import OptionError, WeightsError
 from busi.feature_cache import FeatureCache
@@ -33,9 +34,9 @@ SUMMARY_KEY = "busi_summary"  # in best.ckpt: recipe, training data and test sco
 IMPORT_KEY = "busi_import"  # in a checkpoint written by busi-import-keras: the file it came from
 
 
-class BusiClassifier(L.LightningModule):
+class BusiClassifier(Answering, L.LightningModule):
     """Trains DenseNetClassifier with Adam and cross-entropy (and the lesion decoder's Dice + BCE);
-    `infer` is how it answers, in every command.
+    `infer` is how it answers; every command reaches it through `predict_step` (busi.answering).
 
     Args:
         weights: backbone weights: `imagenet` (torchvision IMAGENET1K_V1), a state-dict path, or `none`.
@@ -168,6 +169,19 @@ class BusiClassifier(L.LightningModule):
         self.train_samples, self.val_samples = SumMetric(), SumMetric()
 
     @property
+    def image_size(self) -> int:
+        return self.hparams.image_size
+
+    @property
+    def segments(self) -> bool:
+        """The network has a lesion decoder."""
+        return self.model.segments
+
+    @property
+    def members(self) -> list[BusiClassifier]:
+        return [self]
+
+    @property
     def caches_features(self) -> bool:
         # Valid only while the backbone is a fixed function of the image: frozen weights, eval-mode
         # BatchNorm, and the same input pixels every epoch (no random augmentation). The decoder
@@ -233,17 +247,6 @@ class BusiClassifier(L.LightningModule):
                 probabilities = calibrated_probabilities(self, images, logits, self.temperature, self.hparams.tta)
                 lesions = lesion_probabilities(lesion_logits, images.shape[-2:])
         return Outputs(probabilities, logits.softmax(dim=1), logits, cams, explained, lesions)
-
-    def infer_batches(self, loader) -> tuple[Outputs, torch.Tensor]:
-        """`infer` over every batch of a BusiDataModule loader ((pixels, labels, keys, masks) each): the
-        probabilities and logits on the CPU, and the labels."""
-        outputs, labels = [], []
-        for pixels, targets, keys, _ in loader:
-            outputs.append(self.infer(pixels, list(keys)))
-            labels.append(targets)
-        logits = torch.cat([o.logits for o in outputs]).cpu()
-        joined = Outputs(torch.cat([o.probabilities for o in outputs]).cpu(), logits.softmax(dim=1), logits)
-        return joined, torch.cat(labels)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state_dict = checkpoint.get("state_dict")
@@ -329,12 +332,6 @@ class BusiClassifier(L.LightningModule):
         self.log("val/loss", self.val_loss, on_epoch=True)
         self.log("val/samples", self.val_samples, on_epoch=True)
         self.log_dict(self.val_metrics, on_epoch=True)
-
-    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Outputs:
-        # The report scores the checkpoint as predict.py, calibration and the exports use it: in fp32,
-        # whatever precision it was trained in. busi.finish.SplitReports collects what this returns.
-        pixels, _, keys, _ = batch
-        return self.infer(pixels, keys)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -82,7 +82,7 @@ def test_a_dicom_scan_is_predicted_as_the_png_it_was_made_from(kind, trained_run
     dicom = write_dicom(tmp_path / name, pixels, region=region, rle=kind.endswith("rle"))
     seen = pixels if region is None else pixels[REGION[1] : REGION[3] + 1, REGION[0] : REGION[2] + 1]
     Image.fromarray(seen).save(tmp_path / "seen.png")
-    from_dicom, from_png = predict_files([classifier], [tmp_path])  # the folder: both files are found
+    from_dicom, from_png = predict_files(classifier, [tmp_path])  # the folder: both files are found
     assert from_dicom.path == dicom and from_png.path == tmp_path / "seen.png"
     assert np.abs(np.array(from_dicom.probabilities) - np.array(from_png.probabilities)).max() <= 1e-6
     assert from_dicom.spacing_mm == ((0.125, 0.15) if region else None)

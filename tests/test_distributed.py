@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,35 @@ def test_ddp_on_two_cpu_processes_counts_every_image_once(busi_root, tmp_path):
     for row, label in zip(test_rows, predicted, strict=True):
         matrix[CLASS_NAMES.index(row["label"])][CLASS_NAMES.index(label)] += 1
     assert report["test"]["confusion_matrix"] == matrix
+
+
+def test_prediction_on_two_cpu_processes_writes_the_one_process_csv(trained_run, busi_root, tmp_path):
+    _, run_dir = trained_run
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    folder = tmp_path / "incoming"
+    for name in ("benign", "malignant"):
+        shutil.copytree(busi_root / name, folder / name)
+    (folder / "malignant" / "notes.png").write_text("this is text")  # an error row among the answers
+    files = [p for p in folder.rglob("*.png") if "_mask" not in p.name]
+    if len(files) % 2 == 0:  # uneven: a sampler that pads the processes would answer one file twice
+        (folder / "benign" / "extra (1).png").write_bytes((folder / "benign" / "benign (1).png").read_bytes())
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    assert predict_main(["--ckpt", str(ckpt), str(folder), "--output", str(one), "--cam", str(tmp_path / "cams1")]) == 0
+    command = [
+        sys.executable, str(REPO / "predict.py"), "--ckpt", str(ckpt), str(folder), "--output", str(two),
+        "--cam", str(tmp_path / "cams2"), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+        "--trainer.strategy", "ddp",
+    ]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "predicted, 1 failed" in finished.stdout and "(2 processes)" in finished.stdout
+    rows_one, rows_two = (list(csv.DictReader(path.open(encoding="utf-8"))) for path in (one, two))
+    assert [(r["path"], r["label"], r["error"]) for r in rows_two] == [
+        (r["path"], r["label"], r["error"]) for r in rows_one
+    ]
+    for a, b in zip(rows_one, rows_two, strict=True):  # batches of other images: float rounding only
+        assert all(abs(float(a[k] or 0) - float(b[k] or 0)) <= 2e-6 for k in a if k.startswith("p_"))
+    assert sorted(p.name for p in (tmp_path / "cams2").iterdir()) == sorted(
+        p.name for p in (tmp_path / "cams1").iterdir()
+    )
+    assert not list(tmp_path.glob("two.csv.rank*"))  # the parts are merged and gone

@@ -42,7 +42,7 @@ def test_score_of_a_checkpoint_agrees_with_its_predictions(busi_root, trained_ru
     link(busi_root, tmp_path, seed=7, folds=0, fold=0)
     holdout = tmp_path / "holdout"
     (row,) = score([ckpt], holdout).values()
-    predictions = list(predict_files([load_classifier(ckpt)], sorted((holdout).rglob("*).png"))))
+    predictions = list(predict_files(load_classifier(ckpt), sorted((holdout).rglob("*).png"))))
     classes = ("benign", "malignant", "normal")
     correct = [classes[max(range(3), key=p.probabilities.__getitem__)] == p.path.parent.name for p in predictions]
     assert row["accuracy"] == pytest.approx(sum(correct) / len(correct))

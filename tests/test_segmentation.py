@@ -14,14 +14,14 @@ from streamlit.testing.v1 import AppTest
 
 import busi.app
 from busi.app import Result, overlay_figure
-from busi.ensemble import infer_mean
+from busi.ensemble import FoldEnsemble
 from busi.export import main as export_main
 from busi.images import MASK_UNKNOWN, as_three_channels, load_image
 from busi.model import BusiClassifier, load_classifier, segmentation_loss
 from busi.network import FEATURE_CHANNELS, parameter_counts
 from busi.plots import OUTLINE_COLOUR, overlay
-from busi.predict import csv_columns
 from busi.predict import main as predict_main
+from busi.prediction_writer import csv_columns
 from busi.training import run
 
 from fake_busi import IMAGE_SIZE, train_args
@@ -126,7 +126,7 @@ def test_the_fold_ensemble_lesion_map_is_the_mean_of_the_models(busi_root):
     pixels = torch.stack(
         [as_three_channels(load_image(p, IMAGE_SIZE)) for p in sorted((busi_root / "benign").glob("* (?).png"))[:3]]
     )
-    mean = infer_mean(models, pixels)
+    mean = FoldEnsemble(models).infer(pixels)
     expected = (models[0].infer(pixels).lesions + models[1].infer(pixels).lesions) / 2
     assert torch.allclose(mean.lesions, expected, atol=1e-6)
 

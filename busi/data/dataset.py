@@ -25,6 +25,10 @@ class ImageTensors(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([self.catalog.records[i].label for i in self.indices], dtype=torch.long)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str, torch.Tensor]:
         i = self.indices[index]
         catalog = self.catalog
