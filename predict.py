@@ -2,7 +2,7 @@
 
 import sys
 
-from busi.predict import main
+from busi.commands.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

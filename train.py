@@ -2,7 +2,7 @@
 
 import sys
 
-from busi.training import main
+from busi.commands.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

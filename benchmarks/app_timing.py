@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "busi/app.py", "--server.headless=true", f"--server.port={port}"],
+        [sys.executable, "-m", "streamlit", "run", "busi/commands/app.py", "--server.headless=true", f"--server.port={port}"],
         cwd=REPO, env={**os.environ, "BUSI_CHECKPOINT": str(args.ckpt.resolve())},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

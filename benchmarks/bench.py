@@ -28,14 +28,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from busi import CLASS_NAMES
-from busi.checkpointing import AtomicCheckpointIO
-from busi.cli import DEFAULT_CONFIG
+from busi.callbacks.prediction_writer import predict_files
 from busi.data.catalog import read_catalog, scan_class_folders
 from busi.data.dataset import ImageTensors
-from busi.images import UnreadableImageError, as_three_channels, decode_file, load_image, to_model_input
-from busi.model import BusiClassifier, load_classifier
-from busi.predict import predict_files
-from busi.training import run
+from busi.io.images import UnreadableImageError, as_three_channels, decode_file, load_image, to_model_input
+from busi.model.classifier import BusiClassifier, load_classifier
+from busi.training.checkpointing import AtomicCheckpointIO
+from busi.training.cli import DEFAULT_CONFIG
+from busi.training.run import run
 
 
 def clock(function, *args, **kwargs) -> tuple[float, object]:
@@ -116,8 +116,8 @@ def recipe_wall(root: Path, out: Path, epochs: int, cache_features: bool, cache_
 
 def recipe_parts(root: Path, out: Path, epochs: int, cache_dir: Path) -> dict:
     """The frozen recipe's parts timed alone: start-up, one backbone pass, head-only epochs."""
-    from busi.cli import BusiCLI
     from busi.data.module import BusiDataModule
+    from busi.training.cli import BusiCLI
 
     def start_up():
         cli = BusiCLI(BusiClassifier, BusiDataModule, run=False, args=recipe_args(root, out, epochs, True, cache_dir))

@@ -54,7 +54,7 @@ def train_args(root: Path, work: Path, image_size: int, memory_limit_mb: float, 
 
 def child(args: list[str]) -> int:
     """Train in this process, then print its peak RSS (and its DataLoader workers') as JSON."""
-    from busi.training import run
+    from busi.training.run import run
 
     start = time.perf_counter()
     cli = run(args)

@@ -1,7 +1,7 @@
 """A BUSI-layout folder squashed to SIZE² for a machine that can only be sent a few tens of MB (the device
 machine takes 64 MiB a call; the share is 87 MB). Each image is resized exactly as busi's training does
-(busi.images.resize_to_tensor) and saved losslessly, and each image's masks become one `X_mask.png`, their
-union resized like busi.images.load_mask does, so training at SIZE px on the copy reads the same pixels
+(busi.io.images.resize_to_tensor) and saved losslessly, and each image's masks become one `X_mask.png`, their
+union resized like busi.io.images.load_mask does, so training at SIZE px on the copy reads the same pixels
 and masks as training at SIZE px on the original. The duplicate groups are not the same: busi hashes the
 image it reads, and on the squashed copy one more pair of scans falls within the hash distance, which
 moves ~80 images to other folds. So the original's folds travel with the copy, one split CSV per (seed,
@@ -23,7 +23,7 @@ from busi.data.catalog import scan_class_folders
 from busi.data.module import BusiDataModule
 from busi.data.splits import write_split_csv
 from busi.errors import UnreadableImageError
-from busi.images import decode_image, load_mask, resize_to_tensor
+from busi.io.images import decode_image, load_mask, resize_to_tensor
 
 
 def compact_copy(root: Path, out: Path, size: int) -> int:

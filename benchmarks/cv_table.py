@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from busi.cv import fold_dir
+from busi.evaluation.cross_validation import fold_dir
 
 
 def fold_cost(run_dir: Path, report: dict) -> dict:

@@ -39,7 +39,7 @@ run_seed() {  # every fold of one split seed at once, stopped at the deadline; t
     if [ $left -le 0 ]; then echo "== seed $seed: not started, the deadline has passed"; return; fi
     local pids=()
     for fold in $(seq 0 $((FOLDS - 1))); do
-        BUSI_CACHE_DIR=$RUNS/cache/$seed.$fold timeout "$left" python3 -m busi.cv --folds $FOLDS --only_folds "$fold" \
+        BUSI_CACHE_DIR=$RUNS/cache/$seed.$fold timeout "$left" python3 -m busi.commands.cv --folds $FOLDS --only_folds "$fold" \
             --name "${NAME}_seed$seed" --trainer.default_root_dir "$RUNS" "${RECIPE[@]}" --data.root "$DATA" \
             --data.seed "$seed" --data.split_csv "$SPLITS/seed${seed}_fold$fold.csv" --data.num_workers 0 \
             --trainer.enable_progress_bar false > "$RUNS/logs/seed${seed}_fold$fold.log" 2>&1 &
@@ -50,7 +50,7 @@ run_seed() {  # every fold of one split seed at once, stopped at the deadline; t
     done_folds=$(find "$cv" -name out_of_fold.csv 2>/dev/null | wc -l)
     echo "== seed $seed: $done_folds of $FOLDS folds done, $((SECONDS - started)) s wall for the $FOLDS at once"
     if [ "$done_folds" -eq $FOLDS ]; then
-        python3 -m busi.cv --folds $FOLDS --name "${NAME}_seed$seed" --trainer.default_root_dir "$RUNS" \
+        python3 -m busi.commands.cv --folds $FOLDS --name "${NAME}_seed$seed" --trainer.default_root_dir "$RUNS" \
             > "$RUNS/logs/summary_seed$seed.log" 2>&1
         cat "$cv/cv_summary.txt"
         cp "$cv/cv_summary.txt" "$OUT/cv_summary_seed$seed.txt"

@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 from busi import CLASS_NAMES
+from busi.commands.evaluate import evaluate
 from busi.data.module import BusiDataModule
-from busi.evaluate import evaluate
 
 METRICS = ("accuracy", "macro_f1", "auroc_macro_ovr")
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from busi import CLASS_NAMES
-from busi.images import is_image_file, is_mask
+from busi.io.images import is_image_file, is_mask
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 

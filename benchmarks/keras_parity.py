@@ -21,8 +21,8 @@ import torch
 os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/fake_keras.py
 
-from busi.import_keras import import_keras_model
-from busi.model import BusiClassifier
+from busi.commands.import_keras import import_keras_model
+from busi.model.classifier import BusiClassifier
 
 from fake_keras import original_model, save_keras2_weights, save_model_h5
 

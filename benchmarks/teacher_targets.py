@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from busi.callbacks.teacher_targets import teacher_targets
 from busi.data.module import BusiDataModule
-from busi.distillation import teacher_targets
 
 
 def describe(targets: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -43,7 +43,7 @@ class UnreadableImageError(ValueError):
 
 def run_command(command: Callable[[], int | None]) -> int:
     """The exit status of a console script: `command`'s, 2 after a UserError (printed as one line), 143
-    after SIGTERM (the training state is saved in last.ckpt by busi.checkpointing.ResumeCheckpoint)."""
+    after SIGTERM (the training state is saved in last.ckpt by busi.training.checkpointing.ResumeCheckpoint)."""
     try:
         return command() or 0
     except UserError as error:

@@ -24,7 +24,7 @@ def busi_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(busi_root, tmp_path_factory):
     """One real `train.py` run (frozen recipe, no pretrained weights, 64 px, 2 epochs) shared by tests."""
-    from busi.training import run
+    from busi.training.run import run
 
     cli = run(train_args(busi_root, tmp_path_factory.mktemp("runs"), epochs=2))
     return cli, Path(cli.trainer.log_dir)

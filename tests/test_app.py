@@ -9,10 +9,10 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
-import busi.app as app_module
-from busi.app import DISCLAIMER, MAX_UPLOAD_MB, percent
+import busi.commands.app as app_module
+from busi.commands.app import DISCLAIMER, MAX_UPLOAD_MB, percent
 
-APP = Path(__file__).resolve().parents[1] / "busi" / "app.py"
+APP = Path(__file__).resolve().parents[1] / "busi" / "commands" / "app.py"
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -19,8 +19,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from busi.app import MAX_UPLOAD_MB, percent
-from busi.predict import main as predict_main
+from busi.commands.app import MAX_UPLOAD_MB, percent
+from busi.commands.predict import main as predict_main
 
 REPO = Path(__file__).resolve().parents[1]
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -38,12 +38,12 @@ def free_port() -> int:
 
 @pytest.fixture
 def served(trained_run, tmp_path):
-    """`streamlit run busi/app.py` from the repository root, with the test run's checkpoint."""
+    """`streamlit run busi/commands/app.py` from the repository root, with the test run's checkpoint."""
     port = free_port()
     env = {**os.environ, "BUSI_CHECKPOINT": str(trained_run[1] / "checkpoints" / "best.ckpt")}
     log = (tmp_path / "streamlit.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "busi/app.py", "--server.headless=true", f"--server.port={port}",
+        [sys.executable, "-m", "streamlit", "run", "busi/commands/app.py", "--server.headless=true", f"--server.port={port}",
          "--browser.gatherUsageStats=false"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

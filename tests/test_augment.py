@@ -1,6 +1,6 @@
 import torch
 
-from busi.augment import augment_batch
+from busi.data.augment import augment_batch
 
 
 def test_augmentation_varies_per_image_but_never_turns_the_scan_upside_down():

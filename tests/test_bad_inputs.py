@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busi.predict import main as predict_main
-from busi.training import main as train_main
+from busi.commands.predict import main as predict_main
+from busi.commands.train import main as train_main
 
 from fake_busi import train_args, ultrasound_like, write_busi_folder
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from busi.data.cache import DecodedImageCache
 from busi.data.catalog import read_catalog
-from busi.images import decode_file
+from busi.io.images import decode_file
 
 from fake_busi import IMAGE_SIZE, write_busi_folder
 
@@ -56,7 +56,7 @@ def test_a_corrupt_cache_file_is_ignored_and_rebuilt(busi_root, tmp_path, capsys
 
 
 def test_cache_command_fills_the_cache_ahead_of_time(busi_root, tmp_path, capsys):
-    from busi.data.cache_command import main as cache_main
+    from busi.commands.cache import main as cache_main
 
     args = [f"--data.root={busi_root}", f"--data.image_size={IMAGE_SIZE}", f"--data.cache_dir={tmp_path}"]
     assert cache_main(args) == 0

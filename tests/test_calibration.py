@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassCalibrationError
 
-from busi.calibration import fit_temperature
+from busi.evaluation.calibration import fit_temperature
 
 
 def test_temperature_scaling_calibrates_overconfident_logits_without_changing_predictions():

@@ -12,11 +12,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
-from busi.checkpointing import AtomicCheckpointIO
-from busi.history import EPOCH_SECONDS, read_history
-from busi.model import load_classifier
-from busi.predict import main as predict_main
-from busi.training import main, run
+from busi.commands.predict import main as predict_main
+from busi.commands.train import main
+from busi.evaluation.history import EPOCH_SECONDS, read_history
+from busi.model.classifier import load_classifier
+from busi.training.checkpointing import AtomicCheckpointIO
+from busi.training.run import run
 
 from fake_busi import IMAGE_SIZE, train_args
 

@@ -10,11 +10,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from busi import CLASS_NAMES
-from busi.cli import DEFAULT_CONFIG, BusiCLI
+from busi.commands.predict import main as predict_main
+from busi.commands.train import main
 from busi.data.module import BusiDataModule
-from busi.model import BusiClassifier, load_classifier
-from busi.predict import main as predict_main
-from busi.training import main, run
+from busi.model.classifier import BusiClassifier, load_classifier
+from busi.training.cli import DEFAULT_CONFIG, BusiCLI
+from busi.training.run import run
 
 from fake_busi import IMAGE_SIZE, train_args
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from busi.cv import fold_dir, operating_point
-from busi.cv import main as cv_main
-from busi.evaluate import main as evaluate_main
-from busi.model import load_classifier
-from busi.predict import main as predict_main
-from busi.training import run
+from busi.commands.cv import main as cv_main
+from busi.commands.evaluate import main as evaluate_main
+from busi.commands.predict import main as predict_main
+from busi.evaluation.cross_validation import fold_dir, operating_point
+from busi.model.classifier import load_classifier
+from busi.training.run import run
 
 from fake_busi import train_args
 
@@ -150,7 +150,7 @@ def test_predict_and_the_app_take_a_cv_folder_as_a_fold_ensemble(cv_run, busi_ro
         assert float(mean[column]) == pytest.approx(sum(float(row[column]) for row in folds) / len(folds), abs=1e-6)
     assert len(list(cams.glob("*.png"))) == 1
 
-    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "busi" / "app.py"), default_timeout=120)
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "busi" / "commands" / "app.py"), default_timeout=120)
     app.run()
     app.sidebar.text_input[0].set_value(str(cv_dir)).run()
     assert not app.exception and not app.error
@@ -170,8 +170,8 @@ class RunsCode:
 def test_a_student_learns_from_a_cv_folder_read_without_running_code(cv_run, busi_root, tmp_path, kind, capsys):
     """`--model.teacher CV`: the training images' soft targets are the out-of-fold probabilities (as the
     folds wrote them) or the fold ensemble's; the fold checkpoints load with weights_only."""
-    from busi.distillation import out_of_fold_probabilities
-    from busi.training import main
+    from busi.callbacks.teacher_targets import out_of_fold_probabilities
+    from busi.commands.train import main
 
     def student(teacher: Path) -> list[str]:
         return train_args(

@@ -17,15 +17,15 @@ pytest.importorskip("pydicom")
 import pydicom.examples
 from pydicom.uid import MPEG2MPML
 
-from busi.data.cache_command import main as cache_main
+from busi.callbacks.prediction_writer import predict_files
+from busi.commands.cache import main as cache_main
+from busi.commands.evaluate import main as evaluate_main
+from busi.commands.predict import main as predict_main
 from busi.data.catalog import read_catalog
-from busi.dicom import DicomOptions
-from busi.evaluate import main as evaluate_main
-from busi.images import decode_frames, load_mask
-from busi.model import load_classifier
-from busi.predict import main as predict_main
-from busi.predict import predict_files
-from busi.training import run
+from busi.io.dicom import DicomOptions
+from busi.io.images import decode_frames, load_mask
+from busi.model.classifier import load_classifier
+from busi.training.run import run
 
 from fake_busi import lesion_disc, train_args, ultrasound_like
 from fake_dicom import ultrasound_dataset, write_dicom
@@ -169,7 +169,7 @@ def test_without_the_dicom_extra_a_dcm_file_says_how_to_add_it(ckpt, tmp_path):
     write_dicom(tmp_path / "scan.dcm", busi_like_scan())
     output = tmp_path / "predictions.csv"
     without_pydicom = (
-        "import sys; sys.modules['pydicom'] = None; from busi.predict import main; "
+        "import sys; sys.modules['pydicom'] = None; from busi.commands.predict import main; "
         f"sys.exit(main(['--ckpt', {str(ckpt)!r}, {str(tmp_path / 'scan.dcm')!r}, '--output', {str(output)!r}]))"
     )
     finished = subprocess.run([sys.executable, "-c", without_pydicom], cwd=REPO, capture_output=True, text=True)

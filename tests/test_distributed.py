@@ -10,7 +10,7 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from busi import CLASS_NAMES
-from busi.predict import main as predict_main
+from busi.commands.predict import main as predict_main
 
 from fake_busi import IMAGE_SIZE
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from busi.commands.download import main
 from busi.data.audit import SOURCE_RECORD
 from busi.data.catalog import read_catalog
-from busi.data.download import FOLDER_NAME, main
+from busi.data.download import FOLDER_NAME
 
 from fake_busi import write_busi_folder
 
@@ -164,7 +165,7 @@ def test_no_server_says_how_to_place_the_data_by_hand(tmp_path, capsys):
 
 
 def test_training_with_download_fetches_the_data_first(server, busi_archive, tmp_path):
-    from busi.training import run
+    from busi.training.run import run
 
     from fake_busi import train_args
 

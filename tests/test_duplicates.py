@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from busi.data.duplicates import perceptual_hash
+from busi.io.digests import perceptual_hash
 
 from fake_busi import ultrasound_like
 

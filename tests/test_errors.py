@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from busi.cli import DEFAULT_CONFIG, BusiCLI
-from busi.cv import main as cv_main
-from busi.data.cache_command import main as cache_main
-from busi.data.download import main as download_main
+from busi.commands.cache import main as cache_main
+from busi.commands.cv import main as cv_main
+from busi.commands.download import main as download_main
+from busi.commands.evaluate import main as evaluate_main
+from busi.commands.explain import main as explain_main
+from busi.commands.export import main as export_main
+from busi.commands.import_keras import main as import_main
+from busi.commands.predict import main as predict_main
+from busi.commands.train import main as train_main
 from busi.data.module import BusiDataModule
-from busi.evaluate import main as evaluate_main
-from busi.explain import main as explain_main
-from busi.export import main as export_main
-from busi.import_keras import main as import_main
-from busi.model import BusiClassifier
-from busi.predict import main as predict_main
-from busi.training import main as train_main
+from busi.model.classifier import BusiClassifier
+from busi.training.cli import DEFAULT_CONFIG, BusiCLI
 
 from fake_busi import IMAGE_SIZE
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from busi.evaluate import main as evaluate_main
-from busi.predict import main as predict_main
+from busi.commands.evaluate import main as evaluate_main
+from busi.commands.predict import main as predict_main
 
 
 def read_csv(path):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from busi.explain import localisation
-from busi.explain import main as explain_main
-from busi.images import load_mask
-from busi.plots import CAPTION_HEIGHT
-from busi.predict import main as predict_main
+from busi.commands.explain import main as explain_main
+from busi.commands.predict import main as predict_main
+from busi.evaluation.localisation import localisation
+from busi.evaluation.plots import CAPTION_HEIGHT
+from busi.io.images import load_mask
 
 from fake_busi import IMAGE_SIZE
 

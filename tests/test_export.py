@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from busi.export import main as export_main
-from busi.images import as_three_channels, load_image
-from busi.model import load_classifier
+from busi.commands.export import main as export_main
+from busi.io.images import as_three_channels, load_image
+from busi.model.classifier import load_classifier
 
 from fake_busi import IMAGE_SIZE
 
@@ -41,7 +41,7 @@ def test_onnx_export_gives_the_pytorch_probabilities(trained_run, busi_root, tmp
 def test_pytorch_exports_give_the_same_probabilities(trained_run, busi_root, tmp_path, model_format):
     _, run_dir = trained_run
     ckpt = run_dir / "checkpoints" / "best.ckpt"
-    output = tmp_path / "busi.model"
+    output = tmp_path / "busi.model.classifier"
     assert export_main(["--ckpt", str(ckpt), "--format", model_format, "--output", str(output)]) == 0
     pixels, expected = pixels_and_reference(ckpt, busi_root / "benign")
     if model_format == "torchscript":

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.holdout import link, score, summary
-from busi.model import load_classifier
-from busi.predict import image_files, predict_files
+from busi.callbacks.prediction_writer import predict_files
+from busi.commands.predict import image_files
+from busi.model.classifier import load_classifier
 
 
 def images_under(folder: Path) -> set[str]:

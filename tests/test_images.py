@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from busi.images import (
+from busi.io.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     UnreadableImageError,

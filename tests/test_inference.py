@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from busi.model import BusiClassifier
+from busi.model.classifier import BusiClassifier
 
 
 def reference_grad_cam(classifier, images, classes):

@@ -14,14 +14,14 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 without TensorFlow
 pytest.importorskip("keras")
 pytest.importorskip("h5py")
 
+from busi.commands.evaluate import main as evaluate_main
+from busi.commands.export import main as export_main
+from busi.commands.import_keras import main as import_main
+from busi.commands.predict import main as predict_main
 from busi.errors import WeightsError
-from busi.evaluate import main as evaluate_main
-from busi.export import main as export_main
-from busi.images import as_three_channels, decode_file, is_image_file, is_mask
-from busi.import_keras import main as import_main
-from busi.keras_files import KERAS_BATCH_NORM_EPS
-from busi.model import BusiClassifier, load_classifier
-from busi.predict import main as predict_main
+from busi.io.images import as_three_channels, decode_file, is_image_file, is_mask
+from busi.io.keras_files import KERAS_BATCH_NORM_EPS
+from busi.model.classifier import BusiClassifier, load_classifier
 
 from fake_busi import IMAGE_SIZE, train_args
 from fake_keras import original_model, save_keras2_weights, save_model_h5
@@ -152,7 +152,7 @@ def test_other_files_get_one_line_saying_what_was_found(tmp_path, capsys):
 def test_the_imported_model_fine_tunes_from_its_checkpoint(keras_project, busi_root, tmp_path):
     """`--ckpt_path DIR/best.ckpt`: a new run starts from the imported weights, with their preprocessing
     and BatchNorm epsilon; at learning rate 0 it still answers as Keras does."""
-    from busi.training import run
+    from busi.training.run import run
 
     output = tmp_path / "imported"
     assert import_main([str(keras_project["model"]), "--output", str(output)]) == 0
@@ -170,7 +170,7 @@ def test_the_app_says_where_an_imported_model_came_from(keras_project, busi_root
     output = tmp_path / "imported"
     assert import_main([str(keras_project["model"]), "--output", str(output)]) == 0
     monkeypatch.setenv("BUSI_CHECKPOINT", str(output / "best.ckpt"))
-    app = streamlit_testing.AppTest.from_file(str(Path(__file__).parents[1] / "busi" / "app.py"), default_timeout=120)
+    app = streamlit_testing.AppTest.from_file(str(Path(__file__).parents[1] / "busi" / "commands" / "app.py"), default_timeout=120)
     app.run()
     assert not app.exception and not app.error
     captions = " ".join(caption.value for caption in app.sidebar.caption)

@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks.bench_memory import write_synthetic_folder
 from busi.data.cache import DecodedImageCache
-from busi.training import run
+from busi.training.run import run
 
 COUNT = 20_000
 LIMIT_MB = 2

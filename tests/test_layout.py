@@ -1,5 +1,6 @@
-"""The package's import graph has no cycles (type-only imports aside), and busi-cv trains without the
-busi-train command's module."""
+"""The package's layers: every import points down (io → data → model → evaluation → callbacks →
+training → commands), no module imports another in a cycle (type-only imports aside), and a command
+imports no other command but the shared options."""
 
 import ast
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import busi
 
 PACKAGE = Path(busi.__file__).parent
+LAYERS = ("", "io", "data", "model", "evaluation", "callbacks", "training", "commands")  # "": busi/*.py
 
 
 def runtime_imports(path: Path) -> set[str]:
@@ -40,6 +42,12 @@ def import_graph() -> dict[str, set[str]]:
     return {name: {m for m in runtime_imports(path) if m in modules and m != name} for name, path in modules.items()}
 
 
+def layer(module: str) -> str:
+    """`busi.model.network` → `model`; busi's own top-level modules (errors, progress) → ``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else ""
+
+
 def test_busi_modules_import_each_other_without_cycles():
     graph = import_graph()
     done: set[str] = set()
@@ -54,10 +62,34 @@ def test_busi_modules_import_each_other_without_cycles():
 
     for module in graph:
         visit(module, ())
-    assert "busi.model" in graph and "busi.data.catalog" in graph  # the graph was really read
+    assert "busi.model.classifier" in graph and "busi.data.catalog" in graph  # the graph was really read
+
+
+def test_every_import_points_down_the_layers():
+    upward = [
+        f"{module} → {imported}"
+        for module, imports in import_graph().items()
+        for imported in imports
+        if LAYERS.index(layer(imported)) > LAYERS.index(layer(module))
+    ]
+    assert not upward, "imports that point up the layers: " + "; ".join(sorted(upward))
+    assert {layer(m) for m in import_graph()} == set(LAYERS)  # every layer holds modules
+
+
+def test_commands_share_only_their_options():
+    graph = import_graph()
+    between = [
+        f"{module} → {imported}"
+        for module, imports in graph.items()
+        if layer(module) == "commands"
+        for imported in imports
+        if layer(imported) == "commands" and imported not in ("busi.commands", "busi.commands.options")
+    ]
+    assert not between, "; ".join(between)
 
 
 def test_cross_validation_does_not_import_the_training_command_wiring():
     graph = import_graph()
-    assert "busi.cli" not in graph["busi.cv"] and "busi.training" in graph["busi.cv"]
-    assert "busi.inference" not in graph["busi.network"] and "busi.model" not in graph["busi.inference"]
+    assert "busi.training.cli" not in graph["busi.commands.cv"] and "busi.training.run" in graph["busi.commands.cv"]
+    assert "busi.model.inference" not in graph["busi.model.network"]
+    assert "busi.model.classifier" not in graph["busi.model.inference"]

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from busi.augment import augment_batch
+from busi.data.augment import augment_batch
 from busi.data.catalog import read_catalog
-from busi.images import MASK_UNKNOWN
+from busi.io.images import MASK_UNKNOWN
 
 SIZE = 64
 

@@ -10,8 +10,8 @@ pytest.importorskip("mlflow")
 
 from mlflow.tracking import MlflowClient
 
-from busi.cv import main as cv_main
-from busi.training import run
+from busi.commands.cv import main as cv_main
+from busi.training.run import run
 
 from fake_busi import train_args
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from busi.data.module import BusiDataModule
 from busi.errors import OptionError
-from busi.model import BusiClassifier
+from busi.model.classifier import BusiClassifier
 
 from fake_busi import IMAGE_SIZE
 

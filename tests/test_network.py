@@ -6,9 +6,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.models import densenet121
 
-from busi.model import BusiClassifier
-from busi.network import DenseNetClassifier, WeightsError, imagenet_weights_file, parameter_counts
-from busi.training import run
+from busi.model.classifier import BusiClassifier
+from busi.model.network import DenseNetClassifier, WeightsError, imagenet_weights_file, parameter_counts
+from busi.training.run import run
 
 from fake_busi import IMAGE_SIZE, train_args
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from busi.cli import DEFAULT_CONFIG
+from busi.training.cli import DEFAULT_CONFIG
 
 from fake_busi import IMAGE_SIZE
 

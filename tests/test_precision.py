@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from busi import CLASS_NAMES
-from busi.cli import DEFAULT_CONFIG, BusiCLI, choose_precision, cpu_has_native_bf16
+from busi.commands.predict import main as predict_main
 from busi.data.module import BusiDataModule
-from busi.model import BusiClassifier
-from busi.predict import main as predict_main
-from busi.training import run
+from busi.model.classifier import BusiClassifier
+from busi.training.cli import DEFAULT_CONFIG, BusiCLI, choose_precision, cpu_has_native_bf16
+from busi.training.run import run
 
 from fake_busi import IMAGE_SIZE, train_args
 

@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 
+from busi.commands.predict import main as predict_main
 from busi.errors import WeightsError
-from busi.model import load_classifier
-from busi.predict import main as predict_main
+from busi.model.classifier import load_classifier
 
 
 def read_rows(path):

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from busi import CLASS_NAMES
-from busi.cli import DEFAULT_CONFIG
-from busi.export import main as export_main
-from busi.images import as_three_channels, is_mask, load_image
-from busi.model import load_classifier
-from busi.training import run
+from busi.commands.export import main as export_main
+from busi.io.images import as_three_channels, is_mask, load_image
+from busi.model.classifier import load_classifier
+from busi.training.cli import DEFAULT_CONFIG
+from busi.training.run import run
 
 from fake_busi import real_busi_root
 

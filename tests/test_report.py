@@ -7,10 +7,10 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from busi import CLASS_NAMES
-from busi.history import read_history
-from busi.metrics import reliability
-from busi.plots import confusion_matrix_figure, curves_figure, fold_curves_figure
-from busi.report import format_report
+from busi.evaluation.history import read_history
+from busi.evaluation.plots import confusion_matrix_figure, curves_figure, fold_curves_figure
+from busi.evaluation.report import format_report
+from busi.model.metrics import reliability
 
 PICTURES = ("confusion_matrix.png", "reliability.png", "curves.png")
 

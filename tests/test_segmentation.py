@@ -12,17 +12,17 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import busi.app
-from busi.app import Result, overlay_figure
-from busi.ensemble import FoldEnsemble
-from busi.export import main as export_main
-from busi.images import MASK_UNKNOWN, as_three_channels, load_image
-from busi.model import BusiClassifier, load_classifier, segmentation_loss
-from busi.network import FEATURE_CHANNELS, parameter_counts
-from busi.plots import OUTLINE_COLOUR, overlay
-from busi.predict import main as predict_main
-from busi.prediction_writer import csv_columns
-from busi.training import run
+import busi.commands.app
+from busi.callbacks.prediction_writer import csv_columns
+from busi.commands.app import Result, overlay_figure
+from busi.commands.export import main as export_main
+from busi.commands.predict import main as predict_main
+from busi.evaluation.plots import OUTLINE_COLOUR, overlay
+from busi.io.images import MASK_UNKNOWN, as_three_channels, load_image
+from busi.model.classifier import BusiClassifier, load_classifier, segmentation_loss
+from busi.model.ensemble import FoldEnsemble
+from busi.model.network import FEATURE_CHANNELS, parameter_counts
+from busi.training.run import run
 
 from fake_busi import IMAGE_SIZE, train_args
 
@@ -165,7 +165,7 @@ def test_overlays_outline_the_predicted_lesion():
 def test_the_app_names_the_decoder_and_shows_the_lesion_dice(segmenting_run, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BUSI_CHECKPOINT", str(segmenting_run / "checkpoints" / "best.ckpt"))
-    test = AppTest.from_file(str(Path(busi.app.__file__)), default_timeout=120)
+    test = AppTest.from_file(str(Path(busi.commands.app.__file__)), default_timeout=120)
     test.run()
     assert not test.exception
     panel = " ".join(m.value for m in test.sidebar.markdown)
@@ -179,7 +179,7 @@ def test_the_lesion_head_reads_the_decoder_and_exports_to_onnx(tmp_path):
     over the image and over the predicted lesion; a different lesion map changes the answer; the ONNX
     export answers as PyTorch does."""
     onnxruntime = pytest.importorskip("onnxruntime")
-    from busi.export import export
+    from busi.commands.export import export
 
     torch.manual_seed(0)
     classifier = BusiClassifier(weights=None, image_size=IMAGE_SIZE, head="lesion", segmentation_weight=0.5, tta=True)
@@ -205,7 +205,7 @@ def test_the_lesion_head_reads_the_decoder_and_exports_to_onnx(tmp_path):
 
 
 def test_the_lesion_head_without_the_decoder_is_one_line(busi_root, tmp_path, capsys):
-    from busi.training import main
+    from busi.commands.train import main
 
     assert main(train_args(busi_root, tmp_path, "--model.head=lesion", epochs=1)) == 2
     error = capsys.readouterr().err.strip().splitlines()

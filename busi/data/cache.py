@@ -1,5 +1,5 @@
 """Decode once: an on-disk cache of resized images and masks, keyed by file content and preprocessing
-settings (filled ahead of time by `busi-cache`, busi.data.cache_command)."""
+settings (filled ahead of time by `busi-cache`, busi.commands.cache)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import PIL
 import torch
 from PIL import Image
 
-from busi.images import (
+from busi.io.images import (
     DecodedImage,
     UnreadableImageError,
     decode_file,
@@ -137,7 +137,7 @@ class DecodedImageCache:
         return decoded
 
     def mask(self, paths: tuple[Path, ...], image: DecodedImage | None = None) -> bytes:
-        """The packed union of an image's mask files (busi.images.load_mask, cropped like `image` was),
+        """The packed union of an image's mask files (busi.io.images.load_mask, cropped like `image` was),
         keyed by the files' contents like images are; UnreadableImageError names the mask file that failed."""
         crop, frame_size = (image.crop, image.frame_size) if image is not None else (None, None)
         digest = hashlib.sha256(b"mask-v2")  # v2: any non-zero pixel is lesion

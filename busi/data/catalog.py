@@ -18,7 +18,7 @@ from busi.data.audit import build_audit
 from busi.data.cache import DecodedImageCache
 from busi.data.duplicates import group_duplicates
 from busi.errors import DataError
-from busi.images import (
+from busi.io.images import (
     MASK_UNKNOWN,
     UnreadableImageError,
     file_format,
@@ -56,7 +56,7 @@ class Catalog:
     pixels: list[torch.Tensor | None]  # None: read from the file when needed
     groups: list[int]
     digests: list[str]  # of the decoded pixels: identifies an image's content across datasets
-    masks: list[bytes | None]  # lesion masks, 1 bit per pixel (busi.images.pack_mask); None: not known
+    masks: list[bytes | None]  # lesion masks, 1 bit per pixel (busi.io.images.pack_mask); None: not known
     audit: dict = field(default_factory=dict)
     cache: DecodedImageCache | None = None
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from busi.data.catalog import Catalog
-from busi.images import as_three_channels
+from busi.io.images import as_three_channels
 
 
 class ImageTensors(Dataset):

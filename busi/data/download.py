@@ -14,13 +14,11 @@ import zlib
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from jsonargparse import ArgumentParser
-
 from busi import CLASS_NAMES
 from busi.data.audit import SOURCE_RECORD
 from busi.data.catalog import check_data_root
-from busi.errors import DataError, run_command
-from busi.images import is_image_file, is_mask
+from busi.errors import DataError
+from busi.io.images import is_image_file, is_mask
 from busi.progress import progress_bar
 
 OFFICIAL_URL = "https://scholar.cu.edu.eg/Dataset_BUSI.zip"  # Al-Dhabyani et al., Data in Brief 28 (2020)
@@ -176,34 +174,3 @@ def check_members(members: list[zipfile.ZipInfo], archive: Path) -> None:
             raise DataError(f"{archive}: refused: member {member.filename!r} points outside the folder it unpacks to")
         if stat.S_ISLNK(member.external_attr >> 16):
             raise DataError(f"{archive}: refused: member {member.filename!r} is a link")
-
-
-def parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="busi-download", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("data"), help=f"folder to unpack into ({FOLDER_NAME} inside)")
-    parser.add_argument("--url", default=OFFICIAL_URL, help="where the archive is (a mirror, a local server)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-
-    def download() -> None:
-        target = args.root / FOLDER_NAME
-        already = all((target / name).is_dir() for name in CLASS_NAMES)
-        download_busi(target, args.url, args.quiet)
-        if already:
-            print(f"{target}: BUSI is there already; nothing downloaded")
-            return
-        record = json.loads((target / SOURCE_RECORD).read_text(encoding="utf-8"))
-        counts = ", ".join(
-            f"{name} {c['images']} images / {c['masks']} masks" for name, c in record["per_class"].items()
-        )
-        print(f"{target}: {counts}; archive SHA-256 {record['sha256']}. Train: busi-train --data.root {target}")
-
-    return run_command(download)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from busi.dicom import DEFAULT_OPTIONS, DicomOptions
 from busi.errors import UnreadableImageError
-from busi.images import (
+from busi.io.dicom import DEFAULT_OPTIONS, DicomOptions
+from busi.io.images import (
     as_three_channels,
     decode_frames,
     is_hidden,
@@ -36,7 +36,7 @@ class Prediction:
     frame: int = 1  # of a DICOM cine loop, from 1
     frames: int = 1
     spacing_mm: tuple[float, float] | None = None  # (x, y) of a source pixel, where a DICOM file gives it
-    note: str = ""  # what was not done as asked (busi.dicom.Frame.note)
+    note: str = ""  # what was not done as asked (busi.io.dicom.Frame.note)
     index: int = 0  # the file's place among the inputs: rows are written in this order
     name: str = ""  # stem of the files written for it: unique among the inputs
     size: tuple[int, int] | None = None  # (width, height) of the decoded image

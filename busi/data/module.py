@@ -44,7 +44,7 @@ class BusiDataModule(L.LightningDataModule):
             where decoded images are served from memory faster than workers could).
         memory_limit_mb: decoded images held in memory, and in the on-disk cache, up to this size;
             beyond it images are decoded from their files every epoch (large folders).
-        folds: k-fold cross-validation (`python -m busi.cv` sets it): 0 for the fractions above;
+        folds: k-fold cross-validation (`python -m busi.commands.cv` sets it): 0 for the fractions above;
             k ≥ 3 for fold `fold`: test = that fold, val = the next one, train = the rest.
         fold: which fold, 0 … folds-1.
         sampling: `shuffle` (every training image once per epoch), `balanced` (as many draws, with

@@ -1,0 +1,54 @@
+"""Checkpoint callbacks of a training run: last.ckpt to resume from (also on SIGTERM), and per-step seeds
+that make a resumed run draw what the uninterrupted one drew."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class ResumeCheckpoint(ModelCheckpoint):
+    """Only `last.ckpt`: rewritten after every epoch and when the run is interrupted."""
+
+    def __init__(self):
+        super().__init__(save_top_k=0, save_last=True, enable_version_counter=False)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # ModelCheckpoint writes `last` only alongside a top-k save, and there is none here.
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException | KeyboardInterrupt) or trainer.sanity_checking:
+            return
+        if self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        rank_zero_info(
+            f"Stopped by {type(exception).__name__}: training state saved to {self.last_model_path}; "
+            "continue with --ckpt_path last"
+        )
+
+
+def step_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1)[0])
+
+
+class StepSeed(Callback):
+    """The randomness of a training step (dropout, augmentation) depends only on (seed, epoch, batch,
+    rank), so a run resumed from an epoch boundary repeats what the uninterrupted run would have done,
+    whatever else drew random numbers in between (Lightning creates the first DataLoader iterator of a
+    process at another point than the later ones)."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        global_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = step_seed(global_seed, trainer.current_epoch, batch_idx, trainer.global_rank)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)

@@ -1,0 +1,89 @@
+"""`busi-evaluate --ckpt CKPT --data.root FOLDER`: the full report of a trained model (or a busi-cv
+folder's fold ensemble) on every image of a labelled folder in the BUSI layout."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from jsonargparse import ArgumentParser
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from busi.callbacks.prediction_writer import write_csv
+from busi.commands.options import choose_device
+from busi.data.audit import format_audit
+from busi.data.catalog import read_catalog
+from busi.data.dataset import ImageTensors
+from busi.data.files import Prediction
+from busi.errors import run_command
+from busi.evaluation.localisation import localisation_scores
+from busi.evaluation.publish import publish_report
+from busi.evaluation.report import build_report, format_report, write_report
+from busi.evaluation.scoring import score
+from busi.model.ensemble import load_model
+from busi.progress import progress_bar
+
+
+def evaluate(
+    ckpt: Path, root: Path, output: Path, batch_size: int = 32, device: str = "auto", quiet: bool = False
+) -> dict:
+    """Score every image of `root` (another hospital's scans, a later export), not only a split: report.json/.txt,
+    confusion_matrix.png, reliability.png, Grad-CAM localisation where lesion masks exist (single models),
+    predictions.csv (predict.py's columns), the audit and TensorBoard, in `output`."""
+    model = load_model(ckpt).to(choose_device(device))
+    catalog = read_catalog(
+        root, model.image_size, duplicate_distance=-1, class_names=model.class_names, progress=not quiet
+    )
+    everything = ImageTensors(catalog, range(len(catalog.records)))
+    with progress_bar(total=len(everything), what="evaluate", quiet=quiet) as bar:
+        split, outputs = score(model, DataLoader(everything, batch_size=batch_size), bar)
+    predictions = [
+        Prediction(record.path, row)
+        for record, row in zip(catalog.records, outputs.probabilities.tolist(), strict=True)
+    ]
+    single = len(model.members) == 1
+    localisation = localisation_scores(model, catalog, list(range(len(catalog.records)))) if single else None
+    report = build_report(
+        model.class_names,
+        str(ckpt),
+        {"test": split},
+        float(model.members[0].temperature) if single else None,
+        localisation,
+    )
+    report["data"] = {"root": str(root), "images": len(catalog.records), "models": len(model.members)}
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "audit.txt").write_text(format_audit(catalog.audit) + "\n", encoding="utf-8")
+    write_csv(output / "predictions.csv", predictions, model.class_names)
+    write_report(report, output)
+    logger = TensorBoardLogger(save_dir=output, name="", version="")  # events in `output` itself
+    publish_report(report, output, [logger])
+    logger.finalize("success")
+    return report
+
+
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="busi-evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, type=Path, help="RUN/checkpoints/best.ckpt, or a busi-cv folder")
+    parser.add_argument("--data.root", required=True, type=Path, help="labelled folder: benign/, malignant/, normal/")
+    parser.add_argument("--output", type=Path | None, default=None, help="default: runs/evaluate/<folder name>")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    root = args.data.root
+    output = args.output or Path("runs") / "evaluate" / root.resolve().name
+
+    def evaluate_and_print() -> None:
+        print(format_report(evaluate(args.ckpt, root, output, args.batch_size, args.device, args.quiet)))
+        print(f"\nEvaluation directory: {output}")
+
+    return run_command(evaluate_and_print)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Grad-CAM overlays in TensorBoard, and how well heat-maps point at the lesion masks
+(`busi-explain --ckpt CKPT --data.root DATA [--split test]`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Literal
+
+from jsonargparse import ArgumentParser
+from torch.utils.data import DataLoader
+
+from busi.data.catalog import Catalog, read_catalog
+from busi.data.dataset import ImageTensors
+from busi.data.splits import read_split_csv
+from busi.errors import DataError, run_command
+from busi.evaluation.localisation import localisation_scores
+from busi.evaluation.plots import overlay
+from busi.evaluation.report import format_localisation
+from busi.model.answering import answer
+from busi.model.classifier import BusiClassifier, load_classifier
+
+
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="busi-explain", description="Grad-CAM localisation scores against the BUSI lesion masks."
+    )
+    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint, e.g. RUN/checkpoints/best.ckpt")
+    parser.add_argument("--data.root", required=True, type=Path, help="folder with the class folders")
+    parser.add_argument("--split", default="test", type=Literal["train", "val", "test", "all"], help="images to score")
+    parser.add_argument(
+        "--split_csv", type=Path | None, default=None, help="default: split.csv of the checkpoint's run"
+    )
+    parser.add_argument("--output", type=Path | None, default=None, help="also write the scores, per image, as JSON")
+    parser.add_argument("--cam_dir", type=Path | None, default=None, help="also write an overlay PNG per scored image")
+    return parser
+
+
+def explain(args) -> None:
+    """Print the localisation scores per class: the share of the heat-map's energy inside the lesion mask
+    (beside the mask's share of the image, the score of a uniform heat-map), and the pointing-game hit
+    rate (the heat-map's maximum inside the mask, dilated by a few pixels)."""
+    root = args.data.root
+    classifier = load_classifier(args.ckpt)
+    catalog = read_catalog(root, classifier.hparams.image_size, duplicate_distance=-1)
+    indices = list(range(len(catalog.records)))
+    if args.split != "all":
+        split_csv = args.split_csv or args.ckpt.resolve().parent.parent / "split.csv"
+        if not split_csv.is_file():
+            raise DataError(f"{split_csv}: no split file; pass --split_csv RUN/split.csv or --split all")
+        splits = {path: entry[1] for path, entry in read_split_csv(split_csv).items()}
+        indices = [i for i in indices if splits.get(catalog.relative(i)) == args.split]
+    scores = localisation_scores(classifier, catalog, indices)
+    which = "all images" if args.split == "all" else f"the {args.split} split"
+    print(format_localisation(scores, f"Grad-CAM localisation on {which} of {root} (true class)"))
+    if args.output:
+        args.output.write_text(json.dumps(scores, indent=2), encoding="utf-8")
+    if args.cam_dir:
+        write_overlays(classifier, catalog, [i for i in indices if catalog.records[i].masks], args.cam_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run_command(lambda: explain(args))
+
+
+def write_overlays(classifier: BusiClassifier, catalog: Catalog, indices: list[int], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if not indices:
+        return
+    loader = DataLoader(ImageTensors(catalog, indices), batch_size=32)
+    outputs = answer(classifier, loader, explain="predicted")
+    for index, cam, explained, row in zip(indices, outputs.cams, outputs.explained, outputs.probabilities, strict=True):
+        label = classifier.class_names[int(explained)]
+        truth = classifier.class_names[catalog.records[index].label]
+        caption = f"{label} {float(row.max()):.1%}\ntrue: {truth}"
+        name = catalog.relative(index).replace("/", "__")
+        overlay(catalog.image(index), cam, caption).save(folder / Path(name).with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""`busi-predict` / `python predict.py`: classify image files (and DICOM scans) with a trained checkpoint,
+one CSV row per image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from jsonargparse import ArgumentParser
+
+from busi.callbacks.prediction_writer import CsvLayout, PredictionWriter
+from busi.commands.options import choose_device
+from busi.data.files import file_loader, image_files
+from busi.errors import OptionError, run_command
+from busi.io.dicom import DicomOptions, is_dicom_file
+from busi.model.answering import answering_trainer, device_options, run_predict
+from busi.model.ensemble import load_model
+
+
+def parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="busi-predict", description="Classify breast ultrasound images with a busi checkpoint."
+    )
+    parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (recursed; masks skipped)")
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        type=Path,
+        help="RUN/checkpoints/best.ckpt, or a busi-cv folder (the mean of its fold models)",
+    )
+    parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="CSV to write")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    parser.add_argument(
+        "--cam", type=Path | None, default=None, help="write a Grad-CAM overlay PNG per image into this folder"
+    )
+    parser.add_argument(
+        "--masks",
+        type=Path | None,
+        default=None,
+        help="write each predicted lesion mask (NAME_lesion.png, 0/255, the image's own size) into this folder; "
+        "needs a model trained with --model.segmentation_weight",
+    )
+    parser.add_argument(
+        "--dicom_frames",
+        type=str,
+        default="middle",
+        help="frames of a DICOM cine loop to classify: middle, first, all (one row per frame), or a frame number from 1",
+    )
+    parser.add_argument(
+        "--dicom_crop",
+        default="region",
+        type=Literal["region", "none"],
+        help="region: crop DICOM scans to their ultrasound tissue region (SequenceOfUltrasoundRegions) before "
+        "resizing, so the text and depth scale around it never reach the model; none: the whole frame",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
+    parser.add_argument("--trainer.accelerator", type=str | None, default=None, help="cpu, gpu, …: overrides --device")
+    parser.add_argument(
+        "--trainer.devices", type=str | None, default=None, help="devices per machine (with --trainer.strategy ddp)"
+    )
+    parser.add_argument("--trainer.strategy", type=str | None, default=None, help="ddp: one process per device")
+    parser.add_argument("--trainer.num_nodes", type=int | None, default=None, help="machines (torchrun, SLURM)")
+    return parser
+
+
+def trainer_options(args) -> dict:
+    """--device as Trainer options, overridden by any --trainer.* given (several devices or nodes)."""
+    options = device_options(choose_device(args.device))
+    given = {key: value for key, value in vars(args.trainer).items() if value is not None}
+    if "devices" in given:
+        devices = str(given["devices"])
+        given["devices"] = int(devices) if devices.isdigit() else devices
+    return {**options, **given}
+
+
+def open_outputs(args) -> None:
+    """Create the output folders and check that the CSV can be written: OptionError naming the place."""
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        for folder in (args.cam, args.masks):
+            if folder:
+                folder.mkdir(parents=True, exist_ok=True)
+        args.output.open("w").close()
+    except OSError as error:
+        where = error.filename or args.output
+        raise OptionError(
+            f"{where}: cannot write there ({error.strerror or error}); pass another --output/--cam/--masks"
+        ) from None
+
+
+def predict(args) -> int:
+    try:
+        dicom = DicomOptions(str(args.dicom_frames), args.dicom_crop)
+    except ValueError as error:
+        raise OptionError(str(error)) from None
+    options = trainer_options(args)
+    model = load_model(args.ckpt)
+    if args.masks and not model.segments:
+        raise OptionError(
+            f"--masks: {args.ckpt} has no lesion decoder; train with --model.segmentation_weight 0.5 (or drop --masks)"
+        )
+    files = list(image_files(args.paths))
+    layout = CsvLayout(args.masks is not None, dicom.frames == "all", any(map(is_dicom_file, files)))
+    open_outputs(args)
+    writer = PredictionWriter(
+        model.class_names, args.output, layout, args.cam, args.masks, echo=True, total=len(files), quiet=args.quiet
+    )
+    model.explain = "predicted" if args.cam else False
+    trainer = answering_trainer(callbacks=[writer], **options)
+    run_predict(trainer, model, file_loader(files, model.image_size, dicom, args.batch_size), keep=False)
+    if not trainer.is_global_zero:
+        return 0
+    print(
+        f"{writer.predicted} predicted, {writer.failed} failed → {args.output}"
+        + (f"; Grad-CAM overlays in {args.cam}" if args.cam else "")
+        + (f"; lesion masks in {args.masks}" if args.masks else "")
+        + (f" ({trainer.world_size} processes)" if trainer.world_size > 1 else "")
+    )
+    return 0 if writer.predicted else 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run_command(lambda: predict(args))

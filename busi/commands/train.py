@@ -1,0 +1,13 @@
+"""`busi-train` / `python train.py`: one training run (busi.training.run)."""
+
+from __future__ import annotations
+
+from busi.errors import run_command
+from busi.training.run import run
+
+
+def main(args: list[str] | None = None) -> int:
+    def train() -> None:
+        run(args)
+
+    return run_command(train)

@@ -1,0 +1,2 @@
+"""A training run: BusiCLI, the fit, checkpoints and resuming, distillation targets, and the finish
+(calibrate, test, report, store)."""

@@ -1,0 +1,111 @@
+"""After a fit, busi-train and every busi-cv fold finish alike: calibrate the best checkpoint, test it on
+every split, write the report, and store temperature and summary in best.ckpt (written once)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from busi import __version__
+from busi.callbacks.split_reports import SplitReports
+from busi.data.module import BusiDataModule
+from busi.evaluation.calibration import fit_temperature
+from busi.evaluation.history import read_history, training_cost
+from busi.evaluation.localisation import localisation_scores
+from busi.evaluation.publish import publish_report
+from busi.evaluation.report import build_report, format_report, write_report
+from busi.model.answering import answer
+from busi.model.classifier import SUMMARY_KEY, BusiClassifier
+from busi.training.checkpointing import AtomicCheckpointIO
+
+# present when weight averaging made best.ckpt a full checkpoint: not needed to predict
+TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "callbacks", "current_model_state", "averaging_state")
+
+
+def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule, recipe: str) -> dict | None:
+    """Calibrate, test, report and store; returns the report (on the main process, when there is a
+    test split), which is also printed."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    state = load_weights(model, Path(best)) if best else None
+    temperature = calibrate(trainer, model, datamodule) if best else None
+    trainer.test(model, datamodule=datamodule, verbose=False)  # the weights just loaded
+    splits = next(c for c in trainer.callbacks if isinstance(c, SplitReports)).splits
+    log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
+    report = None
+    if trainer.is_global_zero:
+        if "test" in splits:
+            test_images = [i for i, split in enumerate(datamodule.split_of) if split == "test"]
+            report = build_report(
+                model.class_names,
+                best or "weights in memory (no checkpoint was loaded)",
+                splits,
+                temperature,
+                localisation_scores(model, datamodule.catalog, test_images),
+            )
+            if log_dir:
+                history = read_history(Path(log_dir))
+                if history and state is not None:
+                    report["training"] = training_cost(history, state["epoch"])
+                write_report(report, Path(log_dir))
+                publish_report(report, Path(log_dir), trainer.loggers, model.global_step)
+        if best:
+            state["state_dict"]["temperature"] = model.temperature.detach().cpu().clone()
+            if report is not None:
+                state[SUMMARY_KEY] = model_summary(model, datamodule, report, recipe)
+            AtomicCheckpointIO().save_checkpoint(state, best)
+        if report is not None:
+            print(format_report(report))
+            print(f"\nRun directory: {log_dir}")
+    trainer.strategy.barrier()  # best.ckpt is complete for every process
+    return report
+
+
+def load_weights(model: BusiClassifier, best: Path) -> dict:
+    """Load the best checkpoint's weights into `model`; returns the checkpoint without training state."""
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    for key in TRAINING_STATE_KEYS:
+        state.pop(key, None)
+    model.load_state_dict(state["state_dict"])
+    return state
+
+
+def calibrate(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule) -> float:
+    """Fit the model's temperature on the validation split (busi.evaluation.calibration) and set it; under DDP every
+    process takes the main process's."""
+    outputs = answer(model.eval(), datamodule.val_dataloader())
+    targets = datamodule.dataset("val").labels
+    temperature = trainer.strategy.broadcast(fit_temperature(outputs.logits, targets), src=0)
+    model.temperature.fill_(temperature)
+    return temperature
+
+
+def model_summary(model: BusiClassifier, datamodule: BusiDataModule, report: dict, recipe: str) -> dict:
+    """What a checkpoint is, what it was trained on and how it scored, kept inside it for the web app."""
+    hparams = model.hparams
+    test = report["splits"]["test"]
+    return {
+        "busi_version": __version__,
+        "trained": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe": recipe,
+        "image_size": hparams.image_size,
+        "weights": str(hparams.weights),
+        "freeze_backbone": hparams.freeze_backbone,
+        "head": hparams.head,
+        "data": {
+            "root": str(datamodule.hparams.root),
+            "per_class": {name: c["images"] for name, c in datamodule.catalog.audit["per_class"].items()},
+            "splits": datamodule.split_counts(),
+        },
+        "test": {
+            "images": test["samples"],
+            "accuracy": test["accuracy"],
+            "macro_f1": test["macro_f1"],
+            "recall": {name: values["recall"] for name, values in test["per_class"].items()},
+            "ece": test["ece"],
+            "temperature": report.get("temperature", 1.0),
+            **({"segmentation": test["segmentation"]} if "segmentation" in test else {}),
+        },
+    }

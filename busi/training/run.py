@@ -1,0 +1,75 @@
+"""`busi-train` / `python train.py`: one training run; BusiCLI builds it, it fits and finishes
+(busi.training.finish) in its run directory, where it writes its split and audit when the fit starts."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+
+from busi.callbacks.checkpointing import ResumeCheckpoint, StepSeed
+from busi.callbacks.epoch_history import EpochHistory
+from busi.callbacks.grad_cam_grid import GradCamGrid
+from busi.callbacks.run_files import RunFiles
+from busi.callbacks.split_reports import SplitReports
+from busi.callbacks.teacher_targets import TeacherTargets
+from busi.data.module import BusiDataModule
+from busi.errors import ResumeError
+from busi.model.classifier import BusiClassifier
+from busi.training.checkpointing import load_starting_weights
+from busi.training.cli import DEFAULT_CONFIG, BusiCLI, recipe_paths
+from busi.training.finish import finish
+
+
+@dataclass
+class TrainingRun:
+    trainer: L.Trainer
+    model: BusiClassifier
+    datamodule: BusiDataModule
+    report: dict | None  # busi.evaluation.report.build_report's, on the main process; None without a test split
+
+    @property
+    def run_dir(self) -> Path | None:
+        return Path(self.trainer.log_dir) if self.trainer.log_dir else None
+
+
+def run(args: list[str] | None = None) -> TrainingRun:
+    """Train with busi-train's options (`args`; default: the command line) and finish the run."""
+    with warnings.catch_warnings():  # args given from Python (busi.commands.cv, tests) while sys.argv has its own
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = BusiCLI(
+            BusiClassifier,
+            BusiDataModule,
+            run=False,
+            args=recipe_paths(sys.argv[1:] if args is None else args),
+            trainer_defaults={
+                "callbacks": [
+                    ResumeCheckpoint(),
+                    StepSeed(),
+                    GradCamGrid(),
+                    RunFiles(),
+                    EpochHistory(),
+                    TeacherTargets(),
+                    SplitReports(),
+                ]
+            },
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
+        )
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    if cli.start_from is not None:
+        load_starting_weights(model, cli.start_from)
+    try:
+        # weights_only: a checkpoint handed over by someone else cannot run code when it is loaded
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ResumeError(
+            "refused to resume: the checkpoint holds pickled objects other than tensors and plain values; "
+            "only resume from checkpoints written by busi's train.py"
+        ) from None
+    recipe = "+".join(Path(str(path)).stem for path in cli.config.get("config") or []) or "default"
+    return TrainingRun(trainer, model, datamodule, finish(trainer, model, datamodule, recipe))
