@@ -88,7 +88,7 @@ def test_adding_a_file_computes_only_that_file(trained_run, busi_root, monkeypat
 
 def test_upload_limit_is_the_same_in_the_app_and_streamlit_config():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    config = tomllib.loads((APP.parents[1] / ".streamlit" / "config.toml").read_text())
+    config = tomllib.loads((APP.parents[2] / ".streamlit" / "config.toml").read_text())
     assert config["server"]["maxUploadSize"] == MAX_UPLOAD_MB
     assert config["client"]["toolbarMode"] == "minimal"
 

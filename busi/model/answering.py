@@ -12,6 +12,7 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.utils.data import DataLoader
 
 from busi.model.inference import Outputs, join_outputs
@@ -113,11 +114,15 @@ def answer(
     explain: Explain = False,
     callbacks: Sequence[Callback] = (),
 ) -> Outputs:
-    """Every batch of `loader` answered by `model` on its own device in one process, joined on the CPU."""
+    """Every batch of `loader` answered by `model` on its own device in one process (also inside a DDP
+    run), joined on the CPU."""
     device = next(model.parameters()).device
     model.explain, before = explain, model.explain
     try:
-        answers = run_predict(answering_trainer(device, callbacks), model, loader)
+        # one process on this device, even inside a DDP run (calibration, out-of-fold rows): Lightning
+        # would otherwise read the process group from the environment and answer a shard of the loader
+        alone = {"strategy": SingleDeviceStrategy(device), "use_distributed_sampler": False}
+        answers = run_predict(answering_trainer(device, callbacks, **alone), model, loader)
     finally:
         model.explain = before
     return join_outputs(answers, len(model.class_names))

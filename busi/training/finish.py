@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
 from busi import __version__
 from busi.callbacks.split_reports import SplitReports
@@ -75,8 +76,9 @@ def load_weights(model: BusiClassifier, best: Path) -> dict:
 def calibrate(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule) -> float:
     """Fit the model's temperature on the validation split (busi.evaluation.calibration) and set it; under DDP every
     process takes the main process's."""
-    outputs = answer(model.eval(), datamodule.val_dataloader())
-    targets = datamodule.dataset("val").labels
+    validation = datamodule.dataset("val")  # all of it, on every process (val_dataloader is sharded under DDP)
+    outputs = answer(model.eval(), DataLoader(validation, batch_size=datamodule.hparams.eval_batch_size))
+    targets = validation.labels
     temperature = trainer.strategy.broadcast(fit_temperature(outputs.logits, targets), src=0)
     model.temperature.fill_(temperature)
     return temperature

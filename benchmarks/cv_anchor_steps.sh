@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Issue 24's cross-validations (docs/experiments.md, "Issue 24 … in progress"), one after the other, matched
+# The anchor's steps, each a cross-validation (docs/experiments.md, rows e23–e27), one after the other, matched
 # in images seen per fold model (28 oversampled epochs ≈ 90 plain ones on BUSI's shares). The anchor's whole
 # recipe (e24) was screened on two folds first (E24_FOLDS=0,1,2,3,4 for all five); the lesion head alone at
 # row 12's length (e26), the focal loss alone (e27) and the oversampling-alone control (e23) follow. Each
 # busi-cv keeps its finished folds and resumes an interrupted one, so rerunning this continues where it was:
-#   nohup bash benchmarks/issue24.sh 42 > runs/issue24_seed42.log 2>&1 &     (split seed 42 first, then 7)
+#   nohup bash benchmarks/cv_anchor_steps.sh 42 > runs/issue24_seed42.log 2>&1 &     (split seed 42 first, then 7)
 set -euo pipefail
 SEED=${1:-42}
 SUFFIX=$([ "$SEED" = 42 ] && echo "" || echo "_seed$SEED")

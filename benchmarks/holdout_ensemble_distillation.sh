@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Issue 24's ensemble and distillation rows (docs/experiments.md), row 16's protocol: split seed SEED's test
+# The fold ensemble and its distilled students on images none of them saw (docs/experiments.md, rows 16 and 23): split seed SEED's test
 # split is held out (benchmarks.holdout link), a 5-fold CV of RECIPE on the rest (the pool) is the teacher
 # and the ensemble, students train on the pool with the teacher's soft targets (out-of-fold, then the
 # ensemble's) and one without a teacher (plain: the control, same images and split), and every model is
 # scored on the held-out images none of them saw:
-#   nohup bash benchmarks/issue24_holdout.sh 42 NAME RECIPE… > runs/holdout42_NAME.log 2>&1 &
+#   nohup bash benchmarks/holdout_ensemble_distillation.sh 42 NAME RECIPE… > runs/holdout42_NAME.log 2>&1 &
 # e.g. RECIPE = --config scratch --data.image_size 128 --trainer.max_epochs 30 --model.warmup_epochs 2
 # Rerunning continues: busi-cv keeps finished folds, a finished student is skipped, a cut one resumes.
 # TEACHER_TARGETS="out_of_fold plain" trains only those students (default: all three, in this order).
