@@ -150,7 +150,9 @@ def test_predict_and_the_app_take_a_cv_folder_as_a_fold_ensemble(cv_run, busi_ro
         assert float(mean[column]) == pytest.approx(sum(float(row[column]) for row in folds) / len(folds), abs=1e-6)
     assert len(list(cams.glob("*.png"))) == 1
 
-    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "busi" / "commands" / "app.py"), default_timeout=120)
+    app = AppTest.from_file(
+        str(Path(__file__).resolve().parents[1] / "busi" / "commands" / "app.py"), default_timeout=120
+    )
     app.run()
     app.sidebar.text_input[0].set_value(str(cv_dir)).run()
     assert not app.exception and not app.error

@@ -170,7 +170,9 @@ def test_the_app_says_where_an_imported_model_came_from(keras_project, busi_root
     output = tmp_path / "imported"
     assert import_main([str(keras_project["model"]), "--output", str(output)]) == 0
     monkeypatch.setenv("BUSI_CHECKPOINT", str(output / "best.ckpt"))
-    app = streamlit_testing.AppTest.from_file(str(Path(__file__).parents[1] / "busi" / "commands" / "app.py"), default_timeout=120)
+    app = streamlit_testing.AppTest.from_file(
+        str(Path(__file__).parents[1] / "busi" / "commands" / "app.py"), default_timeout=120
+    )
     app.run()
     assert not app.exception and not app.error
     captions = " ".join(caption.value for caption in app.sidebar.caption)
