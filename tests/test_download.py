@@ -88,7 +88,7 @@ def one_error(capsys) -> str:
 def test_download_unpacks_busi_and_records_where_it_came_from(server, busi_archive, tmp_path, capsys):
     archive, url = server
     archive.body = busi_archive
-    assert main(["--root", str(tmp_path / "data"), "--url", url, "--quiet"]) == 0
+    assert main(["--data.root", str(tmp_path / "data" / FOLDER_NAME), "--url", url, "--quiet"]) == 0
     target = tmp_path / "data" / FOLDER_NAME
     assert sorted(p.name for p in target.iterdir()) == ["benign", SOURCE_RECORD, "malignant", "normal"]
     record = json.loads((target / SOURCE_RECORD).read_text())
@@ -98,20 +98,22 @@ def test_download_unpacks_busi_and_records_where_it_came_from(server, busi_archi
     catalog = read_catalog(target, 64, duplicate_distance=-1)
     assert catalog.audit["source"]["sha256"] == record["sha256"]
     assert "Train: busi-train --data.root" in capsys.readouterr().out
-    assert main(["--root", str(tmp_path / "data"), "--url", url]) == 0  # there already: nothing fetched
+    assert (
+        main(["--data.root", str(tmp_path / "data" / FOLDER_NAME), "--url", url]) == 0
+    )  # there already: nothing fetched
     assert len(archive.ranges) == 1
 
 
 def test_a_cut_connection_is_resumed_from_where_it_stopped(server, busi_archive, tmp_path, capsys):
     archive, url = server
     archive.body, archive.cut_first = busi_archive, 3  # every attempt of the first command is cut
-    assert main(["--root", str(tmp_path), "--url", url, "--quiet"]) == 2
+    assert main(["--data.root", str(tmp_path / FOLDER_NAME), "--url", url, "--quiet"]) == 2
     assert "run the command again to continue" in one_error(capsys)
     partial = tmp_path / "Dataset_BUSI.zip.part"
     kept = partial.stat().st_size
     assert 0 < kept < len(busi_archive) and busi_archive.startswith(partial.read_bytes())
     archive.cut_first = 1  # the next command is cut once more, then finishes
-    assert main(["--root", str(tmp_path), "--url", url, "--quiet"]) == 0
+    assert main(["--data.root", str(tmp_path / FOLDER_NAME), "--url", url, "--quiet"]) == 0
     assert archive.ranges[3] == f"bytes={kept}-" and archive.ranges[4].startswith("bytes=")
     record = json.loads((tmp_path / FOLDER_NAME / SOURCE_RECORD).read_text())
     assert record["sha256"] == hashlib.sha256(busi_archive).hexdigest()
@@ -149,7 +151,7 @@ def test_bad_archives_are_refused_with_one_line_and_nothing_unpacked(server, bus
     for name, (body, expected) in bad_archives(busi_archive).items():
         root = tmp_path / name / "data"
         archive.body = body
-        assert main(["--root", str(root), "--url", url, "--quiet"]) == 2, name
+        assert main(["--data.root", str(root / FOLDER_NAME), "--url", url, "--quiet"]) == 2, name
         error = one_error(capsys)
         assert expected in error, (name, error)
         assert not (root / FOLDER_NAME).exists() and not any(root.iterdir()), name  # nothing kept
@@ -159,7 +161,18 @@ def test_bad_archives_are_refused_with_one_line_and_nothing_unpacked(server, bus
 def test_no_server_says_how_to_place_the_data_by_hand(tmp_path, capsys):
     with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as closed:
         port = closed.server_address[1]  # bound, then closed: nothing listens there
-    assert main(["--root", str(tmp_path), "--url", f"http://127.0.0.1:{port}/Dataset_BUSI.zip", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "--data.root",
+                str(tmp_path / FOLDER_NAME),
+                "--url",
+                f"http://127.0.0.1:{port}/Dataset_BUSI.zip",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     error = one_error(capsys)
     assert "could not download" in error and f"by hand and unpack it so that {tmp_path / FOLDER_NAME} holds" in error
 

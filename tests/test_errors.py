@@ -38,7 +38,7 @@ def commands(tmp_path: Path) -> dict:
         "busi-cache": (cache_main, [f"--data.root={missing_root}"], "data folder not found"),
         "busi-download": (
             download_main,
-            ["--root", missing_root, "--url", "http://127.0.0.1:9/x.zip"],
+            ["--data.root", missing_root, "--url", "http://127.0.0.1:9/x.zip"],
             "could not download",
         ),
         "busi-import-keras": (import_main, [str(tmp_path / "model.h5"), "--output", missing_root], "file not found"),

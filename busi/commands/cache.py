@@ -6,17 +6,18 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
+from busi.commands.options import command_parser, parse
 from busi.data.cache import default_cache_dir
 from busi.data.catalog import read_catalog
 from busi.errors import run_command
 
 
 def parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="busi-cache", description="Decode a BUSI-layout folder once into the image cache.")
-    parser.add_argument("--data.root", type=Path, required=True, help="folder with benign/, malignant/, normal/")
+    parser = command_parser(
+        "busi-cache", "Decode a BUSI-layout folder once into the image cache.", "--data.root", "--quiet"
+    )
     parser.add_argument("--data.image_size", type=int, default=256)
     parser.add_argument("--data.cache_dir", type=Path, default=default_cache_dir())
-    parser.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
     return parser
 
 
@@ -30,6 +31,6 @@ def fill_cache(root: Path, image_size: int, cache_dir: Path, quiet: bool = False
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(parser(), argv)
     data = args.data
     return run_command(lambda: fill_cache(data.root, data.image_size, data.cache_dir, args.quiet))

@@ -8,24 +8,33 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 
 from busi import CLASS_NAMES
+from busi.commands.options import command_parser, parse
 from busi.data.audit import SOURCE_RECORD
 from busi.data.download import FOLDER_NAME, OFFICIAL_URL, download_busi
 from busi.errors import run_command
 
 
 def parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="busi-download", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("data"), help=f"folder to unpack into ({FOLDER_NAME} inside)")
+    parser = command_parser(
+        "busi-download",
+        __doc__.split("\n\n")[0],
+        "--data.root",
+        "--quiet",
+        data_root={
+            "required": False,
+            "default": Path("data") / FOLDER_NAME,
+            "help": f"the folder to create, with benign/, malignant/, normal/ (ends in {FOLDER_NAME})",
+        },
+    )
     parser.add_argument("--url", default=OFFICIAL_URL, help="where the archive is (a mirror, a local server)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(parser(), argv, {"--root": ("--data.root", lambda root: str(Path(root) / FOLDER_NAME))})
 
     def download() -> None:
-        target = args.root / FOLDER_NAME
+        target = args.data.root
         already = all((target / name).is_dir() for name in CLASS_NAMES)
         download_busi(target, args.url, args.quiet)
         if already:

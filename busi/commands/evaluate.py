@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from busi.callbacks.prediction_writer import write_csv
-from busi.commands.options import choose_device
+from busi.commands.options import choose_device, command_parser, parse
 from busi.data.audit import format_audit
 from busi.data.catalog import read_catalog
 from busi.data.dataset import ImageTensors
@@ -63,18 +63,21 @@ def evaluate(
 
 
 def parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="busi-evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt", required=True, type=Path, help="RUN/checkpoints/best.ckpt, or a busi-cv folder")
-    parser.add_argument("--data.root", required=True, type=Path, help="labelled folder: benign/, malignant/, normal/")
-    parser.add_argument("--output", type=Path | None, default=None, help="default: runs/evaluate/<folder name>")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
-    return parser
+    return command_parser(
+        "busi-evaluate",
+        __doc__.split("\n\n")[0],
+        "--ckpt",
+        "--data.root",
+        "--output",
+        "--device",
+        "--batch_size",
+        "--quiet",
+        output={"help": "the evaluation folder; default: runs/evaluate/<folder name>"},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(parser(), argv)
     root = args.data.root
     output = args.output or Path("runs") / "evaluate" / root.resolve().name
 

@@ -11,6 +11,7 @@ from typing import Literal
 from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader
 
+from busi.commands.options import command_parser, parse
 from busi.data.catalog import Catalog, read_catalog
 from busi.data.dataset import ImageTensors
 from busi.data.splits import read_split_csv
@@ -23,17 +24,20 @@ from busi.model.classifier import BusiClassifier, load_classifier
 
 
 def parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="busi-explain", description="Grad-CAM localisation scores against the BUSI lesion masks."
+    parser = command_parser(
+        "busi-explain",
+        "Grad-CAM localisation scores against the BUSI lesion masks.",
+        "--ckpt",
+        "--data.root",
+        "--output",
+        ckpt={"help": "RUN/checkpoints/best.ckpt of a training run"},
+        output={"help": "also write the scores, per image, as JSON"},
     )
-    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint, e.g. RUN/checkpoints/best.ckpt")
-    parser.add_argument("--data.root", required=True, type=Path, help="folder with the class folders")
     parser.add_argument("--split", default="test", type=Literal["train", "val", "test", "all"], help="images to score")
     parser.add_argument(
         "--split_csv", type=Path | None, default=None, help="default: split.csv of the checkpoint's run"
     )
-    parser.add_argument("--output", type=Path | None, default=None, help="also write the scores, per image, as JSON")
-    parser.add_argument("--cam_dir", type=Path | None, default=None, help="also write an overlay PNG per scored image")
+    parser.add_argument("--cam", type=Path | None, default=None, help="also write an overlay PNG per scored image")
     return parser
 
 
@@ -56,12 +60,12 @@ def explain(args) -> None:
     print(format_localisation(scores, f"Grad-CAM localisation on {which} of {root} (true class)"))
     if args.output:
         args.output.write_text(json.dumps(scores, indent=2), encoding="utf-8")
-    if args.cam_dir:
-        write_overlays(classifier, catalog, [i for i in indices if catalog.records[i].masks], args.cam_dir)
+    if args.cam:
+        write_overlays(classifier, catalog, [i for i in indices if catalog.records[i].masks], args.cam)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(parser(), argv, {"--cam_dir": ("--cam", None)})
     return run_command(lambda: explain(args))
 
 

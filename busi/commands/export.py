@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from jsonargparse import ArgumentParser
 
+from busi.commands.options import command_parser, parse
 from busi.errors import OptionError, run_command
 from busi.model.classifier import BusiClassifier, load_classifier
 from busi.model.inference import PixelsToProbabilities
@@ -101,15 +101,16 @@ def export(classifier: BusiClassifier, model_format: str, output: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(
-        prog="busi-export", description="Export a busi checkpoint to ONNX, TorchScript or torch.export."
+    parser = command_parser(
+        "busi-export",
+        "Export a busi checkpoint to ONNX, TorchScript or torch.export.",
+        "--ckpt",
+        "--output",
+        ckpt={"help": "RUN/checkpoints/best.ckpt of a training run"},
+        output={"help": "the model file; default: beside the checkpoint, e.g. best.onnx"},
     )
-    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint, e.g. RUN/checkpoints/best.ckpt")
     parser.add_argument("--format", default="onnx", type=Literal["onnx", "torchscript", "exported-program"])
-    parser.add_argument(
-        "--output", type=Path | None, default=None, help="default: beside the checkpoint, e.g. best.onnx"
-    )
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     return run_command(lambda: export_checkpoint(args.ckpt, args.format, args.output))
 
 

@@ -9,11 +9,11 @@ from typing import Literal
 
 import lightning as L
 import torch
-from jsonargparse import ArgumentParser
 from torch import nn
 from torchvision.models import densenet121
 
 from busi import CLASS_NAMES
+from busi.commands.options import command_parser, parse
 from busi.errors import OptionError, WeightsError, run_command
 from busi.io.keras_files import KERAS_BATCH_NORM_EPS, densenet_state_dict, original_head, read_keras_file
 from busi.model.classifier import IMPORT_KEY, BusiClassifier
@@ -75,13 +75,14 @@ def save_checkpoint(classifier: BusiClassifier, output: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(
-        prog="busi-import-keras",
-        description="Turn the original Keras project's model.h5 into a busi checkpoint (DIR/best.ckpt) that "
+    parser = command_parser(
+        "busi-import-keras",
+        "Turn the original Keras project's model.h5 into a busi checkpoint (DIR/best.ckpt) that "
         "busi-predict, busi-evaluate, busi-export and the app take.",
+        "--output",
+        output={"type": Path, "required": True, "help": "folder for best.ckpt"},
     )
     parser.add_argument("model", type=Path, help="the Keras model saved with model.save('model.h5')")
-    parser.add_argument("--output", type=Path, required=True, help="folder for best.ckpt")
     parser.add_argument(
         "--preprocessing",
         type=Literal["divide255", "imagenet"],
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "densenet.preprocess_input: ÷ 255, then ImageNet mean and std)",
     )
     parser.add_argument("--class_names", type=list[str], default=list(CLASS_NAMES), help="the output classes, in order")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
 
     def run() -> None:
         if len(set(args.class_names)) != len(args.class_names):

@@ -1,13 +1,64 @@
-"""What every command shares: the spellings of its common options and how they become settings."""
+"""What every command shares: the spellings of its common options (`--ckpt`, `--data.root`, `--output`,
+`--device`, `--batch_size`, `--quiet`), the old spellings they replace, and how they become settings."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
+from jsonargparse import ArgumentParser, Namespace
 
 from busi.errors import OptionError
 
+SHARED = {
+    "--ckpt": {
+        "type": Path,
+        "required": True,
+        "help": "RUN/checkpoints/best.ckpt of a training run, or a busi-cv folder (its fold models answer as one)",
+    },
+    "--data.root": {"type": Path, "required": True, "help": "a labelled folder: benign/, malignant/, normal/"},
+    "--output": {"type": Path | None, "default": None, "help": "where to write"},
+    "--device": {"default": "auto", "help": "auto, cpu, cuda, cuda:1, …"},
+    "--batch_size": {"type": int, "default": 32, "help": "images per forward pass"},
+    "--quiet": {"action": "store_true", "help": "no progress bar (it is drawn only on a terminal anyway)"},
+}
+
+
+def command_parser(prog: str, description: str, *shared: str, **changed: dict) -> ArgumentParser:
+    """A command's parser with the `shared` options in their common spellings; `changed` (keyed by the
+    option's name without dashes, dots as underscores) replaces parts of an option's definition."""
+    parser = ArgumentParser(prog=prog, description=description)
+    for name in shared:
+        settings = {**SHARED[name], **changed.get(name.lstrip("-").replace(".", "_"), {})}
+        parser.add_argument(name, **settings)
+    return parser
+
+
+def parse(
+    parser: ArgumentParser,
+    argv: list[str] | None = None,
+    renamed: dict[str, tuple[str, Callable[[str], str] | None]] | None = None,
+) -> Namespace:
+    """`parser.parse_args`, after the old spellings in `renamed` (old → (new, how the value changes))
+    are turned into the new ones, each with one line saying which to use."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for old, (new, convert) in (renamed or {}).items():
+        for index, arg in enumerate(argv):
+            name, equals, value = arg.partition("=")
+            if name != old:
+                continue
+            if not equals and index + 1 < len(argv):
+                value = argv.pop(index + 1)
+            shown = f"{new} {convert(value) if convert else value}"
+            print(f"warning: {parser.prog}: {old} is now {new}; this run uses {shown}", file=sys.stderr)
+            argv[index] = f"{new}={convert(value) if convert else value}"
+    return parser.parse_args(argv)
+
 
 def choose_device(name: str) -> torch.device:
+    """--device as a torch.device, checked against this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -9,7 +9,7 @@ from typing import Literal
 from jsonargparse import ArgumentParser
 
 from busi.callbacks.prediction_writer import CsvLayout, PredictionWriter
-from busi.commands.options import choose_device
+from busi.commands.options import choose_device, command_parser, parse
 from busi.data.files import file_loader, image_files
 from busi.errors import OptionError, run_command
 from busi.io.dicom import DicomOptions, is_dicom_file
@@ -18,19 +18,17 @@ from busi.model.ensemble import load_model
 
 
 def parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="busi-predict", description="Classify breast ultrasound images with a busi checkpoint."
+    parser = command_parser(
+        "busi-predict",
+        "Classify breast ultrasound images with a busi checkpoint.",
+        "--ckpt",
+        "--output",
+        "--device",
+        "--batch_size",
+        "--quiet",
+        output={"type": Path, "default": Path("predictions.csv"), "help": "CSV to write"},
     )
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (recursed; masks skipped)")
-    parser.add_argument(
-        "--ckpt",
-        required=True,
-        type=Path,
-        help="RUN/checkpoints/best.ckpt, or a busi-cv folder (the mean of its fold models)",
-    )
-    parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="CSV to write")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
     parser.add_argument(
         "--cam", type=Path | None, default=None, help="write a Grad-CAM overlay PNG per image into this folder"
     )
@@ -54,7 +52,6 @@ def parser() -> ArgumentParser:
         help="region: crop DICOM scans to their ultrasound tissue region (SequenceOfUltrasoundRegions) before "
         "resizing, so the text and depth scale around it never reach the model; none: the whole frame",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
     parser.add_argument("--trainer.accelerator", type=str | None, default=None, help="cpu, gpu, …: overrides --device")
     parser.add_argument(
         "--trainer.devices", type=str | None, default=None, help="devices per machine (with --trainer.strategy ddp)"
@@ -121,5 +118,5 @@ def predict(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(parser(), argv)
     return run_command(lambda: predict(args))
