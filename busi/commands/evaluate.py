@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from busi.callbacks.prediction_writer import write_csv
+from busi.callbacks.split_reports import score
 from busi.commands.options import choose_device, command_parser, parse
 from busi.data.audit import format_audit
 from busi.data.catalog import read_catalog
@@ -20,7 +21,6 @@ from busi.errors import run_command
 from busi.evaluation.localisation import localisation_scores
 from busi.evaluation.publish import publish_report
 from busi.evaluation.report import build_report, format_report, write_report
-from busi.evaluation.scoring import score
 from busi.model.ensemble import load_model
 from busi.progress import progress_bar
 

@@ -54,7 +54,7 @@ def publish_report(report: dict, folder: Path, loggers: list[Logger], step: int 
 
 def report_scalars(report: dict, split: str) -> dict[str, float]:
     """The localisation and lesion scores of the report (the classification scores are logged by
-    busi.training.finish.SplitReports while testing)."""
+    busi.callbacks.split_reports.SplitReports while testing)."""
     scalars = {}
     for name, values in (report.get("localisation") or {}).get("per_class", {}).items():
         for key in ("energy_inside", "pointing_hit"):

@@ -18,7 +18,7 @@ def build_report(
     temperature: float | None = None,
     localisation: dict | None = None,
 ) -> dict:
-    """`splits`: busi.training.finish.SplitReports.splits; `localisation`: busi.commands.explain.localisation_scores."""
+    """`splits`: busi.callbacks.split_reports.SplitReports.splits; `localisation`: busi.commands.explain.localisation_scores."""
     report = {"class_names": list(class_names), "checkpoint": checkpoint, "splits": splits}
     if temperature is not None:
         report["temperature"] = temperature

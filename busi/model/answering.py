@@ -48,7 +48,7 @@ class Answering:
 
     def test_step(self, batch, batch_idx: int = 0, dataloader_idx: int = 0) -> Outputs:
         # The report scores the checkpoint as prediction, calibration and the exports use it: in fp32,
-        # whatever precision it was trained in. busi.training.finish.SplitReports collects what this returns.
+        # whatever precision it was trained in. busi.callbacks.split_reports.SplitReports collects what this returns.
         return self.predict_step(batch, batch_idx, dataloader_idx)
 
 
