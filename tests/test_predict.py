@@ -92,3 +92,16 @@ def test_checkpoints_that_are_not_busi_checkpoints_are_refused_with_one_line(tmp
     torch.save(contents, path)
     with pytest.raises(WeightsError, match="not a busi checkpoint"):
         load_classifier(path)
+
+
+def test_a_named_mask_gets_an_error_row_and_folder_masks_are_counted(trained_run, busi_root, tmp_path, capsys):
+    _, run_dir = trained_run
+    mask = next((busi_root / "benign").glob("* (1)_mask.png"))
+    output = tmp_path / "preds.csv"
+    ckpt = str(run_dir / "checkpoints/best.ckpt")
+    assert predict_main(["--ckpt", ckpt, str(mask), str(busi_root / "malignant"), "--output", str(output)]) == 0
+    _, rows = read_rows(output)
+    assert rows[0]["path"] == str(mask) and rows[0]["label"] == ""
+    assert "lesion mask" in rows[0]["error"] and mask.name.replace("_mask", "") in rows[0]["error"]
+    masks_in_folder = len(list((busi_root / "malignant").glob("*_mask*.png")))
+    assert masks_in_folder and f"{masks_in_folder} mask files in the folders skipped" in capsys.readouterr().out

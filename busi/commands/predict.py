@@ -97,7 +97,8 @@ def predict(args) -> int:
         raise OptionError(
             f"--masks: {args.ckpt} has no lesion decoder; train with --model.segmentation_weight 0.5 (or drop --masks)"
         )
-    files = list(image_files(args.paths))
+    skipped_masks: list[Path] = []
+    files = list(image_files(args.paths, skipped_masks))
     layout = CsvLayout(args.masks is not None, dicom.frames == "all", any(map(is_dicom_file, files)))
     open_outputs(args)
     writer = PredictionWriter(
@@ -112,6 +113,7 @@ def predict(args) -> int:
         f"{writer.predicted} predicted, {writer.failed} failed → {args.output}"
         + (f"; Grad-CAM overlays in {args.cam}" if args.cam else "")
         + (f"; lesion masks in {args.masks}" if args.masks else "")
+        + (f"; {len(skipped_masks)} mask files in the folders skipped (not scans)" if skipped_masks else "")
         + (f" ({trainer.world_size} processes)" if trainer.world_size > 1 else "")
     )
     return 0 if writer.predicted else 2

@@ -42,15 +42,24 @@ class Prediction:
     size: tuple[int, int] | None = None  # (width, height) of the decoded image
 
 
-def image_files(paths: list[Path]) -> Iterator[Path]:
-    """Files named directly are always tried; folders are recursed for images (masks and hidden
-    files skipped; broken links are kept, to get their error row)."""
+def image_files(paths: list[Path], skipped_masks: list[Path] | None = None) -> Iterator[Path]:
+    """Files named directly are always tried (a named mask gets its error row); folders are recursed for
+    images (hidden files skipped, masks skipped and appended to `skipped_masks`; broken links are
+    kept, to get their error row)."""
     for path in paths:
         if path.is_dir():
-            found = (p for p in path.rglob("*") if not p.is_dir() and not is_hidden(p, path))
-            yield from sorted(p for p in found if is_image_file(p) and not is_mask(p))
+            found = [p for p in path.rglob("*") if not p.is_dir() and not is_hidden(p, path) and is_image_file(p)]
+            if skipped_masks is not None:
+                skipped_masks += [p for p in found if is_mask(p)]
+            yield from sorted(p for p in found if not is_mask(p))
         else:
             yield path
+
+
+def mask_reason(path: Path) -> str:
+    """Why a named mask file gets no answer, and the file to pass instead."""
+    image = path.with_name(path.stem.split("_mask")[0] + path.suffix)
+    return f"a lesion mask (its name has _mask), not a scan; pass the image it belongs to ({image.name})"
 
 
 def unique_stems(files: list[Path]) -> list[str]:
@@ -86,6 +95,8 @@ class ImageFiles(Dataset):
         empty = torch.empty((0, 3, self.image_size, self.image_size), dtype=torch.uint8)
         if not path.exists():
             return [Prediction(path, error=f"{path}: {missing_file_reason(path)}", index=index)], empty
+        if is_mask(path):
+            return [Prediction(path, error=f"{path}: {mask_reason(path)}", index=index)], empty
         try:
             frames = decode_frames(path, dicom=self.dicom)
         except UnreadableImageError as error:
