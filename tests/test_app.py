@@ -1,6 +1,7 @@
 """The Streamlit app, driven headless by Streamlit's AppTest with a real checkpoint and real uploads."""
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,32 @@ def test_a_dicom_upload_is_classified_like_an_image(app, tmp_path):
     verdicts = [m.value for m in test.main.markdown if " · " in m.value and m.value.startswith("**")]
     assert len(verdicts) == 1 and verdicts[0].split("**")[1] in ("benign", "malignant", "normal")
     assert list(test.dataframe[0].value["path"]) == ["scan.dcm"]
+
+
+def test_the_app_sends_no_usage_statistics_wherever_it_is_started(trained_run, tmp_path):
+    """`busi-app` from a folder without busi's .streamlit/config.toml: Streamlit would otherwise
+    announce 'Collecting usage statistics' and send them."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "BUSI_CHECKPOINT": str(trained_run[1] / "checkpoints" / "best.ckpt"), "HOME": str(tmp_path)}
+    log = tmp_path / "app.log"
+    command = [sys.executable, "-c", "from busi.commands.app import launch; launch()",
+               "--server.headless=true", f"--server.port={port}", "--server.address=127.0.0.1"]  # fmt: skip
+    with log.open("w") as handle:
+        server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and "URL:" not in log.read_text():
+                time.sleep(0.5)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    shown = log.read_text()
+    assert "URL:" in shown, shown
+    assert "usage statistics" not in shown.lower(), shown

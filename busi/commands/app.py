@@ -284,10 +284,11 @@ def main() -> None:
 
 
 def launch() -> None:
-    """`busi-app`: the app with its upload limit and a reader's toolbar, wherever busi is installed."""
+    """`busi-app`: the app with its upload limit and a reader's toolbar, wherever busi is installed, and
+    without Streamlit's usage statistics (on a hospital network nothing leaves the machine unasked)."""
     sys.argv = [
         "streamlit", "run", str(Path(__file__)), f"--server.maxUploadSize={MAX_UPLOAD_MB}",
-        "--client.toolbarMode=minimal", *sys.argv[1:],
+        "--client.toolbarMode=minimal", "--browser.gatherUsageStats=false", *sys.argv[1:],
     ]  # fmt: skip
     sys.exit(streamlit_cli.main())
 
