@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from busi.evaluation.localisation import localisation
 from busi.evaluation.plots import CAPTION_HEIGHT
 from busi.io.images import load_mask
 
-from fake_busi import IMAGE_SIZE
+from fake_busi import IMAGE_SIZE, write_busi_folder
 
 
 def test_localisation_scores_energy_share_and_pointing_hit():
@@ -82,3 +83,16 @@ def test_explain_command_scores_the_test_images_with_masks(trained_run, busi_roo
     assert "pointing hit" in capsys.readouterr().out
     report = json.loads((run_dir / "report.json").read_text())  # the training run's report has them too
     assert report["localisation"]["per_class"] == scores["per_class"]
+
+
+def test_explain_on_a_folder_outside_the_runs_split_says_so(trained_run, tmp_path, capsys):
+    _, run_dir = trained_run
+    staging, other = write_busi_folder(tmp_path / "staging", per_class=2), tmp_path / "other_hospital"
+    for name in ("benign", "malignant", "normal"):  # in a sub-folder: paths none of split.csv's
+        (other / name).mkdir(parents=True)
+        shutil.move(staging / name, other / name / "export")
+    args = ["--ckpt", str(run_dir / "checkpoints" / "best.ckpt"), "--data.root", str(other)]
+    assert explain_main(args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]  # beside the audit's
+    assert len(errors) == 1 and "none of its images is in the test split" in errors[0] and "--split all" in errors[0]
+    assert explain_main([*args, "--split", "all"]) == 0

@@ -55,6 +55,11 @@ def explain(args) -> None:
             raise DataError(f"{split_csv}: no split file; pass --split_csv RUN/split.csv or --split all")
         splits = {path: entry[1] for path, entry in read_split_csv(split_csv).items()}
         indices = [i for i in indices if splits.get(catalog.relative(i)) == args.split]
+        if not indices:
+            raise DataError(
+                f"{root}: none of its images is in the {args.split} split of {split_csv} (another folder than "
+                f"the run trained on?); score all of them with --split all"
+            )
     scores = localisation_scores(classifier, catalog, indices)
     which = "all images" if args.split == "all" else f"the {args.split} split"
     print(format_localisation(scores, f"Grad-CAM localisation on {which} of {root} (true class)"))
