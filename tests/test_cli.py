@@ -1,7 +1,9 @@
 import csv
 import json
+import logging
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from busi.commands.predict import main as predict_main
 from busi.commands.train import main
 from busi.data.module import BusiDataModule
 from busi.model.classifier import BusiClassifier, load_classifier
-from busi.training.cli import DEFAULT_CONFIG, BusiCLI
+from busi.training.cli import DEFAULT_CONFIG, BusiCLI, recipe_paths
 from busi.training.run import run
 
 from fake_busi import IMAGE_SIZE, train_args
@@ -168,3 +170,20 @@ def test_the_long_run_options_train_together(busi_root, tmp_path):
     classifier = load_classifier(Path(cli.trainer.log_dir) / "checkpoints" / "best.ckpt")
     assert classifier.hparams.head == "lesion" and classifier.hparams.loss == "focal"
     assert cli.report["splits"]["test"]["segmentation"]
+
+
+@pytest.mark.parametrize("recipe, warned", [([], True), (["--config", "scratch"], False)])
+def test_a_frozen_random_backbone_is_warned_about_in_one_line(recipe, warned, busi_root, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    args = recipe_paths([*recipe, *train_args(busi_root, tmp_path)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        BusiCLI(
+            BusiClassifier,
+            BusiDataModule,
+            run=False,
+            args=args,
+            parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
+        )
+    lines = [r.getMessage() for r in caplog.records if "random network" in r.getMessage()]
+    assert len(lines) == warned and (not warned or ("--config scratch" in lines[0] and "\n" not in lines[0]))

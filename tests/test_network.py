@@ -66,7 +66,7 @@ def test_offline_without_cached_imagenet_weights_says_what_to_do(tmp_path, monke
     with pytest.raises(WeightsError) as error:
         BusiClassifier(weights="imagenet", image_size=IMAGE_SIZE)
     message = str(error.value)
-    assert str(imagenet_weights_file()) in message and "--model.weights none" in message
+    assert str(imagenet_weights_file()) in message and "--config scratch" in message
     assert "\n" not in message
 
 

@@ -224,7 +224,7 @@ def load_backbone_weights(features: nn.Module, weights: str | None) -> float | N
                 f"ImageNet weights for DenseNet121 are not in {imagenet_weights_file()} and could not be "
                 f"downloaded ({type(error).__name__}: {error}). Copy densenet121-a639ec97.pth there "
                 "(set $TORCH_HOME to move the cache), pass --model.weights /path/to/weights.pth, "
-                "or train without them: --model.weights none (see configs/scratch.yaml)"
+                "or train the recipe that learns without them: --config scratch"
             ) from None
     elif is_keras_file(weights):
         return load_keras_backbone(features, weights)

@@ -147,6 +147,12 @@ class BusiCLI(LightningCLI):
             config.trainer.precision, why = choose_precision(config.trainer.accelerator, config.model.freeze_backbone)
             rank_zero_info(f"precision: {config.trainer.precision}, since {why}; set it with --trainer.precision")
         resumed = self.resume_or_fine_tune() if config.ckpt_path else None
+        untrained = config.model.weights is None or str(config.model.weights).lower() == "none"
+        if untrained and config.model.freeze_backbone and self.start_from is None:
+            rank_zero_info(
+                "warning: --model.weights none with a frozen backbone: only the head trains, on the features of a "
+                "random network; to learn without pretrained weights train the whole network: --config scratch"
+            )
         config.trainer.logger = with_run_directory(config.trainer.logger, run_directory_logger(config, resumed))
 
     def resume_or_fine_tune(self) -> Path | None:
