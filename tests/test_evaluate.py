@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,22 @@ def test_evaluate_refuses_a_missing_folder_with_one_line(trained_run, tmp_path, 
     assert code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and "nowhere" in error
+
+
+def test_evaluate_says_how_many_images_the_model_saw_and_can_leave_them_out(trained_run, busi_root, tmp_path, capsys):
+    _, run_dir = trained_run
+    ckpt = str(run_dir / "checkpoints/best.ckpt")
+    splits = [row["split"] for row in read_csv(run_dir / "split.csv")]
+    train, val, test = (splits.count(name) for name in ("train", "val", "test"))
+    copy = tmp_path / "copied_elsewhere"  # the same files under another root: found by their content
+    shutil.copytree(busi_root, copy)
+    for root in (busi_root, copy):
+        assert evaluate_main(["--ckpt", ckpt, "--data.root", str(root), "--output", str(tmp_path / "all")]) == 0
+        warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")][-1]
+        assert f"{train + val} of {train + val + test} images" in warning and f"training ({train})" in warning
+        assert f"validation ({val})" in warning and "--unseen_only" in warning
+    args = ["--ckpt", ckpt, "--data.root", str(copy), "--output", str(tmp_path / "unseen"), "--unseen_only"]
+    assert evaluate_main(args) == 0
+    report = json.loads((tmp_path / "unseen" / "report.json").read_text())
+    assert report["splits"]["test"]["samples"] == test == len(read_csv(tmp_path / "unseen" / "predictions.csv"))
+    assert report["data"]["seen_by_the_model"] == {"train": train, "val": val, "scored": 0}

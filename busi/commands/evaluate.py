@@ -17,16 +17,23 @@ from busi.data.audit import format_audit
 from busi.data.catalog import read_catalog
 from busi.data.dataset import ImageTensors
 from busi.data.files import Prediction
-from busi.errors import run_command
+from busi.errors import DataError, run_command
 from busi.evaluation.localisation import localisation_scores
 from busi.evaluation.publish import publish_report
 from busi.evaluation.report import build_report, format_report, write_report
+from busi.evaluation.seen import seen_images
 from busi.model.ensemble import load_model
-from busi.progress import progress_bar
+from busi.progress import progress_bar, say
 
 
 def evaluate(
-    ckpt: Path, root: Path, output: Path, batch_size: int = 32, device: str = "auto", quiet: bool = False
+    ckpt: Path,
+    root: Path,
+    output: Path,
+    batch_size: int = 32,
+    device: str = "auto",
+    quiet: bool = False,
+    unseen_only: bool = False,
 ) -> dict:
     """Score every image of `root` (another hospital's scans, a later export), not only a split: report.json/.txt,
     confusion_matrix.png, reliability.png, Grad-CAM localisation where lesion masks exist (single models),
@@ -35,15 +42,31 @@ def evaluate(
     catalog = read_catalog(
         root, model.image_size, duplicate_distance=-1, class_names=model.class_names, progress=not quiet
     )
-    everything = ImageTensors(catalog, range(len(catalog.records)))
+    seen = seen_images(ckpt, catalog)
+    indices = list(range(len(catalog.records)))
+    if seen:
+        counts = {split: sum(s == split for s in seen.values()) for split in ("train", "val")}
+        if unseen_only:
+            indices = [i for i in indices if i not in seen]
+            say(f"scoring the {len(indices)} images the model never saw ({len(seen)} it saw left out)", error=True)
+            if not indices:
+                raise DataError(f"{root}: the checkpoint saw every one of its images; score another folder")
+        else:
+            say(
+                f"warning: {len(seen)} of {len(indices)} images of {root} were in the checkpoint's training "
+                f"({counts['train']}) or validation ({counts['val']}) split: their scores flatter the model; "
+                "--unseen_only scores only the others",
+                error=True,
+            )
+    everything = ImageTensors(catalog, indices)
     with progress_bar(total=len(everything), what="evaluate", quiet=quiet) as bar:
         split, outputs = score(model, DataLoader(everything, batch_size=batch_size), bar)
     predictions = [
         Prediction(record.path, row)
-        for record, row in zip(catalog.records, outputs.probabilities.tolist(), strict=True)
+        for record, row in zip([catalog.records[i] for i in indices], outputs.probabilities.tolist(), strict=True)
     ]
     single = len(model.members) == 1
-    localisation = localisation_scores(model, catalog, list(range(len(catalog.records)))) if single else None
+    localisation = localisation_scores(model, catalog, indices) if single else None
     report = build_report(
         model.class_names,
         str(ckpt),
@@ -51,7 +74,13 @@ def evaluate(
         float(model.members[0].temperature) if single else None,
         localisation,
     )
-    report["data"] = {"root": str(root), "images": len(catalog.records), "models": len(model.members)}
+    report["data"] = {"root": str(root), "images": len(indices), "models": len(model.members)}
+    if seen is not None:
+        report["data"]["seen_by_the_model"] = {
+            "train": sum(s == "train" for s in seen.values()),
+            "val": sum(s == "val" for s in seen.values()),
+            "scored": sum(i in seen for i in indices),
+        }
     output.mkdir(parents=True, exist_ok=True)
     (output / "audit.txt").write_text(format_audit(catalog.audit) + "\n", encoding="utf-8")
     write_csv(output / "predictions.csv", predictions, model.class_names)
@@ -63,7 +92,7 @@ def evaluate(
 
 
 def parser() -> ArgumentParser:
-    return command_parser(
+    parser = command_parser(
         "busi-evaluate",
         __doc__.split("\n\n")[0],
         "--ckpt",
@@ -74,6 +103,12 @@ def parser() -> ArgumentParser:
         "--quiet",
         output={"help": "the evaluation folder; default: runs/evaluate/<folder name>"},
     )
+    parser.add_argument(
+        "--unseen_only",
+        action="store_true",
+        help="leave out the images in the checkpoint's training and validation splits (by path and content)",
+    )
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or Path("runs") / "evaluate" / root.resolve().name
 
     def evaluate_and_print() -> None:
-        print(format_report(evaluate(args.ckpt, root, output, args.batch_size, args.device, args.quiet)))
+        report = evaluate(args.ckpt, root, output, args.batch_size, args.device, args.quiet, args.unseen_only)
+        print(format_report(report))
         print(f"\nEvaluation directory: {output}")
 
     return run_command(evaluate_and_print)
