@@ -131,7 +131,7 @@ def test_the_app_sends_no_usage_statistics_wherever_it_is_started(trained_run, t
         port = probe.getsockname()[1]
     env = {**os.environ, "BUSI_CHECKPOINT": str(trained_run[1] / "checkpoints" / "best.ckpt"), "HOME": str(tmp_path)}
     log = tmp_path / "app.log"
-    command = [sys.executable, "-c", "from busi.commands.app import launch; launch()",
+    command = [sys.executable, "-m", "busi.commands.app_launch",
                "--server.headless=true", f"--server.port={port}", "--server.address=127.0.0.1"]  # fmt: skip
     with log.open("w") as handle:
         server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT)
@@ -145,3 +145,18 @@ def test_the_app_sends_no_usage_statistics_wherever_it_is_started(trained_run, t
     shown = log.read_text()
     assert "URL:" in shown, shown
     assert "usage statistics" not in shown.lower(), shown
+
+
+def test_busi_app_help_is_busis_own_and_comes_before_streamlit(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom busi.commands.app_launch import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit as done:\n    print('exit', done.code, 'streamlit' in sys.modules)"
+    )
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert finished.stdout.strip().endswith("exit 0 False"), finished.stdout + finished.stderr
+    for option in ("--ckpt", "--port", "--address", "$BUSI_CHECKPOINT"):
+        assert option in finished.stdout
+    assert "No runtime found" not in finished.stderr and "streamlit run" not in finished.stdout.lower()

@@ -160,6 +160,20 @@ def test_predict_and_the_app_take_a_cv_folder_as_a_fold_ensemble(cv_run, busi_ro
     assert any("3-fold cross-validation" in m.value for m in app.sidebar.markdown)
 
 
+def test_the_app_opens_the_newest_cross_validation_not_one_of_its_folds_and_says_why(cv_run, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    shutil.copytree(cv_run, runs / "tinycv")  # its fold checkpoints are the newest best.ckpt files there
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BUSI_CHECKPOINT", raising=False)
+    app = AppTest.from_file(
+        str(Path(__file__).resolve().parents[1] / "busi" / "commands" / "app.py"), default_timeout=120
+    )
+    app.run()
+    assert not app.exception and app.sidebar.text_input[0].value == str(Path("runs") / "tinycv")
+    assert any("newest cross-validation under runs/" in c.value for c in app.sidebar.caption)
+    assert "Ensemble of 3 fold models" in [s.value for s in app.sidebar.subheader]
+
+
 class RunsCode:
     def __init__(self, marker: Path):
         self.marker = marker

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import os
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 from matplotlib.figure import Figure
-from streamlit.web import cli as streamlit_cli
 from torch.utils.data import DataLoader
 
 from busi import __version__
 from busi.callbacks.prediction_writer import csv_columns, csv_row
+from busi.commands.options import MAX_UPLOAD_MB
 from busi.data.files import Prediction
 from busi.errors import WeightsError
 from busi.evaluation.plots import HEAT_MAP, OUTLINE_COLOUR
@@ -29,7 +28,6 @@ from busi.model.classifier import BusiClassifier
 from busi.model.ensemble import FoldEnsemble, load_model
 from busi.model.metrics import LESION_THRESHOLD
 
-MAX_UPLOAD_MB = 50  # also Streamlit's server.maxUploadSize: .streamlit/config.toml and busi-app
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]  # DICOM with busi[dicom]
 DISCLAIMER = (
     "Research tool, not a medical device. Every prediction needs a clinician's reading; the heat-map shows "
@@ -37,11 +35,23 @@ DISCLAIMER = (
 )
 
 
-def default_checkpoint() -> str:
+def default_checkpoint(runs: Path = Path("runs")) -> tuple[str, str]:
+    """(the checkpoint the page opens with, why that one): $BUSI_CHECKPOINT (busi-app --ckpt), else the
+    newest busi-cv folder under `runs` (its fold models answer as one: better than any one of them),
+    else the newest training run's best.ckpt there; ("", why not) when there is none."""
     if os.environ.get("BUSI_CHECKPOINT"):
-        return os.environ["BUSI_CHECKPOINT"]
-    found = sorted(Path("runs").glob("**/checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime)
-    return str(found[-1]) if found else ""
+        return os.environ["BUSI_CHECKPOINT"], "given with busi-app --ckpt ($BUSI_CHECKPOINT)"
+    folders = sorted((summary.parent for summary in runs.glob("**/cv_summary.json")), key=lambda p: p.stat().st_mtime)
+    if folders:
+        return str(folders[-1]), f"the newest cross-validation under {runs}/: its fold models, averaged"
+    inside_cv = {folder.resolve() for folder in folders}
+    found = sorted(
+        (p for p in runs.glob("**/checkpoints/best.ckpt") if not inside_cv & set(p.resolve().parents)),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if found:
+        return str(found[-1]), f"the newest training run under {runs}/ (no cross-validation there)"
+    return "", f"no checkpoint under {runs}/"
 
 
 def percent(probability: float) -> str:
@@ -231,20 +241,22 @@ def show(result: Result, overlay: bytes | None, class_names: tuple[str, ...]) ->
 
 
 def main() -> None:
-    """The page. The sidebar picks the checkpoint (default: $BUSI_CHECKPOINT, else the newest
-    runs/**/checkpoints/best.ckpt) or a busi-cv folder (its fold models averaged) and says what it is, what it
+    """The page. The sidebar picks the checkpoint (default_checkpoint, and says why that one) or a busi-cv folder (its fold models averaged) and says what it is, what it
     was trained on and how it scored. Each upload: the scan at its true aspect ratio beside the same scan under
     the heat-map of the predicted class (the predicted lesion outlined in magenta, with a decoder) and the
     calibrated probabilities on a fixed 0–1 scale; results are cached by file content."""
     st.set_page_config(page_title="busi: breast ultrasound classifier", layout="wide")
     st.title("Breast ultrasound: benign, malignant or normal")
     st.warning(DISCLAIMER, icon="⚠️")
+    default, why = default_checkpoint()
     with st.sidebar:
         path = st.text_input(
             "Checkpoint",
-            value=default_checkpoint(),
+            value=default,
             help="RUN/checkpoints/best.ckpt of a training run, or a busi-cv folder (its fold models averaged)",
         )
+        if path and path == default:
+            st.caption(f"Opened {why}. Another: type its path here, or start with busi-app --ckpt PATH.")
     if not path:
         st.info("Enter the path of a checkpoint (RUN/checkpoints/best.ckpt from `busi-train`) in the sidebar.")
         return
@@ -281,16 +293,6 @@ def main() -> None:
             if overlay is not None:
                 bundle.writestr(f"{Path(upload.name).stem}_gradcam.png", overlay)
     downloads[1].download_button("Download the overlays (zip)", archive.getvalue(), "overlays.zip", "application/zip")
-
-
-def launch() -> None:
-    """`busi-app`: the app with its upload limit and a reader's toolbar, wherever busi is installed, and
-    without Streamlit's usage statistics (on a hospital network nothing leaves the machine unasked)."""
-    sys.argv = [
-        "streamlit", "run", str(Path(__file__)), f"--server.maxUploadSize={MAX_UPLOAD_MB}",
-        "--client.toolbarMode=minimal", "--browser.gatherUsageStats=false", *sys.argv[1:],
-    ]  # fmt: skip
-    sys.exit(streamlit_cli.main())
 
 
 if __name__ == "__main__":

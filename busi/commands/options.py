@@ -6,11 +6,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from jsonargparse import ArgumentParser, Namespace
 
-from busi.errors import OptionError
+if TYPE_CHECKING:
+    import torch
+
+MAX_UPLOAD_MB = 50  # the web app's largest upload: busi-app gives it to Streamlit, the app checks it
 
 SHARED = {
     "--ckpt": {
@@ -59,6 +62,10 @@ def parse(
 
 def choose_device(name: str) -> torch.device:
     """--device as a torch.device, checked against this machine."""
+    import torch  # here: --help and option errors of every command come before torch is imported
+
+    from busi.errors import OptionError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
