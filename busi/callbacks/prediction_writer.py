@@ -206,7 +206,10 @@ def predict_files(
     written there for each image (the predicted lesion outlined when the model has a decoder); with
     `mask_dir`, the predicted lesion mask as a 0/255 PNG at the image's own size."""
     writer = PredictionWriter(model.class_names, cam_dir=cam_dir, mask_dir=mask_dir, keep=True)
-    model.explain = "predicted" if cam_dir is not None else False
+    model.explain, before = ("predicted" if cam_dir is not None else False), model.explain
     loader = file_loader(list(image_files(paths)), model.image_size, dicom, batch_size)
-    run_predict(answering_trainer(device, [writer]), model, loader, keep=False)
+    try:
+        run_predict(answering_trainer(device, [writer]), model, loader, keep=False)
+    finally:
+        model.explain = before  # the caller's model answers as it did before
     return writer.predictions
