@@ -33,6 +33,7 @@ from busi.data.catalog import read_catalog, scan_class_folders
 from busi.data.dataset import ImageTensors
 from busi.io.images import UnreadableImageError, as_three_channels, decode_file, load_image, to_model_input
 from busi.model.classifier import BusiClassifier, load_classifier
+from busi.model.settings import Optimizer
 from busi.training.checkpointing import AtomicCheckpointIO
 from busi.training.cli import DEFAULT_CONFIG
 from busi.training.run import run
@@ -93,7 +94,7 @@ def data_path(root: Path, image_size: int, cache_dir: Path) -> dict:
 def recipe_args(root: Path, out: Path, epochs: int, cache_features: bool, cache_dir: Path) -> list[str]:
     return [
         "--model.weights=none",
-        f"--model.cache_features={str(cache_features).lower()}",
+        f"--model.speed.cache_features={str(cache_features).lower()}",
         f"--data.root={root}",
         f"--data.cache_dir={cache_dir}",
         f"--trainer.max_epochs={epochs}",
@@ -310,7 +311,9 @@ def full_network_epochs(root: Path, out: Path, cache_dir: Path, precision: str, 
 def checkpoint_write(image_size: int, out: Path) -> dict:
     """Seconds to write `last.ckpt` of the offline recipe (weights and AdamW state) atomically, as
     every epoch does, and its size."""
-    model = BusiClassifier(weights=None, freeze_backbone=False, image_size=image_size, optimizer="adamw")
+    model = BusiClassifier(
+        weights=None, freeze_backbone=False, image_size=image_size, optimizer=Optimizer(name="adamw")
+    )
     optimizer = model.configure_optimizers()
     model(model.prepare_inputs(torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8))).sum().backward()
     optimizer.step()  # creates AdamW's two state tensors per parameter

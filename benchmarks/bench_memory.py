@@ -45,7 +45,7 @@ def write_synthetic_folder(root: Path, count: int, side: int = 300, seed: int = 
 def train_args(root: Path, work: Path, image_size: int, memory_limit_mb: float, steps: int) -> list[str]:
     return [
         "--model.weights=none", f"--data.root={root}", f"--data.image_size={image_size}",
-        f"--data.memory_limit_mb={memory_limit_mb}", f"--model.feature_cache_mb={memory_limit_mb}",
+        f"--data.memory_limit_mb={memory_limit_mb}", f"--model.speed.feature_cache_mb={memory_limit_mb}",
         f"--data.cache_dir={work / 'cache'}", f"--trainer.default_root_dir={work / 'runs'}",
         "--trainer.max_epochs=1", f"--trainer.limit_train_batches={steps}", "--trainer.limit_val_batches=2",
         "--trainer.limit_test_batches=2", "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",

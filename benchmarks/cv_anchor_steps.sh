@@ -10,8 +10,8 @@ SEED=${1:-42}
 SUFFIX=$([ "$SEED" = 42 ] && echo "" || echo "_seed$SEED")
 ROOT=${BUSI_ROOT:-../shared/data/busi/Dataset_BUSI_with_GT}
 COMMON=(--config scratch --data.root "$ROOT" --data.image_size 128 --data.seed "$SEED"
-        --trainer.enable_progress_bar false --model.warmup_epochs 2)
-OVERSAMPLE=(--trainer.max_epochs 28 --data.sampling oversample --model.class_weighting none)
+        --trainer.enable_progress_bar false --model.optimizer.warmup_epochs 2)
+OVERSAMPLE=(--trainer.max_epochs 28 --data.sampling oversample --model.loss.class_weighting none)
 
 run() {
     local started=$SECONDS
@@ -22,8 +22,8 @@ run() {
 
 run "e20_seg05_90ep_p30$SUFFIX" "${COMMON[@]}" --trainer.max_epochs 90 --trainer.callbacks.patience=30  # longer alone
 run "e24_oversample_lesion_focal_aug_28ep$SUFFIX" --only_folds "${E24_FOLDS:-0,1}" "${COMMON[@]}" "${OVERSAMPLE[@]}" \
-    --model.head lesion --model.loss focal --model.augment true --model.augment_rotation 180 \
-    --model.augment_vertical_flip true                                       # the anchor's step, screened
+    --model.head lesion --model.loss.name focal --model.augmentation.enabled true --model.augmentation.rotation 180 \
+    --model.augmentation.vertical_flip true                                       # the anchor's step, screened
 run "e26_lesion_head_30ep$SUFFIX" "${COMMON[@]}" --trainer.max_epochs 30 --model.head lesion  # the head at row 12's cost
-run "e27_focal_30ep$SUFFIX" "${COMMON[@]}" --trainer.max_epochs 30 --model.loss focal      # focal loss at row 12's cost
+run "e27_focal_30ep$SUFFIX" "${COMMON[@]}" --trainer.max_epochs 30 --model.loss.name focal      # focal loss at row 12's cost
 run "e23_oversample_28ep$SUFFIX" "${COMMON[@]}" "${OVERSAMPLE[@]}"                                      # oversampling

@@ -8,7 +8,7 @@
 # and the wheels the device's image lacks (it has torch, lightning, torchmetrics, torchvision, matplotlib):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl jsonargparse==4.53.0 typeshed_client==2.15.0 docstring_parser==0.18.0
 # then on the device (timeout_s 600), carrying .device and .whl:
-#   bash benchmarks/gpu_cv.sh 500 scratch256 --config scratch --data.image_size 256 --trainer.max_epochs 30 --model.warmup_epochs 2
+#   bash benchmarks/gpu_cv.sh 500 scratch256 --config scratch --data.image_size 256 --trainer.max_epochs 30 --model.optimizer.warmup_epochs 2
 set -uo pipefail
 DEADLINE=$1
 NAME=$2

@@ -5,7 +5,7 @@
 # ensemble's) and one without a teacher (plain: the control, same images and split), and every model is
 # scored on the held-out images none of them saw:
 #   nohup bash benchmarks/holdout_ensemble_distillation.sh 42 NAME RECIPE… > runs/holdout42_NAME.log 2>&1 &
-# e.g. RECIPE = --config scratch --data.image_size 128 --trainer.max_epochs 30 --model.warmup_epochs 2
+# e.g. RECIPE = --config scratch --data.image_size 128 --trainer.max_epochs 30 --model.optimizer.warmup_epochs 2
 # Rerunning continues: busi-cv keeps finished folds, a finished student is skipped, a cut one resumes.
 # TEACHER_TARGETS="out_of_fold plain" trains only those students (default: all three, in this order).
 set -euo pipefail
@@ -31,7 +31,7 @@ for targets in ${TEACHER_TARGETS:-out_of_fold ensemble plain}; do
     if [ -f "$run/report.json" ]; then continue; fi
     resume=()
     if [ -f "$run/checkpoints/last.ckpt" ]; then resume=(--ckpt_path last); fi
-    teacher=(--model.teacher "$OUT/cv/$NAME" --model.teacher_targets "$targets" --model.distillation_weight "$WEIGHT")
+    teacher=(--distillation.teacher "$OUT/cv/$NAME" --distillation.targets "$targets" --distillation.weight "$WEIGHT")
     if [ "$targets" = plain ]; then teacher=(); fi
     started=$SECONDS
     busi-train --data.root "$OUT/pool" "${RECIPE[@]}" --trainer.default_root_dir "$student" "${teacher[@]}" "${resume[@]}"

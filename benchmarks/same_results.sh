@@ -26,8 +26,8 @@ cd "$CHECKOUT"
 # busi-cv's module in this checkout (busi.cv before the packages of busi 0.1's restructuring)
 CV=$([ -d busi/commands ] && echo busi.commands.cv || echo busi.cv)
 python train.py --model.weights none "${COMMON[@]}" --trainer.max_epochs 2 > "$OUT/frozen.log" 2>&1
-python train.py --config scratch "${COMMON[@]}" --trainer.max_epochs 2 --model.warmup_epochs 1 > "$OUT/scratch.log" 2>&1
-python -m "$CV" --folds 3 --config scratch "${COMMON[@]}" --trainer.max_epochs 1 --model.warmup_epochs 0 > "$OUT/cv.log" 2>&1
+python train.py --config scratch "${COMMON[@]}" --trainer.max_epochs 2 --model.optimizer.warmup_epochs 1 > "$OUT/scratch.log" 2>&1
+python -m "$CV" --folds 3 --config scratch "${COMMON[@]}" --trainer.max_epochs 1 --model.optimizer.warmup_epochs 0 > "$OUT/cv.log" 2>&1
 for run in frozen:version_0 scratch:version_1; do
     name=${run%%:*}; dir=$RUNS/${run#*:}
     cp "$dir/report.json" "$OUT/${name}_report.json"

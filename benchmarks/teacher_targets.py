@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from busi.callbacks.teacher_targets import teacher_targets
+from busi.callbacks.distillation import teacher_targets
 from busi.data.module import BusiDataModule
 
 

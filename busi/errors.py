@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -29,6 +30,23 @@ class ResumeError(UserError):
 
 class OptionError(UserError):
     """An option outside its range, or one that does not fit the rest."""
+
+
+class SettingError(UserError):
+    """A library object's setting outside its range, or one that does not fit the others. Setting names
+    are written in braces (`{loss.label_smoothing} 1: must be below 1`): printed bare from the library,
+    and as the command's flags by `as_flags` (`--model.loss.label_smoothing 1: …`)."""
+
+    def __init__(self, message: str, owner: str = "model"):
+        super().__init__(re.sub(r"\{([\w.]+)\}", r"\1", message))
+        self.template, self.owner = message, owner  # owner: whose settings, e.g. model, distillation
+
+    def as_flags(self, renamed: dict[str, str] | None = None) -> OptionError:
+        """The same message with the settings as busi-train's flags, `--OWNER.SETTING` (`renamed`: flags of
+        settings that the command takes under another name, e.g. image_size → --data.image_size)."""
+        renamed = renamed or {}
+        flag = lambda match: renamed.get(match[1], f"--{self.owner}.{match[1]}")  # noqa: E731
+        return OptionError(re.sub(r"\{([\w.]+)\}", flag, self.template))
 
 
 class UnreadableImageError(ValueError):

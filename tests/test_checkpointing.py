@@ -28,7 +28,7 @@ LAST = "lightning_logs/version_0/checkpoints/last.ckpt"
 def scratch_args(root: Path, runs: Path, epochs: int) -> list[str]:
     """The whole network trains: dropout, BatchNorm, augmentation and the shuffle all matter to the result."""
     return [
-        "--config", str(REPO / "configs" / "scratch.yaml"), "--model.augment=true",
+        "--config", str(REPO / "configs" / "scratch.yaml"), "--model.augmentation.enabled=true",
         f"--data.root={root}", f"--data.image_size={IMAGE_SIZE}", "--data.batch_size=4",
         f"--trainer.max_epochs={epochs}", "--trainer.deterministic=true", "--seed_everything=7",
         f"--trainer.default_root_dir={runs}", "--trainer.enable_progress_bar=false",
@@ -186,7 +186,9 @@ def test_a_best_checkpoint_fine_tunes_in_a_new_run_on_its_own_split(trained_run,
     directory, the old run's split (its test images stay unseen), and its weights (learning rate 0 keeps
     them)."""
     _, old_run = trained_run
-    finished = run(train_args(busi_root, tmp_path, f"--ckpt_path={old_run / 'checkpoints/best.ckpt'}", "--model.lr=0"))
+    finished = run(
+        train_args(busi_root, tmp_path, f"--ckpt_path={old_run / 'checkpoints/best.ckpt'}", "--model.optimizer.lr=0")
+    )
     assert finished.run_dir.parent == tmp_path / "lightning_logs"
     assert (finished.run_dir / "split.csv").read_text() == (old_run / "split.csv").read_text()
     old = load(old_run / "checkpoints/best.ckpt")["state_dict"]

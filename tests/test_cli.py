@@ -116,7 +116,8 @@ def test_missing_data_folder_exits_with_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "option", ["--model.label_smoothing=1", "--model.label_smoothing=-0.1", "--model.segmentation_weight=-1"]
+    "option",
+    ["--model.loss.label_smoothing=1", "--model.loss.label_smoothing=-0.1", "--model.loss.segmentation_weight=-1"],
 )
 def test_model_option_out_of_range_exits_with_one_line_naming_it(option, busi_root, tmp_path, capsys):
     assert main(train_args(busi_root, tmp_path, option)) == 2
@@ -157,8 +158,8 @@ def test_the_long_run_options_train_together(busi_root, tmp_path):
     """Oversampling (longer epochs: every image round(1/share) times), the lesion head, the focal loss
     and the long-run augmentation, in one real run whose checkpoint loads back."""
     extra = [
-        "--data.sampling=oversample", "--model.head=lesion", "--model.segmentation_weight=0.5", "--model.loss=focal",
-        "--model.augment=true", "--model.augment_rotation=180", "--model.augment_vertical_flip=true",
+        "--data.sampling=oversample", "--model.head=lesion", "--model.loss.segmentation_weight=0.5", "--model.loss.name=focal",
+        "--model.augmentation.enabled=true", "--model.augmentation.rotation=180", "--model.augmentation.vertical_flip=true",
     ]  # fmt: skip
     cli = run(train_args(busi_root, tmp_path, *extra, epochs=1))
     counts = cli.datamodule.split_counts()["train"]
@@ -168,7 +169,7 @@ def test_the_long_run_options_train_together(busi_root, tmp_path):
     assert cli.trainer.num_training_batches == math.ceil(draws / 8)
     assert cli.report["training"]["images_seen"] == draws  # the cost a comparison must match, not the images
     classifier = load_classifier(Path(cli.trainer.log_dir) / "checkpoints" / "best.ckpt")
-    assert classifier.hparams.head == "lesion" and classifier.hparams.loss == "focal"
+    assert classifier.hparams.head == "lesion" and classifier.settings.loss.name == "focal"
     assert cli.report["splits"]["test"]["segmentation"]
 
 

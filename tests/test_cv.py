@@ -23,12 +23,16 @@ from fake_busi import train_args
 def test_scratch_recipe_trains_with_balanced_loss_cosine_schedule_and_stores_its_temperature(busi_root, tmp_path):
     cli = run(["--config", "scratch", *train_args(busi_root, tmp_path, epochs=4)[1:]])  # the recipe's weights
     model = cli.model
-    assert not model.hparams.augment and model.hparams.tta and model.hparams.optimizer == "adamw"  # measured
-    assert model.model.segments and model.hparams.segmentation_weight == 0.5  # measured: docs/experiments.md row 12
+    assert (
+        not model.settings.augmentation.enabled and model.hparams.tta and model.settings.optimizer.name == "adamw"
+    )  # measured
+    assert (
+        model.model.segments and model.settings.loss.segmentation_weight == 0.5
+    )  # measured: docs/experiments.md row 12
     counts = torch.tensor(list(cli.datamodule.split_counts()["train"].values()), dtype=torch.float32)
-    assert torch.allclose(model.class_weight, counts.sum() / (3 * counts))
+    assert torch.allclose(model.training_loss.class_weight, counts.sum() / (3 * counts))
     assert isinstance(cli.trainer.optimizers[0], torch.optim.AdamW)
-    assert cli.trainer.optimizers[0].param_groups[0]["lr"] < 0.02 * model.hparams.lr  # cosine decayed to ~0
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] < 0.02 * model.settings.optimizer.lr  # cosine decayed to ~0
     assert any(type(c).__name__ == "EarlyStopping" for c in cli.trainer.callbacks)
     report = json.loads((tmp_path / "lightning_logs/version_0/report.json").read_text())
     best = load_classifier(tmp_path / "lightning_logs/version_0/checkpoints/best.ckpt")
@@ -53,13 +57,13 @@ def test_operating_point_reports_the_argmax_decision_and_the_roc_point_at_80_per
 def cv_run(busi_root, tmp_path_factory) -> Path:
     """A real 3-fold cross-validation with the lesion decoder, one epoch per fold: its folder."""
     runs = tmp_path_factory.mktemp("cv")
-    assert cv_main(["--folds", "3", *train_args(busi_root, runs, "--model.segmentation_weight=1", epochs=1)]) == 0
+    assert cv_main(["--folds", "3", *train_args(busi_root, runs, "--model.loss.segmentation_weight=1", epochs=1)]) == 0
     return runs / "cv"
 
 
 def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(cv_run, busi_root, capsys):
     tmp_path = cv_run.parent
-    args = ["--folds", "3", *train_args(busi_root, tmp_path, "--model.segmentation_weight=1", epochs=1)]
+    args = ["--folds", "3", *train_args(busi_root, tmp_path, "--model.loss.segmentation_weight=1", epochs=1)]
     summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
     images = json.loads((tmp_path / "cv/fold_0/lightning_logs/version_0/audit.json").read_text())["images"]
     assert len(summary["per_fold"]) == 3 and summary["out_of_fold"]["images"] == images
@@ -115,7 +119,7 @@ def test_an_interrupted_fold_resumes_in_its_own_folder(cv_run, busi_root, tmp_pa
     shutil.rmtree(restarted / "checkpoints")  # killed during its first epoch
     (restarted / "out_of_fold.csv").unlink()
     (cv_dir / "cv_summary.json").unlink()
-    args = ["--folds", "3", *train_args(busi_root, tmp_path, "--model.segmentation_weight=1", epochs=1)]
+    args = ["--folds", "3", *train_args(busi_root, tmp_path, "--model.loss.segmentation_weight=1", epochs=1)]
     assert cv_main(["--only_folds", "1", *args]) == 0  # a screen of one fold: the others wait, no summary yet
     output = capsys.readouterr().out
     assert "fold 1: interrupted, resumed" in output and "fold 2" not in output and "Folds 2 not trained" in output
@@ -184,25 +188,27 @@ class RunsCode:
 
 @pytest.mark.parametrize("kind", ["out_of_fold", "ensemble"])
 def test_a_student_learns_from_a_cv_folder_read_without_running_code(cv_run, busi_root, tmp_path, kind, capsys):
-    """`--model.teacher CV`: the training images' soft targets are the out-of-fold probabilities (as the
+    """`--distillation.teacher CV`: the training images' soft targets are the out-of-fold probabilities (as the
     folds wrote them) or the fold ensemble's; the fold checkpoints load with weights_only."""
-    from busi.callbacks.teacher_targets import out_of_fold_probabilities
+    from busi.callbacks.distillation import Distillation, out_of_fold_probabilities
     from busi.commands.train import main
 
     def student(teacher: Path) -> list[str]:
         return train_args(
-            busi_root, tmp_path, f"--model.teacher={teacher}", f"--model.teacher_targets={kind}", epochs=1
+            busi_root, tmp_path, f"--distillation.teacher={teacher}", f"--distillation.targets={kind}", epochs=1
         )
 
     finished = run(student(cv_run))
-    model, datamodule = finished.model, finished.datamodule
+    datamodule = finished.datamodule
+    (distillation,) = [c for c in finished.trainer.callbacks if isinstance(c, Distillation)]
+    soft_targets = distillation.soft_targets
     train = datamodule.dataset("train").indices
     catalog = datamodule.catalog
-    assert set(model.soft_targets) == {catalog.digests[i] for i in train}
-    assert all(abs(float(p.sum()) - 1) < 1e-5 for p in model.soft_targets.values())
+    assert set(soft_targets) == {catalog.digests[i] for i in train}
+    assert all(abs(float(p.sum()) - 1) < 1e-5 for p in soft_targets.values())
     if kind == "out_of_fold":
         expected = torch.tensor(out_of_fold_probabilities(cv_run)[catalog.relative(train[0])])
-        assert torch.allclose(model.soft_targets[catalog.digests[train[0]]].cpu(), expected)
+        assert torch.allclose(soft_targets[catalog.digests[train[0]]].cpu(), expected)
         return
     evil = tmp_path / "evil_cv"
     shutil.copytree(cv_run, evil)

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from busi.model.classifier import BusiClassifier
+from busi.model.settings import Loss, Speed
 
 
 def reference_grad_cam(classifier, images, classes):
@@ -20,7 +21,9 @@ def reference_grad_cam(classifier, images, classes):
 @pytest.mark.parametrize("frozen", [True, False])
 def test_grad_cam_matches_the_textbook_computation_even_in_inference_mode(frozen):
     torch.manual_seed(0)
-    classifier = BusiClassifier(weights=None, freeze_backbone=frozen, image_size=128, channels_last=False).eval()
+    classifier = BusiClassifier(
+        weights=None, freeze_backbone=frozen, image_size=128, speed=Speed(channels_last=False)
+    ).eval()
     images = torch.randn(3, 3, 128, 128)
     classes = torch.tensor([0, 2, 1])
     expected = reference_grad_cam(classifier, images, classes)
@@ -40,7 +43,12 @@ def test_grad_cam_of_the_lesion_head_sums_its_feature_maps_not_the_lesion_probab
     Grad-CAM over the two feature maps, the gradients taken through the whole head."""
     torch.manual_seed(0)
     classifier = BusiClassifier(
-        weights=None, freeze_backbone=False, image_size=64, head="lesion", segmentation_weight=0.5, channels_last=False
+        weights=None,
+        freeze_backbone=False,
+        image_size=64,
+        head="lesion",
+        loss=Loss(segmentation_weight=0.5),
+        speed=Speed(channels_last=False),
     ).eval()
     pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     classes = torch.tensor([1, 2])

@@ -156,7 +156,9 @@ def test_the_imported_model_fine_tunes_from_its_checkpoint(keras_project, busi_r
 
     output = tmp_path / "imported"
     assert import_main([str(keras_project["model"]), "--output", str(output)]) == 0
-    args = train_args(busi_root, tmp_path / "runs", f"--ckpt_path={output / 'best.ckpt'}", "--model.lr=0", epochs=1)
+    args = train_args(
+        busi_root, tmp_path / "runs", f"--ckpt_path={output / 'best.ckpt'}", "--model.optimizer.lr=0", epochs=1
+    )
     finished = run(args)
     classifier = load_classifier(finished.run_dir / "checkpoints" / "best.ckpt")
     assert classifier.hparams.preprocessing == "divide255"

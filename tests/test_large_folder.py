@@ -18,7 +18,7 @@ def test_twenty_thousand_images_train_within_the_memory_limit(tmp_path):
     root = write_synthetic_folder(tmp_path / "large", COUNT, side=40)
     cli = run([
         "--model.weights=none", f"--data.root={root}", "--data.image_size=32", f"--data.memory_limit_mb={LIMIT_MB}",
-        f"--model.feature_cache_mb={LIMIT_MB}", f"--data.cache_dir={tmp_path / 'cache'}", "--data.batch_size=16",
+        f"--model.speed.feature_cache_mb={LIMIT_MB}", f"--data.cache_dir={tmp_path / 'cache'}", "--data.batch_size=16",
         "--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
         "--trainer.limit_test_batches=2", "--trainer.num_sanity_val_steps=0",
         f"--trainer.default_root_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false",

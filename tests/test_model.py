@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from busi.data.module import BusiDataModule
-from busi.errors import OptionError
+from busi.errors import SettingError
 from busi.model.classifier import BusiClassifier
+from busi.model.losses import ClassificationLoss, DistillationLoss
+from busi.model.settings import Loss, Speed
 
 from fake_busi import IMAGE_SIZE
 
@@ -42,7 +44,7 @@ def test_frozen_backbone_keeps_batchnorm_statistics_through_a_training_epoch(bus
 
 def train_head(busi_root, tmp_path, cache_features: bool) -> tuple[BusiClassifier, int]:
     L.seed_everything(7)
-    classifier = BusiClassifier(weights=None, image_size=IMAGE_SIZE, cache_features=cache_features)
+    classifier = BusiClassifier(weights=None, image_size=IMAGE_SIZE, speed=Speed(cache_features=cache_features))
     calls = 0
 
     def count_backbone_batches(module, args, output):
@@ -73,7 +75,7 @@ def test_feature_cached_training_gives_the_same_head_with_one_backbone_pass(busi
 
 def test_compiled_model_keeps_plain_checkpoint_keys():
     plain = BusiClassifier(weights=None, image_size=IMAGE_SIZE).state_dict()
-    compiled = BusiClassifier(weights=None, image_size=IMAGE_SIZE, compile=True).state_dict()
+    compiled = BusiClassifier(weights=None, image_size=IMAGE_SIZE, speed=Speed(compile=True)).state_dict()
     assert list(compiled) == list(plain)
     assert not any("_orig_mod" in key for key in compiled)
 
@@ -83,17 +85,17 @@ def test_label_smoothing_moves_its_share_of_the_training_target_evenly_onto_ever
     targets = torch.tensor([0, 1, 2, 2, 1, 0])
     log_p = logits.log_softmax(dim=1)
     hard = F.nll_loss(log_p, targets)
-    smoothed = BusiClassifier(weights=None, image_size=IMAGE_SIZE, label_smoothing=0.1)
-    assert torch.allclose(smoothed.classification_loss(logits, targets), 0.9 * hard + 0.1 * (-log_p.mean(dim=1)).mean())
+    smoothed = BusiClassifier(weights=None, image_size=IMAGE_SIZE, loss=Loss(label_smoothing=0.1))
+    assert torch.allclose(smoothed.training_loss(logits, targets), 0.9 * hard + 0.1 * (-log_p.mean(dim=1)).mean())
     plain = BusiClassifier(weights=None, image_size=IMAGE_SIZE)
-    assert torch.allclose(plain.classification_loss(logits, targets), hard)
+    assert torch.allclose(plain.training_loss(logits, targets), hard)
 
 
 def test_focal_loss_is_the_written_out_formula_with_the_class_weights():
     logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
     targets = torch.tensor([0, 1, 2, 2, 1, 0])
-    model = BusiClassifier(weights=None, image_size=IMAGE_SIZE, loss="focal", focal_gamma=2.0)
-    model.class_weight = torch.tensor([0.5, 2.0, 3.0])
+    model = BusiClassifier(weights=None, image_size=IMAGE_SIZE, loss=Loss(name="focal", focal_gamma=2.0))
+    model.training_loss.class_weight = torch.tensor([0.5, 2.0, 3.0])
     expected_sum, weights_sum = 0.0, 0.0
     for row, target in zip(logits.tolist(), targets.tolist(), strict=True):
         exps = [math.exp(v) for v in row]
@@ -101,23 +103,24 @@ def test_focal_loss_is_the_written_out_formula_with_the_class_weights():
         weight = [0.5, 2.0, 3.0][target]
         expected_sum += -weight * (1 - p_true) ** 2 * math.log(p_true)
         weights_sum += weight
-    assert model.classification_loss(logits, targets).item() == pytest.approx(expected_sum / weights_sum, rel=1e-6)
-    model.hparams.focal_gamma = 0.0  # γ 0 is the weighted cross-entropy
-    weighted = F.cross_entropy(logits, targets, weight=model.class_weight)
-    assert torch.allclose(model.classification_loss(logits, targets), weighted)
-    with pytest.raises(OptionError, match="focal"):
-        BusiClassifier(weights=None, image_size=IMAGE_SIZE, loss="focal", label_smoothing=0.1)
+    assert model.training_loss(logits, targets).item() == pytest.approx(expected_sum / weights_sum, rel=1e-6)
+    unfocused = ClassificationLoss(Loss(name="focal", focal_gamma=0.0), 3)  # γ 0 is the weighted cross-entropy
+    unfocused.class_weight = model.training_loss.class_weight
+    weighted = F.cross_entropy(logits, targets, weight=unfocused.class_weight)
+    assert torch.allclose(unfocused(logits, targets), weighted)
+    with pytest.raises(SettingError, match="focal"):
+        BusiClassifier(weights=None, image_size=IMAGE_SIZE, loss=Loss(name="focal", label_smoothing=0.1))
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 def test_distillation_with_its_own_probabilities_and_weight_one_is_the_soft_cross_entropy():
     torch.manual_seed(2)
-    model = BusiClassifier(weights=None, image_size=IMAGE_SIZE, teacher="some/cv", distillation_weight=1.0).eval()
+    model = BusiClassifier(weights=None, image_size=IMAGE_SIZE).eval()
     pixels = torch.randint(0, 256, (4, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     keys = [f"image{i}" for i in range(4)]
     with torch.no_grad():
         own = model.infer(pixels).uncalibrated
-        model.soft_targets = dict(zip(keys, own, strict=True))
+        model.training_loss = DistillationLoss(model.training_loss, dict(zip(keys, own, strict=True)), weight=1.0)
         loss = model.training_step((pixels, torch.tensor([0, 1, 2, 0]), keys, torch.zeros(4, 1, 1, 1)), 0)
     by_hand = sum(-sum(q * math.log(q) for q in row) for row in own.tolist()) / 4  # the teacher's entropy
     assert loss.item() == pytest.approx(by_hand, rel=1e-5)

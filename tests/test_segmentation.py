@@ -19,9 +19,11 @@ from busi.commands.export import main as export_main
 from busi.commands.predict import main as predict_main
 from busi.evaluation.plots import OUTLINE_COLOUR, overlay
 from busi.io.images import MASK_UNKNOWN, as_three_channels, load_image
-from busi.model.classifier import BusiClassifier, load_classifier, segmentation_loss
+from busi.model.classifier import BusiClassifier, load_classifier
 from busi.model.ensemble import FoldEnsemble
+from busi.model.losses import segmentation_loss
 from busi.model.network import FEATURE_CHANNELS, parameter_counts
+from busi.model.settings import Loss
 from busi.training.run import run
 
 from fake_busi import IMAGE_SIZE, train_args
@@ -31,7 +33,7 @@ DENSENET121_FEATURE_PARAMETERS = 6_953_856  # torchvision's densenet121().featur
 
 @pytest.mark.parametrize("size", [64, 128])
 def test_the_decoder_predicts_a_lesion_map_at_a_quarter_of_the_input_side(size):
-    classifier = BusiClassifier(weights=None, image_size=size, segmentation_weight=0.5).eval()
+    classifier = BusiClassifier(weights=None, image_size=size, loss=Loss(segmentation_weight=0.5)).eval()
     with torch.no_grad():
         features, lesions = classifier.encode(torch.rand(2, 3, size, size))
     assert features.shape == (2, FEATURE_CHANNELS, size // 32, size // 32)
@@ -46,7 +48,7 @@ def test_without_segmentation_the_model_is_the_original():
     dense = [FEATURE_CHANNELS * 8 * 8, 1024, 1024, 512, 128, 3]  # Flatten(8·8·1024) → 1024-1024-512-128-3
     head = sum(inputs * outputs + outputs for inputs, outputs in pairwise(dense))
     assert parameter_counts(classifier.model) == (head, DENSENET121_FEATURE_PARAMETERS)
-    segmenting = BusiClassifier(weights=None, image_size=256, segmentation_weight=1.0)
+    segmenting = BusiClassifier(weights=None, image_size=256, loss=Loss(segmentation_weight=1.0))
     extra = set(segmenting.state_dict()) - set(classifier.state_dict())
     assert extra and all(key.startswith("model.decoder.") for key in extra)
     assert set(classifier.state_dict()) <= set(segmenting.state_dict())
@@ -73,7 +75,7 @@ def test_the_segmentation_loss_skips_unknown_masks_and_learns_empty_ones():
 @pytest.fixture(scope="module")
 def segmenting_run(busi_root, tmp_path_factory):
     """A real run with the decoder: the frozen default recipe, λ = 1, 64 px, 2 epochs."""
-    cli = run(train_args(busi_root, tmp_path_factory.mktemp("seg"), "--model.segmentation_weight=1"))
+    cli = run(train_args(busi_root, tmp_path_factory.mktemp("seg"), "--model.loss.segmentation_weight=1"))
     return Path(cli.trainer.log_dir)
 
 
@@ -92,7 +94,7 @@ def test_a_run_with_the_decoder_reports_dice_and_its_checkpoint_loads_safely(seg
     checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
     assert any(key.startswith("model.decoder.") for key in checkpoint["state_dict"])
     classifier = load_classifier(run_dir / "checkpoints" / "best.ckpt")
-    assert classifier.model.segments and classifier.hparams.segmentation_weight == 1
+    assert classifier.model.segments and classifier.settings.loss.segmentation_weight == 1
 
 
 def test_predict_writes_lesion_masks_at_the_original_size(segmenting_run, busi_root, tmp_path):
@@ -117,12 +119,14 @@ def test_masks_from_a_model_without_a_decoder_is_one_line(trained_run, busi_root
     args = ["--ckpt", str(run_dir / "checkpoints/best.ckpt"), str(image), "--masks", str(tmp_path / "m")]
     assert predict_main(args) == 2
     error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and "no lesion decoder" in error and "--model.segmentation_weight" in error
+    assert error.count("\n") == 0 and "no lesion decoder" in error and "--model.loss.segmentation_weight" in error
 
 
 def test_the_fold_ensemble_lesion_map_is_the_mean_of_the_models(busi_root):
     torch.manual_seed(0)
-    models = [BusiClassifier(weights=None, image_size=IMAGE_SIZE, segmentation_weight=1.0).eval() for _ in range(2)]
+    models = [
+        BusiClassifier(weights=None, image_size=IMAGE_SIZE, loss=Loss(segmentation_weight=1.0)).eval() for _ in range(2)
+    ]
     pixels = torch.stack(
         [as_three_channels(load_image(p, IMAGE_SIZE)) for p in sorted((busi_root / "benign").glob("* (?).png"))[:3]]
     )
@@ -182,7 +186,9 @@ def test_the_lesion_head_reads_the_decoder_and_exports_to_onnx(tmp_path):
     from busi.commands.export import export
 
     torch.manual_seed(0)
-    classifier = BusiClassifier(weights=None, image_size=IMAGE_SIZE, head="lesion", segmentation_weight=0.5, tta=True)
+    classifier = BusiClassifier(
+        weights=None, image_size=IMAGE_SIZE, head="lesion", loss=Loss(segmentation_weight=0.5), tta=True
+    )
     classifier.eval()
     pixels = torch.randint(0, 256, (3, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     with torch.no_grad():
@@ -209,4 +215,4 @@ def test_the_lesion_head_without_the_decoder_is_one_line(busi_root, tmp_path, ca
 
     assert main(train_args(busi_root, tmp_path, "--model.head=lesion", epochs=1)) == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "--model.head lesion" in error[0] and "--model.segmentation_weight" in error[0]
+    assert len(error) == 1 and "--model.head lesion" in error[0] and "--model.loss.segmentation_weight" in error[0]

@@ -172,7 +172,9 @@ def model_panel(model: BusiClassifier | FoldEnsemble, path: str) -> None:
             "an older busi): its run's report.txt has the scores."
         )
         return
-    decoder = f" · lesion decoder (λ {classifier.hparams.segmentation_weight:g})" if classifier.model.segments else ""
+    decoder = (
+        f" · lesion decoder (λ {classifier.settings.loss.segmentation_weight:g})" if classifier.model.segments else ""
+    )
     st.markdown(
         f"**{summary['recipe']}** recipe · {summary['image_size']} px · {summary['head']} head{decoder} · "
         f"weights: {summary['weights']}{' (frozen)' if summary['freeze_backbone'] else ''}  \n"

@@ -37,7 +37,7 @@ def parser() -> ArgumentParser:
         type=Path | None,
         default=None,
         help="write each predicted lesion mask (NAME_lesion.png, 0/255, the image's own size) into this folder; "
-        "needs a model trained with --model.segmentation_weight",
+        "needs a model trained with --model.loss.segmentation_weight",
     )
     parser.add_argument(
         "--dicom_frames",
@@ -95,7 +95,7 @@ def predict(args) -> int:
     model = load_model(args.ckpt)
     if args.masks and not model.segments:
         raise OptionError(
-            f"--masks: {args.ckpt} has no lesion decoder; train with --model.segmentation_weight 0.5 (or drop --masks)"
+            f"--masks: {args.ckpt} has no lesion decoder; train with --model.loss.segmentation_weight 0.5 (or drop --masks)"
         )
     skipped_masks: list[Path] = []
     files = list(image_files(args.paths, skipped_masks))

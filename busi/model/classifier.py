@@ -12,16 +12,19 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
 from busi import CLASS_NAMES
-from busi.data.augment import MAX_ROTATION_DEGREES, augment_batch
-from busi.errors import OptionError, WeightsError
-from busi.io.images import mask_known, to_model_input
+from busi.data.augment import augment_batch
+from busi.errors import SettingError, WeightsError
+from busi.io.images import to_model_input
 from busi.model.answering import Answering
 from busi.model.feature_cache import FeatureCache
 from busi.model.inference import Outputs, calibrated_probabilities, grad_cam, lesion_probabilities
+from busi.model.losses import ClassificationLoss, segmentation_loss
 from busi.model.metrics import epoch_metrics, overlap_scores
+from busi.model.migration import migrate_hyperparameters
 from busi.model.network import (
     DEFAULT_BATCH_NORM_EPS,
     DenseNetClassifier,
@@ -29,135 +32,101 @@ from busi.model.network import (
     parameter_counts,
     set_batch_norm_eps,
 )
+from busi.model.settings import Augmentation, Loss, Optimizer, Settings, Speed
 
 SUMMARY_KEY = "busi_summary"  # in best.ckpt: recipe, training data and test scores (busi.training.finish.model_summary)
 IMPORT_KEY = "busi_import"  # in a checkpoint written by busi-import-keras: the file it came from
 
 
 class BusiClassifier(Answering, L.LightningModule):
-    """Trains DenseNetClassifier with Adam and cross-entropy (and the lesion decoder's Dice + BCE);
+    """Trains DenseNetClassifier (DenseNet121 → the head, and a lesion decoder when the loss has one);
     `infer` is how it answers; every command reaches it through `predict_step` (busi.model.answering).
+    Distillation from a teacher and unfreezing the backbone mid-run are training callbacks
+    (busi.callbacks.distillation, busi.callbacks.finetuning), not settings of the model.
 
     Args:
         weights: backbone weights: `imagenet` (torchvision IMAGENET1K_V1), a state-dict path, or `none`.
         freeze_backbone: keep the DenseNet121 features fixed (parameters and BatchNorm statistics).
-        lr: Adam learning rate.
         image_size: input side in pixels (linked to data.image_size by train.py).
         class_names: output classes, in order.
-        cache_features: with a frozen backbone, run it once per image and train the head on the
-            kept features (the same model and checkpoints, computed once instead of every epoch).
-        channels_last: NHWC memory layout for the convolutions (faster on GPUs and most CPUs).
-        compile: run the backbone through torch.compile (checkpoints keep plain parameter names).
-        feature_cache_mb: memory for cached features; images beyond it run the backbone every epoch.
-        augment: random ultrasound-safe augmentation of training batches (busi.data.augment).
-        class_weighting: `balanced` weighs the loss by the inverse class frequency of the train split.
-        label_smoothing: the training loss's target puts this share of the probability evenly on all
-            classes (validation loss, calibration and the report use the hard labels).
-        optimizer: `adam` (the original) or `adamw`.
-        weight_decay: AdamW's decoupled weight decay.
-        warmup_epochs: linear learning-rate warm-up from 0, then `schedule`.
-        schedule: `constant` or `cosine` (decay to 0 at the last step).
-        tta: test-time augmentation: average the probabilities of the image and its mirror image.
         head: `flatten` (the original: the whole feature map into the first dense layer), `pooled`
             (global average pooling first: 67 M fewer parameters at 256 px) or `lesion` (with the
             decoder: final features and dense block 3, averaged over the image and over the predicted
             lesion, so the classifier sees what the decoder found).
-        segmentation_weight: λ > 0 adds a lesion decoder (busi.model.network.LesionDecoder) trained with
-            λ·(Dice + BCE) on the lesion masks beside the classification loss; 0: no decoder.
-        unfreeze_backbone_at_epoch: fine-tuning (freeze_backbone false): the backbone's weights stay
-            fixed for this many epochs while the head and decoder train, then train too (BatchNorm
-            layers train throughout).
-        backbone_lr_ratio: the backbone's learning rate as a share of `lr` (fine-tuning).
-        augment_rotation: with `augment`, rotations drawn up to ± this many degrees (10: what a
-            probe's tilt gives; up to 180 for long from-scratch runs).
-        augment_vertical_flip: with `augment`, turn half of the images upside down (no scanner does;
-            a regulariser for long from-scratch runs).
-        loss: the head's training loss: `cross_entropy`, or `focal` (Lin et al. 2017: each image's
-            cross-entropy scaled by (1 − p_true)^γ, so confidently right images count less), both
-            with the class weights.
-        focal_gamma: γ of the focal loss (0: cross-entropy).
-        teacher: a busi-cv folder whose models teach this one (busi.training.distillation): the training loss
-            becomes (1 − w)·the loss above + w·the cross-entropy against the teacher's probabilities.
-        teacher_targets: `out_of_fold` (each training image scored by the fold model that never saw
-            it) or `ensemble` (the mean of all fold models, each of which trained on most of them).
-        distillation_weight: w, the teacher's share of the training loss.
         preprocessing: how uint8 pixels become the network's input: `imagenet` (÷255, then ImageNet
             mean and std: torchvision's and Keras DenseNet's `preprocess_input`) or `divide255` (÷255
             only: the original Keras project's app; set by busi-import-keras).
         batch_norm_eps: the backbone's BatchNorm epsilon; None: the weights' own (Keras files 1.001e-5,
             otherwise torch's 1e-5). Recorded in checkpoints.
+        tta: test-time augmentation: average the probabilities of the image and its mirror image.
+        optimizer: the optimiser and its schedule (busi.model.settings.Optimizer).
+        loss: the training losses; `loss.segmentation_weight` > 0 adds the lesion decoder (Loss).
+        augmentation: random augmentation of training batches (Augmentation).
+        speed: feature caching, memory layout, torch.compile (Speed): how fast, never what.
     """
 
     def __init__(
         self,
         weights: str | None = "imagenet",
         freeze_backbone: bool = True,
-        lr: float = 1e-3,
         image_size: int = 256,
         class_names: tuple[str, ...] = CLASS_NAMES,
-        cache_features: bool = True,
-        channels_last: bool = True,
-        compile: bool = False,
-        feature_cache_mb: float = 4096,
-        augment: bool = False,
-        class_weighting: Literal["none", "balanced"] = "none",
-        label_smoothing: float = 0.0,
-        optimizer: Literal["adam", "adamw"] = "adam",
-        weight_decay: float = 0.0,
-        warmup_epochs: float = 0.0,
-        schedule: Literal["constant", "cosine"] = "constant",
-        tta: bool = False,
         head: Literal["flatten", "pooled", "lesion"] = "flatten",
-        segmentation_weight: float = 0.0,
-        unfreeze_backbone_at_epoch: int = 0,
-        backbone_lr_ratio: float = 1.0,
         preprocessing: Literal["imagenet", "divide255"] = "imagenet",
         batch_norm_eps: float | None = None,
-        augment_rotation: float = MAX_ROTATION_DEGREES,
-        augment_vertical_flip: bool = False,
-        loss: Literal["cross_entropy", "focal"] = "cross_entropy",
-        focal_gamma: float = 2.0,
-        teacher: str | None = None,
-        teacher_targets: Literal["out_of_fold", "ensemble"] = "out_of_fold",
-        distillation_weight: float = 0.5,
+        tta: bool = False,
+        optimizer: Optimizer = Optimizer(),
+        loss: Loss = Loss(),
+        augmentation: Augmentation = Augmentation(),
+        speed: Speed = Speed(),
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.settings = Settings.of(optimizer=optimizer, loss=loss, augmentation=augmentation, speed=speed)
+        # the groups as plain dicts: checkpoints load with weights_only, which reads no classes
+        self.save_hyperparameters(
+            {
+                "weights": weights,
+                "freeze_backbone": freeze_backbone,
+                "image_size": image_size,
+                "class_names": class_names,
+                "head": head,
+                "preprocessing": preprocessing,
+                "batch_norm_eps": batch_norm_eps,
+                "tta": tta,
+                **self.settings.as_dicts(),
+            }
+        )
         self.class_names = tuple(class_names)
-        if not 0 <= label_smoothing < 1:
-            raise OptionError(f"--model.label_smoothing {label_smoothing}: must be at least 0 and below 1 (0: off)")
-        if loss == "focal" and (label_smoothing or focal_gamma < 0):
-            raise OptionError("--model.loss focal takes --model.focal_gamma ≥ 0 and no --model.label_smoothing")
-        if not 0 <= distillation_weight <= 1:
-            raise OptionError(f"--model.distillation_weight {distillation_weight}: must be in [0, 1]")
-        if segmentation_weight < 0:
-            raise OptionError(f"--model.segmentation_weight {segmentation_weight}: must be 0 (off) or positive")
+        if head == "lesion" and not self.settings.loss.segmentation_weight:
+            raise SettingError(
+                "{head} lesion reads the lesion decoder's map: turn the decoder on with "
+                "{loss.segmentation_weight} 0.5 (any value above 0)"
+            )
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
 
     def configure_models(self) -> None:
-        hp = self.hparams
-        segment = hp.segmentation_weight > 0
+        hp, speed = self.hparams, self.settings.speed
+        segment = self.settings.loss.segmentation_weight > 0
         self.model = DenseNetClassifier(hp.image_size, len(self.class_names), hp.freeze_backbone, hp.head, segment)
         weights_eps = load_backbone_weights(self.model.features, hp.weights)
         hp.batch_norm_eps = hp.batch_norm_eps or weights_eps or DEFAULT_BATCH_NORM_EPS
         set_batch_norm_eps(self.model.features, hp.batch_norm_eps)
-        if hp.channels_last:
+        if speed.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # Kept outside the module tree so that state_dict keys never gain `_orig_mod.`.
-        self._extract = torch.compile(self.model.extract) if hp.compile else self.model.extract
-        self.feature_cache = FeatureCache(hp.feature_cache_mb)
+        self._extract = torch.compile(self.model.extract) if speed.compile else self.model.extract
+        self.feature_cache = FeatureCache(speed.feature_cache_mb)
         # Temperature scaling, fitted on the validation split after training (busi.training.finish).
         self.register_buffer("temperature", torch.ones(()))
         self.summary: dict | None = None  # read from a checkpoint's SUMMARY_KEY
         self.imported: dict | None = None  # read from a checkpoint's IMPORT_KEY
 
     def configure_losses(self) -> None:
-        # set from the train split's class counts when the fit starts (class_weighting: balanced)
-        self.register_buffer("class_weight", torch.ones(len(self.class_names)), persistent=False)
-        # the teacher's probabilities by image digest, set when the fit starts (busi.training.distillation.TeacherTargets)
-        self.soft_targets: dict[str, torch.Tensor] = {}
+        # the head's training loss, called with (logits, labels, image digests); a training callback may
+        # wrap it (busi.callbacks.distillation)
+        self.training_loss: nn.Module = ClassificationLoss(self.settings.loss, len(self.class_names))
 
     def configure_metrics(self) -> None:
         classes = len(self.class_names)
@@ -186,8 +155,8 @@ class BusiClassifier(Answering, L.LightningModule):
         # Valid only while the backbone is a fixed function of the image: frozen weights, eval-mode
         # BatchNorm, and the same input pixels every epoch (no random augmentation). The decoder
         # needs the dense blocks' outputs too, which are not kept.
-        hp = self.hparams
-        return hp.freeze_backbone and hp.cache_features and not hp.augment and not self.model.segments
+        cached = self.hparams.freeze_backbone and self.settings.speed.cache_features
+        return cached and not self.settings.augmentation.enabled and not self.model.segments
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.classify(images, self._extract)
@@ -201,8 +170,8 @@ class BusiClassifier(Answering, L.LightningModule):
         pixels are taken as already prepared."""
         if augment:
             moved = masks is not None and self.model.segments
-            hp = self.hparams
-            geometry = {"max_rotation_degrees": hp.augment_rotation, "vertical_flip": hp.augment_vertical_flip}
+            augmentation = self.settings.augmentation
+            geometry = {"max_rotation_degrees": augmentation.rotation, "vertical_flip": augmentation.vertical_flip}
             if moved:
                 augmented, masks = augment_batch(pixels, masks, **geometry)
             else:
@@ -210,7 +179,7 @@ class BusiClassifier(Answering, L.LightningModule):
             images = to_model_input(augmented, self.hparams.preprocessing)
         else:
             images = to_model_input(pixels, self.hparams.preprocessing) if pixels.dtype == torch.uint8 else pixels
-        if self.hparams.channels_last:
+        if self.settings.speed.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images if masks is None else (images, masks)
 
@@ -268,9 +237,9 @@ class BusiClassifier(Answering, L.LightningModule):
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        if self.hparams.class_weighting == "balanced" and hasattr(datamodule, "split_counts"):
+        if self.settings.loss.class_weighting == "balanced" and hasattr(datamodule, "split_counts"):
             counts = torch.tensor(list(datamodule.split_counts()["train"].values()), dtype=torch.float32)
-            self.class_weight = (counts.sum() / (len(counts) * counts.clamp_min(1))).to(self.device)
+            self.training_loss.class_weight = (counts.sum() / (len(counts) * counts.clamp_min(1))).to(self.device)
         trainable, frozen = parameter_counts(self.model)
         rank_zero_info(
             f"Parameters: {trainable:,} trainable, {frozen:,} frozen (freeze_backbone={self.hparams.freeze_backbone})"
@@ -280,22 +249,13 @@ class BusiClassifier(Answering, L.LightningModule):
         # Lightning restores each submodule's `training` flag directly after validation,
         # bypassing `train()`; re-assert the frozen backbone's eval mode every epoch.
         self.model.train()
-        hp = self.hparams
-        if not hp.freeze_backbone and hp.unfreeze_backbone_at_epoch:  # a function of the epoch: exact on resume
-            self.model.features.requires_grad_(self.current_epoch >= hp.unfreeze_backbone_at_epoch)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         pixels, targets, keys, masks = batch
-        images, masks = self.prepare_inputs(pixels, masks, augment=self.hparams.augment)
+        images, masks = self.prepare_inputs(pixels, masks, augment=self.settings.augmentation.enabled)
         features, lesions = self.encode(images, keys)
         logits = self.model.head(features)
-        loss = self.classification_loss(logits, targets)
-        if self.hparams.teacher:
-            if not self.soft_targets:
-                raise OptionError("--model.teacher: no soft targets; train through busi-train (TeacherTargets)")
-            soft = torch.stack([self.soft_targets[key] for key in keys])
-            weight = self.hparams.distillation_weight
-            loss = (1 - weight) * loss + weight * soft_cross_entropy(logits, soft)
+        loss = self.training_loss(logits, targets, keys)
         self.train_metrics.update(logits, targets)
         self.train_loss.update(loss.detach(), weight=len(targets))
         self.train_samples.update(len(targets))
@@ -304,18 +264,10 @@ class BusiClassifier(Answering, L.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         if self.model.segments:
             segmentation = segmentation_loss(lesions, masks)
-            loss = loss + self.hparams.segmentation_weight * segmentation
+            loss = loss + self.settings.loss.segmentation_weight * segmentation
             self.train_segmentation_loss.update(segmentation.detach(), weight=len(targets))
             self.log("train/segmentation_loss", self.train_segmentation_loss, on_step=False, on_epoch=True)
         return loss
-
-    def classification_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The training loss of the head: cross-entropy with the class weights and label smoothing, or
-        the focal loss with the class weights."""
-        hp = self.hparams
-        if hp.loss == "focal":
-            return focal_loss(logits, targets, hp.focal_gamma, self.class_weight)
-        return F.cross_entropy(logits, targets, weight=self.class_weight, label_smoothing=hp.label_smoothing)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         pixels, targets, keys, masks = batch
@@ -334,17 +286,18 @@ class BusiClassifier(Answering, L.LightningModule):
         self.log_dict(self.val_metrics, on_epoch=True)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        parameters = [p for p in self.parameters() if p.requires_grad]
-        if not hp.freeze_backbone and (hp.unfreeze_backbone_at_epoch or hp.backbone_lr_ratio != 1):
+        hp = self.settings.optimizer
+        frozen = self.hparams.freeze_backbone
+        # A backbone that trains is optimised from the start, even while a fine-tuning callback
+        # (busi.callbacks.finetuning) holds its weights fixed: no parameter group is added mid-run.
+        parameters = [p for p in self.parameters() if p.requires_grad or not frozen]
+        if not frozen and hp.backbone_lr_ratio != 1:
             backbone = list(self.model.features.parameters())
             chosen = set(backbone)
             rest = [p for p in parameters if p not in chosen]
             parameters = [{"params": rest}, {"params": backbone, "lr": hp.lr * hp.backbone_lr_ratio}]
-        if hp.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(parameters, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
-        else:
-            optimizer = torch.optim.Adam(parameters, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
+        kind = torch.optim.AdamW if hp.name == "adamw" else torch.optim.Adam
+        optimizer = kind(parameters, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
         if hp.schedule == "constant" and not hp.warmup_epochs:
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -362,33 +315,6 @@ class BusiClassifier(Answering, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """−Σ_c q_c log p_c, averaged over the batch (q: a teacher's probabilities)."""
-    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
-
-
-def focal_loss(
-    logits: torch.Tensor, targets: torch.Tensor, gamma: float, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """−w_t (1 − p_t)^γ log p_t, averaged with the class weights as F.cross_entropy averages (γ 0: equal)."""
-    log_true = F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None])[:, 0]
-    weights = torch.ones_like(log_true) if weight is None else weight[targets]
-    return (-((1 - log_true.exp()) ** gamma) * log_true * weights).sum() / weights.sum()
-
-
-def segmentation_loss(lesion_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Soft Dice + BCE of the lesion logits (upsampled to the mask size) over the batch's images whose
-    masks are known (normal images: empty masks); 0, still connected to the decoder, when there is none."""
-    known = mask_known(masks)
-    logits = F.interpolate(lesion_logits.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
-    if not known.any():
-        return logits.sum() * 0.0  # keeps every decoder parameter in the graph (DDP)
-    logits, targets = logits[known], masks[known].float()
-    probabilities = logits.sigmoid()
-    dice = 1 - (2 * (probabilities * targets).sum() + 1) / (probabilities.sum() + targets.sum() + 1)
-    return dice + F.binary_cross_entropy_with_logits(logits, targets)
-
-
 def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "cpu") -> BusiClassifier:
     """A trained classifier from a checkpoint, through Lightning's `load_from_checkpoint` with
     `weights_only=True` (no code is unpickled) and without fetching backbone weights again (the
@@ -397,8 +323,14 @@ def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found; pass RUN/checkpoints/best.ckpt from a training run")
     try:
+        # hyper-parameters of earlier busi versions in today's form (busi.model.migration); they override
+        # the checkpoint's own, whose old names the constructor does not take
+        hparams = migrate_hyperparameters(
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
+        )
+        speed = {**hparams.get("speed", {}), "compile": False}
         classifier = BusiClassifier.load_from_checkpoint(
-            path, map_location=map_location, weights_only=True, weights=None, compile=False
+            path, map_location=map_location, weights_only=True, **{**hparams, "weights": None, "speed": speed}
         )
     except WeightsError as error:
         raise WeightsError(f"{path}: {error}") from None

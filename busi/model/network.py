@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import DenseNet121_Weights, densenet121
 
-from busi.errors import OptionError, WeightsError
+from busi.errors import SettingError, WeightsError
 from busi.io.keras_files import KERAS_BATCH_NORM_EPS, densenet_state_dict, is_keras_file, read_keras_file
 
 FEATURE_CHANNELS = 1024
@@ -94,12 +94,9 @@ class DenseNetClassifier(nn.Module):
     ):
         super().__init__()
         if image_size % FEATURE_STRIDE:
-            raise OptionError(f"image_size {image_size} must be a multiple of {FEATURE_STRIDE}")
+            raise SettingError(f"{{image_size}} {image_size} must be a multiple of {FEATURE_STRIDE}")
         if head == "lesion" and not segment:
-            raise OptionError(
-                "--model.head lesion reads the lesion decoder's map: turn the decoder on with "
-                "--model.segmentation_weight 0.5 (any value above 0)"
-            )
+            raise SettingError("{head} lesion reads the lesion decoder's map: build the decoder too ({segment} True)")
         side = image_size // FEATURE_STRIDE
         self.freeze_backbone = freeze_backbone
         self.sees_lesion = head == "lesion"

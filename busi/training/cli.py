@@ -4,11 +4,13 @@ the run's own directory), and Lightning's own messages kept to what busi's users
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from importlib.resources import files
 from pathlib import Path
 
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
@@ -16,7 +18,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from busi.callbacks.distillation import Distillation
+from busi.callbacks.finetuning import BackboneUnfreezing
 from busi.data.catalog import check_data_root
+from busi.errors import OptionError, SettingError
+from busi.model.migration import MOVED, TO_CALLBACKS, is_old_value
 from busi.training.checkpointing import (
     ARCHITECTURE,
     AtomicCheckpointIO,
@@ -54,6 +60,68 @@ def recipe_paths(args: list[str]) -> list[str]:
             arg = resolve(arg)
         resolved.append(arg)
     return resolved
+
+
+def current_flag(flag: str, value: str | None) -> str | None:
+    """Today's spelling of an earlier busi version's `--model.*` flag (busi.model.migration), or None."""
+    name = flag.removeprefix("--model.")
+    if name == flag:
+        return None
+    if name in TO_CALLBACKS:
+        return "--" + TO_CALLBACKS[name]
+    if is_old_value(name, value if value is None or not value.lstrip().startswith("{") else {}):
+        return "--model." + MOVED[name]
+    return None
+
+
+def current_recipe(path: str) -> str:
+    """A recipe written with earlier busi versions' model settings, rewritten into a temporary copy in
+    today's form (with a warning); a current recipe's path comes back as it is."""
+    try:
+        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return path  # jsonargparse reports it
+    model = recipe.get("model") if isinstance(recipe, dict) else None
+    old = [
+        name
+        for name, value in (model or {}).items()
+        if isinstance(model, dict) and (name in TO_CALLBACKS or is_old_value(name, value))
+    ]
+    if not old:
+        return path
+    values = {name: model.pop(name) for name in old}  # first: `optimizer` is an old setting and a group
+    for name, value in values.items():
+        group, setting = (TO_CALLBACKS.get(name) or MOVED[name]).split(".")
+        owner = recipe if name in TO_CALLBACKS else model
+        owner.setdefault(group, {})[setting] = value
+    rank_zero_info(
+        f"warning: {path} spells {', '.join('model.' + name for name in old)} as earlier busi versions did; "
+        f"read as {', '.join(TO_CALLBACKS.get(name) or 'model.' + MOVED[name] for name in old)} (docs/training.md)"
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=f"_{Path(path).name}", delete=False, encoding="utf-8") as handle:
+        yaml.safe_dump(recipe, handle, sort_keys=False)
+    return handle.name
+
+
+def current_spellings(args: list[str]) -> list[str]:
+    """busi-train's arguments with earlier versions' model flags and recipes in today's spelling, each
+    rewritten with a one-line warning: `--model.lr` is `--model.optimizer.lr`, `--model.teacher` is
+    `--distillation.teacher`, … (busi.model.migration)."""
+    current = []
+    for index, arg in enumerate(args):
+        flag, equals, value = arg.partition("=")
+        following = args[index + 1] if index + 1 < len(args) else None
+        if flag == "--config" and equals:
+            arg = "--config=" + current_recipe(value)
+        elif index and args[index - 1] == "--config":
+            arg = current_recipe(arg)
+        elif flag.startswith("--model."):
+            new = current_flag(flag, value if equals else following)
+            if new is not None:
+                rank_zero_info(f"warning: {flag} is now {new}; the old spelling still works")
+                arg = new + equals + value
+        current.append(arg)
+    return current
 
 
 def cpu_has_native_bf16() -> bool:
@@ -106,6 +174,9 @@ class BusiCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # training callbacks with their own options: --distillation.teacher, --finetuning.unfreeze_backbone_at_epoch
+        parser.add_lightning_class_args(Distillation, "distillation")
+        parser.add_lightning_class_args(BackboneUnfreezing, "finetuning")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/macro_f1",
@@ -123,6 +194,13 @@ class BusiCLI(LightningCLI):
             help="resume an interrupted run: `last` (the newest run), a run directory or RUN/checkpoints/last.ckpt; "
             "or fine-tune, in a new run, from a weights-only checkpoint (RUN/checkpoints/best.ckpt, busi-import-keras's)",
         )
+
+    def instantiate_classes(self) -> None:
+        """The model's and callbacks' own errors about their settings, spoken as this command's flags."""
+        try:
+            super().instantiate_classes()
+        except SettingError as error:
+            raise error.as_flags({"image_size": "--data.image_size"}) from None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -146,6 +224,11 @@ class BusiCLI(LightningCLI):
         if config.trainer.precision is None:
             config.trainer.precision, why = choose_precision(config.trainer.accelerator, config.model.freeze_backbone)
             rank_zero_info(f"precision: {config.trainer.precision}, since {why}; set it with --trainer.precision")
+        if config.finetuning.unfreeze_backbone_at_epoch and config.model.freeze_backbone:
+            raise OptionError(
+                f"--finetuning.unfreeze_backbone_at_epoch {config.finetuning.unfreeze_backbone_at_epoch} unfreezes the "
+                "backbone that --model.freeze_backbone true keeps frozen; add --model.freeze_backbone false"
+            )
         resumed = self.resume_or_fine_tune() if config.ckpt_path else None
         untrained = config.model.weights is None or str(config.model.weights).lower() == "none"
         if untrained and config.model.freeze_backbone and self.start_from is None:

@@ -16,12 +16,11 @@ from busi.callbacks.epoch_history import EpochHistory
 from busi.callbacks.grad_cam_grid import GradCamGrid
 from busi.callbacks.run_files import RunFiles
 from busi.callbacks.split_reports import SplitReports
-from busi.callbacks.teacher_targets import TeacherTargets
 from busi.data.module import BusiDataModule
-from busi.errors import ResumeError
+from busi.errors import ResumeError, SettingError
 from busi.model.classifier import BusiClassifier
 from busi.training.checkpointing import load_starting_weights
-from busi.training.cli import DEFAULT_CONFIG, BusiCLI, recipe_paths
+from busi.training.cli import DEFAULT_CONFIG, BusiCLI, current_spellings, recipe_paths
 from busi.training.finish import finish
 
 
@@ -45,7 +44,7 @@ def run(args: list[str] | None = None) -> TrainingRun:
             BusiClassifier,
             BusiDataModule,
             run=False,
-            args=recipe_paths(sys.argv[1:] if args is None else args),
+            args=current_spellings(recipe_paths(sys.argv[1:] if args is None else args)),
             trainer_defaults={
                 "callbacks": [
                     ResumeCheckpoint(),
@@ -53,7 +52,6 @@ def run(args: list[str] | None = None) -> TrainingRun:
                     GradCamGrid(),
                     RunFiles(),
                     EpochHistory(),
-                    TeacherTargets(),
                     SplitReports(),
                 ]
             },
@@ -66,6 +64,8 @@ def run(args: list[str] | None = None) -> TrainingRun:
     try:
         # weights_only: a checkpoint handed over by someone else cannot run code when it is loaded
         trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
+    except SettingError as error:  # a callback's, when training starts (busi.callbacks.distillation)
+        raise error.as_flags() from None
     except pickle.UnpicklingError:
         raise ResumeError(
             "refused to resume: the checkpoint holds pickled objects other than tensors and plain values; "
