@@ -23,6 +23,9 @@ export BUSI_CACHE_DIR=$WORK/cache PYTHONHASHSEED=0
 COMMON=(--data.root "$DATA" --data.image_size 64 --trainer.enable_progress_bar false --trainer.default_root_dir "$WORK/runs")
 RUNS=$WORK/runs/lightning_logs
 cd "$CHECKOUT"
+# busi's recipes are the package busi.configs: an editable install of another checkout would lend it its
+# own, so a checkout without busi/configs gets a link to its configs/ while this runs
+[ -e busi/configs ] || { ln -s ../configs busi/configs; trap 'rm -f "$CHECKOUT/busi/configs"' EXIT; }
 # busi-cv's module in this checkout (busi.cv before the packages of busi 0.1's restructuring)
 CV=$([ -d busi/commands ] && echo busi.commands.cv || echo busi.cv)
 python train.py --model.weights none "${COMMON[@]}" --trainer.max_epochs 2 > "$OUT/frozen.log" 2>&1
