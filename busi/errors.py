@@ -9,8 +9,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-
 
 class UserError(ValueError):
     """Something the user gave cannot be used; the message names it and says what to do instead."""
@@ -67,5 +65,11 @@ def run_command(command: Callable[[], int | None]) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except SIGTERMException:
-        return 128 + signal.SIGTERM
+    except SystemExit as error:
+        # Lightning's SIGTERMException is a SystemExit; imported only now, so that a command's --help and
+        # option errors come before Lightning (and torch) are loaded
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(error, SIGTERMException):
+            return 128 + signal.SIGTERM
+        raise

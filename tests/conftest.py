@@ -23,8 +23,9 @@ def busi_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(busi_root, tmp_path_factory):
-    """One real `train.py` run (frozen recipe, no pretrained weights, 64 px, 2 epochs) shared by tests."""
+    """One real `train.py` run (frozen recipe, no pretrained weights, 64 px, 2 epochs) shared by tests; its
+    last.ckpt is kept, for the tests that train it on."""
     from busi.training.run import run
 
-    cli = run(train_args(busi_root, tmp_path_factory.mktemp("runs"), epochs=2))
+    cli = run(train_args(busi_root, tmp_path_factory.mktemp("runs"), "--resume.keep_when_finished=true", epochs=2))
     return cli, Path(cli.trainer.log_dir)

@@ -32,6 +32,7 @@ def scratch_args(root: Path, runs: Path, epochs: int) -> list[str]:
         f"--data.root={root}", f"--data.image_size={IMAGE_SIZE}", "--data.batch_size=4",
         f"--trainer.max_epochs={epochs}", "--trainer.deterministic=true", "--seed_everything=7",
         f"--trainer.default_root_dir={runs}", "--trainer.enable_progress_bar=false",
+        "--resume.keep_when_finished=true",  # compared with the interrupted runs' below
     ]  # fmt: skip
 
 

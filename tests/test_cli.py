@@ -126,6 +126,19 @@ def test_model_option_out_of_range_exits_with_one_line_naming_it(option, busi_ro
     assert not list(tmp_path.iterdir())  # refused before anything is written
 
 
+def test_a_finished_run_removes_its_resume_point_and_says_how_to_train_on(busi_root, tmp_path, capsys, caplog):
+    """last.ckpt (weights and the optimiser's state) goes once the run has finished; best.ckpt stays, and
+    `--ckpt_path` on the run says to start from best.ckpt or keep last.ckpt next time."""
+    finished = run(train_args(busi_root, tmp_path, epochs=1))
+    checkpoints = Path(finished.trainer.log_dir) / "checkpoints"
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["best.ckpt"]
+    assert "keep it with --resume.keep_when_finished true" in caplog.text
+    capsys.readouterr()
+    assert main(train_args(busi_root, tmp_path, f"--ckpt_path={checkpoints.parent}", epochs=2)) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "best.ckpt" in error[0] and "--resume.keep_when_finished true" in error[0]
+
+
 def test_training_resumes_from_last_checkpoint_in_its_own_run_directory(trained_run, busi_root, tmp_path):
     cli, run_dir = trained_run
     copied = tmp_path / "lightning_logs" / "version_0"

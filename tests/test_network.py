@@ -103,7 +103,15 @@ def test_finetune_recipe_trains_the_head_first_then_the_imagenet_backbone(busi_r
     conv0 = {}
     for epochs in (2, 3):  # the recipe unfreezes at epoch 5: here at 2, to keep the test short
         args = train_args(busi_root, tmp_path / f"runs{epochs}", epochs=epochs)[1:]  # the recipe's weights
-        cli = run(["--config", "finetune", *args, "--finetuning.unfreeze_backbone_at_epoch=2"])
+        cli = run(
+            [
+                "--config",
+                "finetune",
+                *args,
+                "--finetuning.unfreeze_backbone_at_epoch=2",
+                "--resume.keep_when_finished=true",
+            ]
+        )
         run_dir = Path(cli.trainer.log_dir)
         state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         conv0[epochs] = state["model.features.conv0.weight"]

@@ -7,7 +7,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from busi import CLASS_NAMES
-from busi.evaluation.history import read_history
+from busi.evaluation.history import read_history, write_history
 from busi.evaluation.plots import confusion_matrix_figure, curves_figure, fold_curves_figure
 from busi.evaluation.report import format_report
 from busi.model.metrics import reliability
@@ -34,22 +34,22 @@ def test_training_curves_come_from_every_epoch_busi_recorded(trained_run):
     """history.csv, which busi writes itself whatever the loggers, holds what TensorBoard was sent."""
     cli, run_dir = trained_run
     history = read_history(run_dir)
-    assert [row["epoch"] for row in history] == list(range(cli.trainer.max_epochs))
+    assert [row["epoch"] for row in history] == list(range(1, cli.trainer.max_epochs + 1))  # as report.txt counts
     for row in history:
         assert {"train/loss", "train/acc", "train/macro_f1", "val/loss", "val/acc", "val/macro_f1"} <= row.keys()
         assert 0 <= row["val/macro_f1"] <= 1 and row["train/loss"] > 0
     best = torch.load(run_dir / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
-    assert max(history, key=lambda row: row["val/macro_f1"])["epoch"] == best["epoch"]
+    assert max(history, key=lambda row: row["val/macro_f1"])["epoch"] == best["epoch"] + 1  # Lightning's from 0
     train_images = cli.report["splits"]["train"]["samples"]
     assert [row["train/samples"] for row in history] == [train_images] * len(history)
     assert all(row["time/epoch_s"] > 0 for row in history)
     cost = cli.report["training"]
-    assert cost["epochs"] == len(history) and cost["best_epoch"] == best["epoch"]
+    assert cost["epochs"] == len(history) and cost["best_epoch"] == best["epoch"] + 1
     assert cost["images_seen"] == train_images * len(history)
-    assert cost["images_seen_to_best"] == train_images * (best["epoch"] + 1)
+    assert cost["images_seen_to_best"] == train_images * cost["best_epoch"]
     assert cost["wall_s"] == pytest.approx(sum(row["time/epoch_s"] for row in history))
     assert (
-        f"Training: {len(history)} epochs, best at epoch {best['epoch'] + 1}, {cost['images_seen']:,.0f} images drawn"
+        f"Training: {len(history)} epochs, best at epoch {cost['best_epoch']}, {cost['images_seen']:,.0f} images drawn"
         in format_report(cli.report)
     )
     events = EventAccumulator(str(run_dir))
@@ -83,3 +83,10 @@ def test_loss_curves_are_logarithmic_so_an_early_spike_leaves_the_later_epochs_r
         loss_axes = figure.axes[0]
         assert loss_axes.get_title().endswith("loss") and loss_axes.get_yscale() == "log"
         assert all(axes.get_yscale() == "linear" for axes in figure.axes[1:])
+
+
+def test_an_older_history_counted_from_0_is_read_from_1_like_every_other_epoch_count(tmp_path):
+    write_history(tmp_path, [{"epoch": epoch, "val/macro_f1": 0.5} for epoch in range(3)])
+    assert [row["epoch"] for row in read_history(tmp_path)] == [1, 2, 3]
+    write_history(tmp_path, [{"epoch": epoch, "val/macro_f1": 0.5} for epoch in range(1, 4)])
+    assert [row["epoch"] for row in read_history(tmp_path)] == [1, 2, 3]

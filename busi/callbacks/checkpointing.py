@@ -1,24 +1,47 @@
-"""Checkpoint callbacks of a training run: last.ckpt to resume from (also on SIGTERM), and per-step seeds
-that make a resumed run draw what the uninterrupted one drew."""
+"""Checkpoint callbacks of a training run: last.ckpt to resume from (also on SIGTERM; removed once the run
+has finished), and per-step seeds that make a resumed run draw what the uninterrupted one drew."""
 
 from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class ResumeCheckpoint(ModelCheckpoint):
-    """Only `last.ckpt`: rewritten after every epoch and when the run is interrupted."""
+    """Only `last.ckpt`, the resume point: rewritten after every epoch and when the run is interrupted,
+    and removed once the run has finished (`finished`), since it holds the optimiser's state too and is
+    several times the size of best.ckpt.
 
-    def __init__(self):
+    Args:
+        keep_when_finished: keep last.ckpt after the run has finished, to train it on later with
+            `--ckpt_path RUN` and more epochs.
+    """
+
+    def __init__(self, keep_when_finished: bool = False):
         super().__init__(save_top_k=0, save_last=True, enable_version_counter=False)
+        self.keep_when_finished = keep_when_finished
+
+    def finished(self, trainer: L.Trainer) -> None:
+        """Called once the fit and the finishing step (calibration, report, best.ckpt) are done."""
+        path = Path(self.last_model_path) if self.last_model_path else None
+        done = trainer.state.status == TrainerStatus.FINISHED and not trainer.interrupted
+        if self.keep_when_finished or not done or not trainer.is_global_zero or path is None or not path.is_file():
+            return
+        size = path.stat().st_size
+        path.unlink()
+        rank_zero_info(
+            f"removed {path} ({size / 2**20:,.0f} MiB: the resume point, not needed once the run has finished); "
+            "keep it with --resume.keep_when_finished true"
+        )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # ModelCheckpoint writes `last` only alongside a top-k save, and there is none here.

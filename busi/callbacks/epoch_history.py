@@ -25,7 +25,7 @@ class EpochHistory(Callback):
         log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
         if not trainer.is_global_zero or log_dir is None or trainer.sanity_checking:
             return
-        epoch = trainer.current_epoch
+        epoch = trainer.current_epoch + 1  # counted from 1, as the report and the curves count
         row = {"epoch": epoch, EPOCH_SECONDS: time.monotonic() - self._started}
         for key, value in trainer.callback_metrics.items():
             if key.startswith(("train/", "val/")):

@@ -7,8 +7,6 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 
 from busi.commands.options import command_parser, parse
-from busi.data.cache import default_cache_dir
-from busi.data.catalog import read_catalog
 from busi.errors import run_command
 
 
@@ -17,11 +15,18 @@ def parser() -> ArgumentParser:
         "busi-cache", "Decode a BUSI-layout folder once into the image cache.", "--data.root", "--quiet"
     )
     parser.add_argument("--data.image_size", type=int, default=256)
-    parser.add_argument("--data.cache_dir", type=Path, default=default_cache_dir())
+    parser.add_argument(
+        "--data.cache_dir", type=Path | None, default=None, help="default: $BUSI_CACHE_DIR or ~/.cache/busi"
+    )
     return parser
 
 
-def fill_cache(root: Path, image_size: int, cache_dir: Path, quiet: bool = False) -> None:
+def fill_cache(root: Path, image_size: int, cache_dir: Path | None, quiet: bool = False) -> None:
+    # imported here, not above: --help and option errors come before torch and Lightning load
+    from busi.data.cache import default_cache_dir
+    from busi.data.catalog import read_catalog
+
+    cache_dir = cache_dir or default_cache_dir()
     catalog = read_catalog(root, image_size, duplicate_distance=-1, cache_dir=cache_dir, progress=not quiet)
     cache = catalog.cache
     size_mb = cache.path.stat().st_size / 2**20 if cache.path.is_file() else 0

@@ -7,18 +7,22 @@ import csv
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jsonargparse import ArgumentParser
-from torch.utils.data import DataLoader
 
 from busi.errors import OptionError, run_command
-from busi.evaluation.cross_validation import fold_dir, fold_done, format_summary, summarise, write_summary
-from busi.model.answering import answer
-from busi.training.run import TrainingRun, run
+
+if TYPE_CHECKING:
+    from busi.training.run import TrainingRun
 
 
 def write_out_of_fold(fold: TrainingRun, run_dir: Path) -> None:
     """The held-out fold's probabilities (calibrated as reported, and raw) for the pooled summary."""
+    from torch.utils.data import DataLoader
+
+    from busi.model.answering import answer
+
     model, datamodule = fold.model.eval(), fold.datamodule
     test = datamodule.dataset("test")  # all of it: this runs on one process only
     outputs = answer(model, DataLoader(test, batch_size=datamodule.hparams.eval_batch_size))
@@ -90,6 +94,10 @@ def cross_validate(folds: int, cv_dir: Path, train_args: list[str], only: list[i
     summary to the run that finishes the last one."""
     if folds < 3:
         raise OptionError("--folds must be at least 3 (one fold tests, one validates, the rest train)")
+    # imported here, not above: --help and option errors come before torch and Lightning load
+    from busi.evaluation.cross_validation import fold_dir, fold_done, format_summary, summarise, write_summary
+    from busi.training.run import run
+
     fold_loggers = []
     for fold in range(folds) if only is None else only:
         run_dir = fold_dir(cv_dir, fold)

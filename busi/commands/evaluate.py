@@ -7,23 +7,14 @@ import sys
 from pathlib import Path
 
 from jsonargparse import ArgumentParser
-from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.data import DataLoader
 
-from busi.callbacks.prediction_writer import write_csv
-from busi.callbacks.split_reports import score
 from busi.commands.options import choose_device, command_parser, parse
-from busi.data.audit import format_audit
-from busi.data.catalog import read_catalog
-from busi.data.dataset import ImageTensors
-from busi.data.files import Prediction
 from busi.errors import DataError, run_command
-from busi.evaluation.localisation import localisation_scores
-from busi.evaluation.publish import publish_report
-from busi.evaluation.report import build_report, format_report, write_report
-from busi.evaluation.seen import seen_images
-from busi.model.ensemble import load_model
-from busi.progress import progress_bar, say
+
+
+def stored_calibration(temperature: float) -> dict:
+    """The checkpoint's temperature, fitted when it was trained, for the report."""
+    return {"temperature": temperature, "summary": f"the checkpoint's temperature {temperature:.3f}"}
 
 
 def evaluate(
@@ -38,6 +29,23 @@ def evaluate(
     """Score every image of `root` (another hospital's scans, a later export), not only a split: report.json/.txt,
     confusion_matrix.png, reliability.png, Grad-CAM localisation where lesion masks exist (single models),
     predictions.csv (predict.py's columns), the audit and TensorBoard, in `output`."""
+    # imported here, not above: --help and option errors come before torch and Lightning load
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader
+
+    from busi.callbacks.prediction_writer import write_csv
+    from busi.callbacks.split_reports import score
+    from busi.data.audit import format_audit
+    from busi.data.catalog import read_catalog
+    from busi.data.dataset import ImageTensors
+    from busi.data.files import Prediction
+    from busi.evaluation.localisation import localisation_scores
+    from busi.evaluation.publish import publish_report
+    from busi.evaluation.report import build_report, write_report
+    from busi.evaluation.seen import seen_images
+    from busi.model.ensemble import load_model
+    from busi.progress import progress_bar, say
+
     model = load_model(ckpt).to(choose_device(device))
     catalog = read_catalog(
         root, model.image_size, duplicate_distance=-1, class_names=model.class_names, progress=not quiet
@@ -71,7 +79,7 @@ def evaluate(
         model.class_names,
         str(ckpt),
         {"test": split},
-        float(model.members[0].temperature) if single else None,
+        stored_calibration(float(model.members[0].temperature)) if single else None,
         localisation,
     )
     report["data"] = {"root": str(root), "images": len(indices), "models": len(model.members)}
@@ -117,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or Path("runs") / "evaluate" / root.resolve().name
 
     def evaluate_and_print() -> None:
+        from busi.evaluation.report import format_report
+
         report = evaluate(args.ckpt, root, output, args.batch_size, args.device, args.quiet, args.unseen_only)
         print(format_report(report))
         print(f"\nEvaluation directory: {output}")

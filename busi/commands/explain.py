@@ -6,21 +6,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from jsonargparse import ArgumentParser
-from torch.utils.data import DataLoader
 
 from busi.commands.options import command_parser, parse
-from busi.data.catalog import Catalog, read_catalog
-from busi.data.dataset import ImageTensors
-from busi.data.splits import read_split_csv
 from busi.errors import DataError, run_command
-from busi.evaluation.localisation import localisation_scores
-from busi.evaluation.plots import overlay
-from busi.evaluation.report import format_localisation
-from busi.model.answering import answer
-from busi.model.classifier import BusiClassifier, load_classifier
+
+if TYPE_CHECKING:
+    from busi.data.catalog import Catalog
+    from busi.model.classifier import BusiClassifier
 
 
 def parser() -> ArgumentParser:
@@ -45,6 +40,13 @@ def explain(args) -> None:
     """Print the localisation scores per class: the share of the heat-map's energy inside the lesion mask
     (beside the mask's share of the image, the score of a uniform heat-map), and the pointing-game hit
     rate (the heat-map's maximum inside the mask, dilated by a few pixels)."""
+    # imported here, not above: --help and option errors come before torch and Lightning load
+    from busi.data.catalog import read_catalog
+    from busi.data.splits import read_split_csv
+    from busi.evaluation.localisation import localisation_scores
+    from busi.evaluation.report import format_localisation
+    from busi.model.classifier import load_classifier
+
     root = args.data.root
     classifier = load_classifier(args.ckpt)
     catalog = read_catalog(root, classifier.hparams.image_size, duplicate_distance=-1)
@@ -75,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_overlays(classifier: BusiClassifier, catalog: Catalog, indices: list[int], folder: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from busi.data.dataset import ImageTensors
+    from busi.evaluation.plots import overlay
+    from busi.model.answering import answer
+
     folder.mkdir(parents=True, exist_ok=True)
     if not indices:
         return

@@ -7,15 +7,13 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from busi.commands.options import command_parser, parse
 from busi.errors import OptionError, run_command
-from busi.model.classifier import BusiClassifier, load_classifier
-from busi.model.inference import PixelsToProbabilities
-from busi.model.metrics import LESION_THRESHOLD
+
+if TYPE_CHECKING:
+    from busi.model.classifier import BusiClassifier
 
 NORMALISATION = {
     "imagenet": "inside the model (divided by 255, then ImageNet mean and std)",
@@ -25,6 +23,8 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program"
 
 
 def preprocessing(classifier: BusiClassifier, model_format: str) -> dict:
+    from busi.model.metrics import LESION_THRESHOLD
+
     size = classifier.hparams.image_size
     return {
         "format": model_format,
@@ -77,6 +77,10 @@ def export(classifier: BusiClassifier, model_format: str, output: Path) -> Path:
     `probabilities` (N, classes) follow `class_names`. A model with a lesion decoder also returns
     `lesion` (N, S, S): per-pixel lesion probabilities (lesion from 0.5 on; stretch the map back to the
     image's size as it was squashed)."""
+    import torch
+
+    from busi.model.inference import PixelsToProbabilities
+
     hparams = classifier.hparams
     module = PixelsToProbabilities(classifier.model, classifier.temperature, bool(hparams.tta), hparams.preprocessing)
     module.eval()
@@ -122,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_checkpoint(ckpt: Path, model_format: str, output: Path | None) -> None:
+    # imported here, not above: --help and option errors come before torch and Lightning load
+    from busi.model.classifier import load_classifier
+
     classifier = load_classifier(ckpt)
     output = output or ckpt.with_suffix(FORMATS[model_format])
     try:

@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
-
-import lightning as L
-import torch
-from torch import nn
-from torchvision.models import densenet121
+from typing import TYPE_CHECKING, Literal
 
 from busi import CLASS_NAMES
 from busi.commands.options import command_parser, parse
 from busi.errors import OptionError, WeightsError, run_command
-from busi.io.keras_files import KERAS_BATCH_NORM_EPS, densenet_state_dict, original_head, read_keras_file
-from busi.model.classifier import IMPORT_KEY, BusiClassifier
-from busi.model.network import FEATURE_CHANNELS, FEATURE_STRIDE
-from busi.training.checkpointing import AtomicCheckpointIO
+
+if TYPE_CHECKING:
+    from busi.model.classifier import BusiClassifier
 
 
 def import_keras_model(
@@ -28,6 +22,15 @@ def import_keras_model(
 ) -> BusiClassifier:
     """A BusiClassifier holding the Keras model's weights: frozen DenseNet121 with Keras's BatchNorm
     epsilon, the original flatten head, temperature 1 (uncalibrated, as the Keras model answered)."""
+    # imported here, not above: --help and option errors come before torch and Lightning load
+    import torch
+    from torch import nn
+    from torchvision.models import densenet121
+
+    from busi.io.keras_files import KERAS_BATCH_NORM_EPS, densenet_state_dict, original_head, read_keras_file
+    from busi.model.classifier import BusiClassifier
+    from busi.model.network import FEATURE_CHANNELS, FEATURE_STRIDE
+
     keras = read_keras_file(model_file)
     backbone = densenet_state_dict(keras, densenet121(weights=None).features.state_dict())  # the backbone first
     head = original_head(keras, FEATURE_CHANNELS, FEATURE_STRIDE)
@@ -60,6 +63,11 @@ def import_keras_model(
 
 def save_checkpoint(classifier: BusiClassifier, output: Path) -> Path:
     """DIR/best.ckpt in the layout Lightning's load_from_checkpoint reads (weights and hyperparameters)."""
+    import lightning as L
+
+    from busi.model.classifier import IMPORT_KEY
+    from busi.training.checkpointing import AtomicCheckpointIO
+
     path = output / "best.ckpt"
     state = {
         "state_dict": classifier.state_dict(),

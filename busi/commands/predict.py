@@ -8,13 +8,8 @@ from typing import Literal
 
 from jsonargparse import ArgumentParser
 
-from busi.callbacks.prediction_writer import CsvLayout, PredictionWriter
 from busi.commands.options import choose_device, command_parser, parse
-from busi.data.files import file_loader, image_files
 from busi.errors import OptionError, run_command
-from busi.io.dicom import DicomOptions, is_dicom_file
-from busi.model.answering import answering_trainer, device_options, run_predict
-from busi.model.ensemble import load_model
 
 
 def parser() -> ArgumentParser:
@@ -63,6 +58,8 @@ def parser() -> ArgumentParser:
 
 def trainer_options(args) -> dict:
     """--device as Trainer options, overridden by any --trainer.* given (several devices or nodes)."""
+    from busi.model.answering import device_options
+
     options = device_options(choose_device(args.device))
     given = {key: value for key, value in vars(args.trainer).items() if value is not None}
     if "devices" in given:
@@ -87,6 +84,13 @@ def open_outputs(args) -> None:
 
 
 def predict(args) -> int:
+    # imported here, not above: --help and option errors come before torch and Lightning load
+    from busi.callbacks.prediction_writer import CsvLayout, PredictionWriter
+    from busi.data.files import file_loader, image_files
+    from busi.io.dicom import DicomOptions, is_dicom_file
+    from busi.model.answering import answering_trainer, run_predict
+    from busi.model.ensemble import load_model
+
     try:
         dicom = DicomOptions(str(args.dicom_frames), args.dicom_crop)
     except ValueError as error:

@@ -16,9 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from busi import CLASS_NAMES
 from busi.data.audit import SOURCE_RECORD
-from busi.data.catalog import check_data_root
 from busi.errors import DataError
-from busi.io.images import is_image_file, is_mask
 from busi.progress import progress_bar
 
 OFFICIAL_URL = "https://scholar.cu.edu.eg/Dataset_BUSI.zip"  # Al-Dhabyani et al., Data in Brief 28 (2020)
@@ -135,6 +133,8 @@ def unpack(archive: Path, target: Path, url: str) -> None:
     }
     (staging / SOURCE_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
     staging.replace(target)
+    from busi.data.catalog import check_data_root  # here: busi-download's --help comes before torch loads
+
     check_data_root(target)
 
 
@@ -145,6 +145,8 @@ def is_under(name: str, base: str) -> bool:
 def dataset_folder(members: list[zipfile.ZipInfo], archive: Path) -> tuple[str, dict]:
     """The folder inside the archive that holds benign/, malignant/ and normal/ ("" for the top), and its
     images and masks per class; DataError when there is none or a class folder has no images or masks."""
+    from busi.io.images import is_image_file, is_mask
+
     files = [PurePosixPath(m.filename) for m in members if not m.is_dir() and "__MACOSX" not in m.filename]
     for candidate in sorted({str(path.parent.parent) for path in files if len(path.parts) >= 2}, key=len):
         base = "" if candidate == "." else candidate

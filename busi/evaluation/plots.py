@@ -69,16 +69,16 @@ CURVES = (("loss", "loss"), ("acc", "accuracy"), ("macro_f1", "macro-F1"))
 
 
 def curves_figure(history: list[dict], title: str, best_epoch: int | None = None) -> Figure:
-    """Training and validation loss, accuracy and macro-F1 per epoch (epochs counted from 1)."""
+    """Training and validation loss, accuracy and macro-F1 per epoch (history's epochs, from 1)."""
     figure = Figure(figsize=(11, 3.4), layout="constrained")
     for column, (key, label) in enumerate(CURVES):
         axes = figure.add_subplot(1, len(CURVES), column + 1)
         for split in ("train", "val"):
-            points = [(row["epoch"] + 1, row[f"{split}/{key}"]) for row in history if f"{split}/{key}" in row]
+            points = [(row["epoch"], row[f"{split}/{key}"]) for row in history if f"{split}/{key}" in row]
             if points:
                 axes.plot(*zip(*points, strict=True), marker="o", markersize=3, label=split)
         if best_epoch is not None:
-            axes.axvline(best_epoch + 1, color="grey", linestyle=":", label="best epoch")
+            axes.axvline(best_epoch, color="grey", linestyle=":", label="best epoch")
         axes.set(xlabel="epoch", ylabel=label, title=label)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
@@ -97,7 +97,7 @@ def fold_curves_figure(histories: dict[int, list[dict]]) -> Figure:
     for column, (key, label) in enumerate((("val/loss", "validation loss"), ("val/macro_f1", "validation macro-F1"))):
         axes = figure.add_subplot(1, 2, column + 1)
         for fold, history in histories.items():
-            points = [(row["epoch"] + 1, row[key]) for row in history if key in row]
+            points = [(row["epoch"], row[key]) for row in history if key in row]
             if points:
                 axes.plot(*zip(*points, strict=True), marker="o", markersize=2, label=f"fold {fold}")
         axes.set(xlabel="epoch", ylabel=label, title=label)

@@ -15,13 +15,15 @@ def build_report(
     class_names: tuple[str, ...],
     checkpoint: str,
     splits: dict[str, dict],
-    temperature: float | None = None,
+    calibration: dict | None = None,
     localisation: dict | None = None,
 ) -> dict:
-    """`splits`: busi.callbacks.split_reports.SplitReports.splits; `localisation`: busi.commands.explain.localisation_scores."""
+    """`splits`: busi.callbacks.split_reports.SplitReports.splits; `calibration`: busi.evaluation.calibration.
+    Calibration.as_dict; `localisation`: busi.evaluation.localisation.localisation_scores."""
     report = {"class_names": list(class_names), "checkpoint": checkpoint, "splits": splits}
-    if temperature is not None:
-        report["temperature"] = temperature
+    if calibration is not None:
+        report["temperature"] = calibration["temperature"]
+        report["calibration"] = calibration
     if localisation is not None:
         report["localisation"] = localisation
     return report
@@ -80,7 +82,8 @@ def format_report(report: dict) -> str:
     if ensemble:
         calibration = f"each fold model's own temperature; {test['ece_uncalibrated']:.4f} without them"
     else:
-        calibration = f"temperature {report.get('temperature', 1.0):.3f}; {test['ece_uncalibrated']:.4f} without it"
+        fitted = report.get("calibration", {}).get("summary") or f"temperature {report.get('temperature', 1.0):.3f}"
+        calibration = f"{fitted}; {test['ece_uncalibrated']:.4f} without it"
     lines += [f"Expected calibration error ({scope}, {RELIABILITY_BINS} bins): {test['ece']:.4f} ({calibration})", ""]
     lines += [
         f"Confusion matrix ({where}; rows: true class, columns: predicted)",

@@ -53,12 +53,19 @@ def find_resume_checkpoint(ckpt_path: str, root_dir: str | Path) -> tuple[Path, 
         runs = Path(root_dir) / RUNS_NAME
         candidates = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not candidates:
-            raise ResumeError(f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt to resume from")
+            finished = " (a finished run's is removed unless it ran with --resume.keep_when_finished true)"
+            raise ResumeError(f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt to resume from{finished}")
         ckpt = candidates[-1]
     else:
         ckpt = Path(ckpt_path)
         if ckpt.is_dir():
             ckpt = ckpt / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file() and ckpt.name == "last.ckpt" and (ckpt.parent / "best.ckpt").is_file():
+            raise ResumeError(
+                f"{ckpt}: not found: that run finished and its resume point was removed; train on from its "
+                f"weights in a new run with --ckpt_path {ckpt.parent / 'best.ckpt'}, or keep last.ckpt next time "
+                "with --resume.keep_when_finished true"
+            )
         if not ckpt.is_file():
             raise ResumeError(f"{ckpt}: checkpoint not found; pass RUN/checkpoints/last.ckpt, RUN, or last")
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None

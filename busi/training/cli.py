@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from busi.callbacks.checkpointing import ResumeCheckpoint
 from busi.callbacks.distillation import Distillation
 from busi.callbacks.finetuning import BackboneUnfreezing
 from busi.data.catalog import check_data_root
@@ -177,6 +178,7 @@ class BusiCLI(LightningCLI):
         # training callbacks with their own options: --distillation.teacher, --finetuning.unfreeze_backbone_at_epoch
         parser.add_lightning_class_args(Distillation, "distillation")
         parser.add_lightning_class_args(BackboneUnfreezing, "finetuning")
+        parser.add_lightning_class_args(ResumeCheckpoint, "resume")  # last.ckpt: --resume.keep_when_finished
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/macro_f1",

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from busi import __version__
 from busi.callbacks.split_reports import SplitReports
 from busi.data.module import BusiDataModule
-from busi.evaluation.calibration import fit_temperature
+from busi.evaluation.calibration import Calibration, calibration
 from busi.evaluation.history import read_history, training_cost
 from busi.evaluation.localisation import localisation_scores
 from busi.evaluation.publish import publish_report
@@ -31,7 +31,7 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
     test split), which is also printed."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     state = load_weights(model, Path(best)) if best else None
-    temperature = calibrate(trainer, model, datamodule) if best else None
+    fitted = calibrate(trainer, model, datamodule) if best else None
     trainer.test(model, datamodule=datamodule, verbose=False)  # the weights just loaded
     splits = next(c for c in trainer.callbacks if isinstance(c, SplitReports)).splits
     log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
@@ -43,13 +43,13 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
                 model.class_names,
                 best or "weights in memory (no checkpoint was loaded)",
                 splits,
-                temperature,
+                fitted.as_dict() if fitted else None,
                 localisation_scores(model, datamodule.catalog, test_images),
             )
             if log_dir:
                 history = read_history(Path(log_dir))
                 if history and state is not None:
-                    report["training"] = training_cost(history, state["epoch"])
+                    report["training"] = training_cost(history, state["epoch"] + 1)  # Lightning counts from 0
                 write_report(report, Path(log_dir))
                 publish_report(report, Path(log_dir), trainer.loggers, model.global_step)
         if best:
@@ -73,15 +73,14 @@ def load_weights(model: BusiClassifier, best: Path) -> dict:
     return state
 
 
-def calibrate(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule) -> float:
-    """Fit the model's temperature on the validation split (busi.evaluation.calibration) and set it; under DDP every
-    process takes the main process's."""
+def calibrate(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule) -> Calibration:
+    """Fit the model's temperature on the validation split (busi.evaluation.calibration) and set it (1
+    where the fit is not trusted); under DDP every process takes the main process's."""
     validation = datamodule.dataset("val")  # all of it, on every process (val_dataloader is sharded under DDP)
     outputs = answer(model.eval(), DataLoader(validation, batch_size=datamodule.hparams.eval_batch_size))
-    targets = validation.labels
-    temperature = trainer.strategy.broadcast(fit_temperature(outputs.logits, targets), src=0)
-    model.temperature.fill_(temperature)
-    return temperature
+    fitted = trainer.strategy.broadcast(calibration(outputs.logits, validation.labels), src=0)
+    model.temperature.fill_(fitted.temperature)
+    return fitted
 
 
 def model_summary(model: BusiClassifier, datamodule: BusiDataModule, report: dict, recipe: str) -> dict:

@@ -47,7 +47,6 @@ def run(args: list[str] | None = None) -> TrainingRun:
             args=current_spellings(recipe_paths(sys.argv[1:] if args is None else args)),
             trainer_defaults={
                 "callbacks": [
-                    ResumeCheckpoint(),
                     StepSeed(),
                     GradCamGrid(),
                     RunFiles(),
@@ -72,4 +71,8 @@ def run(args: list[str] | None = None) -> TrainingRun:
             "only resume from checkpoints written by busi's train.py"
         ) from None
     recipe = "+".join(Path(str(path)).stem for path in cli.config.get("config") or []) or "default"
-    return TrainingRun(trainer, model, datamodule, finish(trainer, model, datamodule, recipe))
+    report = finish(trainer, model, datamodule, recipe)
+    for callback in trainer.callbacks:
+        if isinstance(callback, ResumeCheckpoint):
+            callback.finished(trainer)
+    return TrainingRun(trainer, model, datamodule, report)
