@@ -40,6 +40,8 @@ def test_uploads_get_a_class_probabilities_a_heat_map_and_a_table_and_bad_ones_a
     assert test.warning[0].value == DISCLAIMER
     panel = " ".join(m.value for m in test.sidebar.markdown)
     assert "recipe" in panel and "Held-out test split" in panel  # the summary stored in best.ckpt
+    (card,) = [e for e in test.sidebar.expander if e.label.startswith("Model card")]
+    assert "## Intended use" in card.markdown[0].value and "Not a medical device" in card.markdown[0].value
     good = [p for p in sorted((busi_root / "malignant").glob("*.png")) if "_mask" not in p.name][:2]
     uploads = [(p.name, p.read_bytes(), "image/png") for p in good]
     uploads += [

@@ -126,6 +126,19 @@ def test_model_option_out_of_range_exits_with_one_line_naming_it(option, busi_ro
     assert not list(tmp_path.iterdir())  # refused before anything is written
 
 
+def test_a_run_writes_its_model_card_beside_the_report_and_into_best_ckpt(trained_run):
+    cli, run_dir = trained_run
+    card = (run_dir / "model_card.md").read_text(encoding="utf-8")
+    test = cli.report["splits"]["test"]
+    assert f"{test['samples']} test images: accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}" in card
+    assert cli.report["calibration"]["summary"] in card and "## Intended use" in card and "## Known limits" in card
+    assert "without pretrained weights: with a frozen backbone only the head learned" in card  # --model.weights none
+    split = cli.datamodule.split_counts()
+    assert f"train {sum(split['train'].values())}" in card and "seed 42" in card
+    stored = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["busi_summary"]
+    assert stored["model_card"] == card
+
+
 def test_a_finished_run_removes_its_resume_point_and_says_how_to_train_on(busi_root, tmp_path, capsys, caplog):
     """last.ckpt (weights and the optimiser's state) goes once the run has finished; best.ckpt stays, and
     `--ckpt_path` on the run says to start from best.ckpt or keep last.ckpt next time."""

@@ -190,6 +190,7 @@ def model_panel(model: BusiClassifier | FoldEnsemble, path: str) -> None:
     cv_summary = Path(path) / "cv_summary.json"
     if len(classifiers) > 1 and cv_summary.is_file():
         cross_validation(json.loads(cv_summary.read_text(encoding="utf-8")))
+        model_card_panel(summary)  # the first fold model's: the same recipe and data as the others
         return
     test = summary["test"]
     st.markdown(f"**Held-out test split** ({test['images']} images)")
@@ -201,6 +202,14 @@ def model_panel(model: BusiClassifier | FoldEnsemble, path: str) -> None:
     ]
     rows += lesion_dice_rows(test.get("segmentation"))
     st.table({"measure": [name for name, _ in rows], "value": [f"{value:.3f}" for _, value in rows]})
+    model_card_panel(summary)
+
+
+def model_card_panel(summary: dict) -> None:
+    """The model card busi wrote when the model was trained (model_card.md of its run)."""
+    if summary.get("model_card"):
+        with st.expander("Model card: what it is, what it was trained on, intended use, known limits"):
+            st.markdown(summary["model_card"])
 
 
 def lesion_dice_rows(segmentation: dict | None) -> list[tuple[str, object]]:

@@ -16,6 +16,7 @@ from busi.data.module import BusiDataModule
 from busi.evaluation.calibration import Calibration, calibration
 from busi.evaluation.history import read_history, training_cost
 from busi.evaluation.localisation import localisation_scores
+from busi.evaluation.model_card import MODEL_CARD_FILE, model_card
 from busi.evaluation.publish import publish_report
 from busi.evaluation.report import build_report, format_report, write_report
 from busi.model.answering import answer
@@ -56,6 +57,10 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
             state["state_dict"]["temperature"] = model.temperature.detach().cpu().clone()
             if report is not None:
                 state[SUMMARY_KEY] = model_summary(model, datamodule, report, recipe)
+                card = model_card(state[SUMMARY_KEY], report)
+                state[SUMMARY_KEY]["model_card"] = card  # for the app
+                if log_dir:
+                    (Path(log_dir) / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
             AtomicCheckpointIO().save_checkpoint(state, best)
         if report is not None:
             print(format_report(report))
@@ -95,6 +100,9 @@ def model_summary(model: BusiClassifier, datamodule: BusiDataModule, report: dic
         "weights": str(hparams.weights),
         "freeze_backbone": hparams.freeze_backbone,
         "head": hparams.head,
+        "protocol": {
+            key: datamodule.hparams[key] for key in ("seed", "val_fraction", "test_fraction", "folds", "fold")
+        },
         "data": {
             "root": str(datamodule.hparams.root),
             "per_class": {name: c["images"] for name, c in datamodule.catalog.audit["per_class"].items()},
@@ -107,6 +115,7 @@ def model_summary(model: BusiClassifier, datamodule: BusiDataModule, report: dic
             "recall": {name: values["recall"] for name, values in test["per_class"].items()},
             "ece": test["ece"],
             "temperature": report.get("temperature", 1.0),
+            "calibration": report.get("calibration", {}).get("summary"),
             **({"segmentation": test["segmentation"]} if "segmentation" in test else {}),
         },
     }
