@@ -122,4 +122,5 @@ def test_finetune_recipe_trains_the_head_first_then_the_imagenet_backbone(busi_r
     events = EventAccumulator(str(run_dir))
     events.Reload()
     head, backbone = (events.Scalars(f"lr-AdamW/pg{group}")[-1].value for group in (1, 2))
-    assert backbone == pytest.approx(head * hp.backbone_lr_ratio) and hp.backbone_lr_ratio < 1
+    ratio = cli.model.settings.optimizer.backbone_lr_ratio
+    assert backbone == pytest.approx(head * ratio) and ratio < 1
