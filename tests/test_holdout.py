@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks.holdout import link, score, summary
 from busi.callbacks.prediction_writer import predict_files
-from busi.commands.predict import image_files
+from busi.data.files import image_files
 from busi.model.classifier import load_classifier
 
 
