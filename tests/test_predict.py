@@ -105,3 +105,41 @@ def test_a_named_mask_gets_an_error_row_and_folder_masks_are_counted(trained_run
     assert "lesion mask" in rows[0]["error"] and mask.name.replace("_mask", "") in rows[0]["error"]
     masks_in_folder = len(list((busi_root / "malignant").glob("*_mask*.png")))
     assert masks_in_folder and f"{masks_in_folder} mask files in the folders skipped" in capsys.readouterr().out
+
+
+def test_a_malignant_threshold_labels_malignant_from_that_probability_on():
+    from busi.callbacks.prediction_writer import decided_class
+
+    names = ("benign", "malignant", "normal")
+    assert decided_class([0.5, 0.3, 0.2], names, None) == 0  # the most probable class
+    assert decided_class([0.5, 0.3, 0.2], names, 0.25) == 1  # p_malignant reaches the operating point
+    assert decided_class([0.3, 0.2, 0.5], names, 0.25) == 2  # not reached: the most probable of the others
+    assert decided_class([0.1, 0.6, 0.3], names, 0.7) == 2  # even when malignant is the most probable
+
+
+def test_busi_predict_uses_the_stored_operating_point_and_says_which(trained_run, busi_root, tmp_path, capsys):
+    _, run_dir = trained_run
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    point = load_classifier(ckpt).summary["operating_point"]
+    assert 0 <= point["threshold"] <= 1 and point["chosen_on"].startswith("the validation split (")
+    output = tmp_path / "stored.csv"
+    assert (
+        predict_main(["--ckpt", str(ckpt), str(busi_root), "--output", str(output), "--malignant_threshold", "stored"])
+        == 0
+    )
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"labelled malignant when p_malignant ≥ {point['threshold']:.4f} (stored in {ckpt}" in said
+    rows = [row for row in read_rows(output)[1] if not row["error"]]
+    for row in rows:
+        p = {name: float(row[f"p_{name}"]) for name in ("benign", "malignant", "normal")}
+        others = max(("benign", "normal"), key=p.get)
+        assert row["label"] == ("malignant" if p["malignant"] >= point["threshold"] else others)
+        assert float(row["confidence"]) == pytest.approx(p[row["label"]], abs=1e-6)
+    assert (
+        predict_main(["--ckpt", str(ckpt), str(busi_root), "--output", str(output), "--malignant_threshold", "0"]) == 0
+    )
+    assert {row["label"] for row in read_rows(output)[1] if not row["error"]} == {"malignant"}
+    capsys.readouterr()
+    assert predict_main(["--ckpt", str(ckpt), str(busi_root), "--malignant_threshold", "1.5"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--malignant_threshold 1.5" in error[0]

@@ -28,11 +28,29 @@ from busi.progress import progress_bar, say
 @dataclass(frozen=True)
 class CsvLayout:
     """The optional columns: `mask` (--masks: the predicted lesion mask's file), `frame` and `frames`
-    (--dicom_frames all: one row per frame of a cine loop), the pixel spacing in mm (DICOM inputs)."""
+    (--dicom_frames all: one row per frame of a cine loop), the pixel spacing in mm (DICOM inputs); and
+    the decision rule of `label`: the most probable class, or with `malignant_threshold` malignant
+    whenever p_malignant reaches it (an operating point: busi.commands.predict)."""
 
     masks: bool = False
     frames: bool = False
     spacing: bool = False
+    malignant_threshold: float | None = None
+
+
+MALIGNANT = "malignant"
+
+
+def decided_class(probabilities: list[float], class_names: tuple[str, ...], malignant_threshold: float | None) -> int:
+    """The label's class: malignant when a threshold is given and p_malignant reaches it, else the most
+    probable class (of the others, when a threshold was given and not reached)."""
+    classes = range(len(probabilities))
+    if malignant_threshold is not None and MALIGNANT in class_names:
+        malignant = class_names.index(MALIGNANT)
+        if probabilities[malignant] >= malignant_threshold:
+            return malignant
+        classes = [c for c in classes if c != malignant]
+    return max(classes, key=probabilities.__getitem__)
 
 
 PLAIN = CsvLayout()  # the columns every CSV has
@@ -60,7 +78,7 @@ def csv_row(prediction: Prediction, class_names: tuple[str, ...], layout: CsvLay
     if prediction.probabilities is None:
         return [str(prediction.path), "", "", *([""] * len(class_names)), prediction.error, *extra]
     probabilities = prediction.probabilities
-    best = max(range(len(probabilities)), key=probabilities.__getitem__)
+    best = decided_class(probabilities, class_names, layout.malignant_threshold)
     return [
         str(prediction.path),
         class_names[best],

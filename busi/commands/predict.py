@@ -3,6 +3,7 @@ one CSV row per image."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -47,6 +48,14 @@ def parser() -> ArgumentParser:
         help="region: crop DICOM scans to their ultrasound tissue region (SequenceOfUltrasoundRegions) before "
         "resizing, so the text and depth scale around it never reach the model; none: the whole frame",
     )
+    parser.add_argument(
+        "--malignant_threshold",
+        type=str | None,
+        default=None,
+        help="label malignant whenever p_malignant reaches this (an operating point: a number in [0, 1], or "
+        "`stored`: the checkpoint's, chosen on its validation split, or a busi-cv folder's); default: the most "
+        "probable class",
+    )
     parser.add_argument("--trainer.accelerator", type=str | None, default=None, help="cpu, gpu, …: overrides --device")
     parser.add_argument(
         "--trainer.devices", type=str | None, default=None, help="devices per machine (with --trainer.strategy ddp)"
@@ -83,7 +92,42 @@ def open_outputs(args) -> None:
         ) from None
 
 
+def threshold_given(value: str | None) -> float | str | None:
+    """--malignant_threshold as a number in [0, 1], `stored`, or None; OptionError otherwise."""
+    if value is None or value == "stored":
+        return value
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = -1.0
+    if not 0 <= threshold <= 1:
+        raise OptionError(f"--malignant_threshold {value}: give a probability in [0, 1], or stored")
+    return threshold
+
+
+def stored_threshold(ckpt: Path, model) -> tuple[float, str]:
+    """The operating point kept with the model, and where it comes from."""
+    summary_file = ckpt / "cv_summary.json"
+    if ckpt.is_dir() and summary_file.is_file():
+        point = json.loads(summary_file.read_text(encoding="utf-8"))["out_of_fold"].get("operating_point")
+        if point:
+            return point["threshold_at_target"], (
+                f"stored in {summary_file}: sensitivity {point['target_sensitivity']:.0%} on the pooled "
+                "out-of-fold predictions"
+            )
+    point = (model.members[0].summary or {}).get("operating_point") if not ckpt.is_dir() else None
+    if point:
+        return point["threshold"], (
+            f"stored in {ckpt}: sensitivity {point['target_sensitivity']:.0%} on {point['chosen_on']}"
+        )
+    raise OptionError(
+        f"--malignant_threshold stored: {ckpt} holds no operating point (written by an older busi, or no malignant "
+        "validation image); give a number in [0, 1]"
+    )
+
+
 def predict(args) -> int:
+    threshold = threshold_given(args.malignant_threshold)
     # imported here, not above: --help and option errors come before torch and Lightning load
     from busi.callbacks.prediction_writer import CsvLayout, PredictionWriter
     from busi.data.files import file_loader, image_files
@@ -101,9 +145,15 @@ def predict(args) -> int:
         raise OptionError(
             f"--masks: {args.ckpt} has no lesion decoder; train with --model.loss.segmentation_weight 0.5 (or drop --masks)"
         )
+    if threshold is not None and "malignant" not in model.class_names:
+        raise OptionError(f"--malignant_threshold: {args.ckpt} has no malignant class ({', '.join(model.class_names)})")
+    why = "given with --malignant_threshold"
+    if threshold == "stored":
+        threshold, why = stored_threshold(args.ckpt, model)
     skipped_masks: list[Path] = []
     files = list(image_files(args.paths, skipped_masks))
-    layout = CsvLayout(args.masks is not None, dicom.frames == "all", any(map(is_dicom_file, files)))
+    dicom_files = any(map(is_dicom_file, files))
+    layout = CsvLayout(args.masks is not None, dicom.frames == "all", dicom_files, threshold)
     open_outputs(args)
     writer = PredictionWriter(
         model.class_names, args.output, layout, args.cam, args.masks, echo=True, total=len(files), quiet=args.quiet
@@ -119,6 +169,7 @@ def predict(args) -> int:
         + (f"; lesion masks in {args.masks}" if args.masks else "")
         + (f"; {len(skipped_masks)} mask files in the folders skipped (not scans)" if skipped_masks else "")
         + (f" ({trainer.world_size} processes)" if trainer.world_size > 1 else "")
+        + (f"; labelled malignant when p_malignant ≥ {threshold:.4f} ({why})" if threshold is not None else "")
     )
     return 0 if writer.predicted else 2
 

@@ -14,6 +14,7 @@ from busi import __version__
 from busi.callbacks.split_reports import SplitReports
 from busi.data.module import BusiDataModule
 from busi.evaluation.calibration import Calibration, calibration
+from busi.evaluation.cross_validation import POSITIVE_CLASS, operating_point
 from busi.evaluation.history import read_history, training_cost
 from busi.evaluation.localisation import localisation_scores
 from busi.evaluation.model_card import MODEL_CARD_FILE, model_card
@@ -32,7 +33,7 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
     test split), which is also printed."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     state = load_weights(model, Path(best)) if best else None
-    fitted = calibrate(trainer, model, datamodule) if best else None
+    fitted, point = calibrate(trainer, model, datamodule) if best else (None, None)
     trainer.test(model, datamodule=datamodule, verbose=False)  # the weights just loaded
     splits = next(c for c in trainer.callbacks if isinstance(c, SplitReports)).splits
     log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
@@ -56,7 +57,7 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
         if best:
             state["state_dict"]["temperature"] = model.temperature.detach().cpu().clone()
             if report is not None:
-                state[SUMMARY_KEY] = model_summary(model, datamodule, report, recipe)
+                state[SUMMARY_KEY] = model_summary(model, datamodule, report, recipe, point)
                 card = model_card(state[SUMMARY_KEY], report)
                 state[SUMMARY_KEY]["model_card"] = card  # for the app
                 if log_dir:
@@ -78,18 +79,39 @@ def load_weights(model: BusiClassifier, best: Path) -> dict:
     return state
 
 
-def calibrate(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule) -> Calibration:
+def calibrate(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule) -> tuple[Calibration, dict | None]:
     """Fit the model's temperature on the validation split (busi.evaluation.calibration) and set it (1
-    where the fit is not trusted); under DDP every process takes the main process's."""
+    where the fit is not trusted; under DDP every process takes the main process's); with it, the
+    malignant operating point on the same images (validation_operating_point)."""
     validation = datamodule.dataset("val")  # all of it, on every process (val_dataloader is sharded under DDP)
     outputs = answer(model.eval(), DataLoader(validation, batch_size=datamodule.hparams.eval_batch_size))
     fitted = trainer.strategy.broadcast(calibration(outputs.logits, validation.labels), src=0)
     model.temperature.fill_(fitted.temperature)
-    return fitted
+    return fitted, validation_operating_point(
+        (outputs.logits / fitted.temperature).softmax(dim=1), validation.labels, model.class_names
+    )
 
 
-def model_summary(model: BusiClassifier, datamodule: BusiDataModule, report: dict, recipe: str) -> dict:
-    """What a checkpoint is, what it was trained on and how it scored, kept inside it for the web app."""
+def validation_operating_point(probabilities: torch.Tensor, labels: torch.Tensor, class_names) -> dict | None:
+    """The malignant threshold that reaches the target sensitivity on the validation split, for
+    `busi-predict --malignant_threshold stored`; None without malignant validation images."""
+    if POSITIVE_CLASS not in class_names or not bool((labels == class_names.index(POSITIVE_CLASS)).any()):
+        return None
+    point = operating_point(probabilities, labels, class_names.index(POSITIVE_CLASS))
+    return {
+        "class": POSITIVE_CLASS,
+        "threshold": point["threshold_at_target"],
+        "target_sensitivity": point["target_sensitivity"],
+        "specificity": point["specificity_at_target"],
+        "chosen_on": f"the validation split ({len(labels)} images)",
+    }
+
+
+def model_summary(
+    model: BusiClassifier, datamodule: BusiDataModule, report: dict, recipe: str, operating_point: dict | None = None
+) -> dict:
+    """What a checkpoint is, what it was trained on and how it scored, and its malignant operating point,
+    kept inside it for the web app and `busi-predict --malignant_threshold stored`."""
     hparams = model.hparams
     test = report["splits"]["test"]
     return {
@@ -100,6 +122,7 @@ def model_summary(model: BusiClassifier, datamodule: BusiDataModule, report: dic
         "weights": str(hparams.weights),
         "freeze_backbone": hparams.freeze_backbone,
         "head": hparams.head,
+        "operating_point": operating_point,
         "protocol": {
             key: datamodule.hparams[key] for key in ("seed", "val_fraction", "test_fraction", "folds", "fold")
         },
