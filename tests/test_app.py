@@ -162,3 +162,18 @@ def test_busi_app_help_is_busis_own_and_comes_before_streamlit(tmp_path):
     for option in ("--ckpt", "--port", "--address", "$BUSI_CHECKPOINT"):
         assert option in finished.stdout
     assert "No runtime found" not in finished.stderr and "streamlit run" not in finished.stdout.lower()
+
+
+def test_labels_follow_the_malignant_threshold_given_or_the_one_stored_with_the_model(app, busi_root, monkeypatch):
+    test, ckpt = app
+    scans = [p for p in sorted((busi_root / "normal").glob("*.png")) if "_mask" not in p.name][:2]
+    uploads = [(p.name, p.read_bytes(), "image/png") for p in scans]
+    test.sidebar.text_input[0].set_value(str(ckpt)).run()
+    (stored,) = [box for box in test.sidebar.checkbox if box.label.startswith("Label malignant from p_malignant ≥")]
+    assert not stored.value and "on the validation split" in stored.help
+    monkeypatch.setenv("BUSI_MALIGNANT_THRESHOLD", "0")  # busi-app --malignant_threshold 0: every scan reaches it
+    test.file_uploader[0].set_value(uploads).run()
+    assert not test.exception
+    verdicts = [m.value for m in test.main.markdown if " · " in m.value and m.value.startswith("**")]
+    assert len(verdicts) == 2 and all(v.startswith("**malignant**") for v in verdicts)
+    assert any("given with busi-app --malignant_threshold" in c.value for c in test.sidebar.caption)

@@ -108,7 +108,7 @@ def test_a_named_mask_gets_an_error_row_and_folder_masks_are_counted(trained_run
 
 
 def test_a_malignant_threshold_labels_malignant_from_that_probability_on():
-    from busi.callbacks.prediction_writer import decided_class
+    from busi.evaluation.operating_point import decided_class
 
     names = ("benign", "malignant", "normal")
     assert decided_class([0.5, 0.3, 0.2], names, None) == 0  # the most probable class

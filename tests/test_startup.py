@@ -43,3 +43,10 @@ def test_help_and_option_errors_come_before_torch_is_imported(module, argv, code
     assert result.stdout.strip().splitlines()[-1] == f"exit {code} False False", result.stderr[-2000:]
     if code:
         assert "error" in result.stderr.lower()
+
+
+def test_busi_app_refuses_a_malignant_threshold_outside_0_to_1_before_streamlit_loads():
+    probe = PROBE.format(module="app_launch", argv=["--malignant_threshold", "7"])
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "exit 2 False False"
+    assert "--malignant_threshold 7" in result.stderr and "streamlit" not in result.stdout

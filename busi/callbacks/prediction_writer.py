@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from busi.data.files import Prediction, file_loader, image_files
+from busi.evaluation.operating_point import decided_class
 from busi.evaluation.plots import overlay
 from busi.io.dicom import DEFAULT_OPTIONS, DicomOptions
 from busi.io.images import resize_map
@@ -36,21 +37,6 @@ class CsvLayout:
     frames: bool = False
     spacing: bool = False
     malignant_threshold: float | None = None
-
-
-MALIGNANT = "malignant"
-
-
-def decided_class(probabilities: list[float], class_names: tuple[str, ...], malignant_threshold: float | None) -> int:
-    """The label's class: malignant when a threshold is given and p_malignant reaches it, else the most
-    probable class (of the others, when a threshold was given and not reached)."""
-    classes = range(len(probabilities))
-    if malignant_threshold is not None and MALIGNANT in class_names:
-        malignant = class_names.index(MALIGNANT)
-        if probabilities[malignant] >= malignant_threshold:
-            return malignant
-        classes = [c for c in classes if c != malignant]
-    return max(classes, key=probabilities.__getitem__)
 
 
 PLAIN = CsvLayout()  # the columns every CSV has

@@ -17,10 +17,11 @@ from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
 from busi import __version__
-from busi.callbacks.prediction_writer import csv_columns, csv_row
+from busi.callbacks.prediction_writer import CsvLayout, csv_columns, csv_row
 from busi.commands.options import MAX_UPLOAD_MB
 from busi.data.files import Prediction
 from busi.errors import WeightsError
+from busi.evaluation.operating_point import decided_class, stored_operating_point
 from busi.evaluation.plots import HEAT_MAP, OUTLINE_COLOUR
 from busi.io.images import UnreadableImageError, as_three_channels, decode_image, resize_map, resize_to_tensor
 from busi.model.answering import answer
@@ -142,13 +143,14 @@ def overlay_png(path: str, modified: float, name: str, data: bytes, opacity: flo
     return buffer.getvalue()
 
 
-def predictions_csv(results: list[Result], class_names: tuple[str, ...]) -> bytes:
+def predictions_csv(results: list[Result], class_names: tuple[str, ...], threshold: float | None = None) -> bytes:
     """The CSV predict.py writes, with the upload's file name as the path."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(csv_columns(class_names))
+    layout = CsvLayout(malignant_threshold=threshold)
     for result in results:
-        writer.writerow(csv_row(Prediction(Path(result.name), result.probabilities, result.error), class_names))
+        writer.writerow(csv_row(Prediction(Path(result.name), result.probabilities, result.error), class_names, layout))
     return buffer.getvalue().encode("utf-8")
 
 
@@ -235,14 +237,34 @@ def cross_validation(summary: dict) -> None:
     )
 
 
-def show(result: Result, overlay: bytes | None, class_names: tuple[str, ...]) -> None:
+def malignant_threshold(model: BusiClassifier | FoldEnsemble, path: str) -> float | None:
+    """The operating point the labels follow, said in the sidebar: busi-app --malignant_threshold
+    ($BUSI_MALIGNANT_THRESHOLD: a number, or `stored`), or the one kept with the model when the box is
+    ticked; None: the most probable class."""
+    given = os.environ.get("BUSI_MALIGNANT_THRESHOLD")
+    if given and given != "stored":
+        st.caption(
+            f"Labels: malignant when p_malignant ≥ {float(given):.3f} (given with busi-app --malignant_threshold)"
+        )
+        return float(given)
+    stored = stored_operating_point(Path(path), model.members[0].summary)
+    if stored is None or "malignant" not in model.class_names:
+        return None
+    threshold, why = stored
+    if st.checkbox(f"Label malignant from p_malignant ≥ {threshold:.3f}", value=given == "stored", help=why):
+        st.caption(f"Labels follow the operating point {why}.")
+        return threshold
+    return None
+
+
+def show(result: Result, overlay: bytes | None, class_names: tuple[str, ...], threshold: float | None = None) -> None:
     """One upload on the page."""
     st.subheader(result.name)
     if result.error:
         st.error(result.error)
         return
     probabilities = result.probabilities
-    best = max(range(len(class_names)), key=probabilities.__getitem__)
+    best = decided_class(probabilities, class_names, threshold)
     picture, numbers = st.columns([3, 1])
     picture.image(overlay, width="stretch")
     numbers.markdown(f"**{class_names[best]}** · {percent(probabilities[best])}")
@@ -279,6 +301,7 @@ def main() -> None:
         return
     with st.sidebar:
         model_panel(model, path)
+        threshold = malignant_threshold(model, path)
         opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05)
     uploads = st.file_uploader(
         f"Ultrasound images ({', '.join(IMAGE_TYPES)}; up to {MAX_UPLOAD_MB} MB each)",
@@ -290,17 +313,20 @@ def main() -> None:
     names = model.class_names
     results = [Result(**analyse(path, modified, upload.name, upload.getvalue())) for upload in uploads]
     st.subheader("All uploads")
-    table = list(csv.DictReader(io.StringIO(predictions_csv(results, names).decode("utf-8"))))
+    table = list(csv.DictReader(io.StringIO(predictions_csv(results, names, threshold).decode("utf-8"))))
     st.dataframe(table, hide_index=True)
     downloads = st.columns(2)
     downloads[0].download_button(
-        "Download the table (predict.py's CSV)", predictions_csv(results, names), "predictions.csv", "text/csv"
+        "Download the table (predict.py's CSV)",
+        predictions_csv(results, names, threshold),
+        "predictions.csv",
+        "text/csv",
     )
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as bundle:
         for upload, result in zip(uploads, results, strict=True):
             overlay = None if result.error else overlay_png(path, modified, upload.name, upload.getvalue(), opacity)
-            show(result, overlay, names)
+            show(result, overlay, names, threshold)
             if overlay is not None:
                 bundle.writestr(f"{Path(upload.name).stem}_gradcam.png", overlay)
     downloads[1].download_button("Download the overlays (zip)", archive.getvalue(), "overlays.zip", "application/zip")

@@ -9,10 +9,11 @@ import os
 import sys
 from pathlib import Path
 
-from busi.commands.options import MAX_UPLOAD_MB, command_parser, parse
+from busi.commands.options import MAX_UPLOAD_MB, command_parser, malignant_threshold, parse
+from busi.errors import OptionError
 
 APP = Path(__file__).with_name("app.py")
-OWN = ("--ckpt", "--port", "--address")
+OWN = ("--ckpt", "--malignant_threshold", "--port", "--address")
 
 
 def parser():
@@ -26,6 +27,13 @@ def parser():
             "help": "checkpoint or busi-cv folder to load (default: $BUSI_CHECKPOINT, else the newest busi-cv "
             "folder under runs/, else the newest run's best.ckpt; the page says which and why)",
         },
+    )
+    parser.add_argument(
+        "--malignant_threshold",
+        type=str | None,
+        default=None,
+        help="label malignant whenever p_malignant reaches this (a number in [0, 1]), or `stored`: the operating "
+        "point kept with the model (the page can switch it on too)",
     )
     parser.add_argument("--port", type=int, default=8501, help="port to serve on")
     parser.add_argument(
@@ -51,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(parser(), own)  # --help ends here, before Streamlit is imported
     if args.ckpt is not None:
         os.environ["BUSI_CHECKPOINT"] = str(args.ckpt)
+    if args.malignant_threshold is not None:
+        try:
+            os.environ["BUSI_MALIGNANT_THRESHOLD"] = str(malignant_threshold(args.malignant_threshold))
+        except OptionError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     from streamlit.web import cli as streamlit_cli
 
     sys.argv = [

@@ -75,3 +75,18 @@ def choose_device(name: str) -> torch.device:
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise OptionError(f"--device {name}: no such CUDA device on this machine; use --device cpu")
     return device
+
+
+def malignant_threshold(value: str | None) -> float | str | None:
+    """--malignant_threshold as a number in [0, 1], `stored`, or None; OptionError otherwise."""
+    from busi.errors import OptionError
+
+    if value is None or value == "stored":
+        return value
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = -1.0
+    if not 0 <= threshold <= 1:
+        raise OptionError(f"--malignant_threshold {value}: give a probability in [0, 1], or stored")
+    return threshold

@@ -3,13 +3,12 @@ one CSV row per image."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from jsonargparse import ArgumentParser
 
-from busi.commands.options import choose_device, command_parser, parse
+from busi.commands.options import choose_device, command_parser, malignant_threshold, parse
 from busi.errors import OptionError, run_command
 
 
@@ -92,45 +91,12 @@ def open_outputs(args) -> None:
         ) from None
 
 
-def threshold_given(value: str | None) -> float | str | None:
-    """--malignant_threshold as a number in [0, 1], `stored`, or None; OptionError otherwise."""
-    if value is None or value == "stored":
-        return value
-    try:
-        threshold = float(value)
-    except ValueError:
-        threshold = -1.0
-    if not 0 <= threshold <= 1:
-        raise OptionError(f"--malignant_threshold {value}: give a probability in [0, 1], or stored")
-    return threshold
-
-
-def stored_threshold(ckpt: Path, model) -> tuple[float, str]:
-    """The operating point kept with the model, and where it comes from."""
-    summary_file = ckpt / "cv_summary.json"
-    if ckpt.is_dir() and summary_file.is_file():
-        point = json.loads(summary_file.read_text(encoding="utf-8"))["out_of_fold"].get("operating_point")
-        if point:
-            return point["threshold_at_target"], (
-                f"stored in {summary_file}: sensitivity {point['target_sensitivity']:.0%} on the pooled "
-                "out-of-fold predictions"
-            )
-    point = (model.members[0].summary or {}).get("operating_point") if not ckpt.is_dir() else None
-    if point:
-        return point["threshold"], (
-            f"stored in {ckpt}: sensitivity {point['target_sensitivity']:.0%} on {point['chosen_on']}"
-        )
-    raise OptionError(
-        f"--malignant_threshold stored: {ckpt} holds no operating point (written by an older busi, or no malignant "
-        "validation image); give a number in [0, 1]"
-    )
-
-
 def predict(args) -> int:
-    threshold = threshold_given(args.malignant_threshold)
+    threshold = malignant_threshold(args.malignant_threshold)
     # imported here, not above: --help and option errors come before torch and Lightning load
     from busi.callbacks.prediction_writer import CsvLayout, PredictionWriter
     from busi.data.files import file_loader, image_files
+    from busi.evaluation.operating_point import stored_operating_point
     from busi.io.dicom import DicomOptions, is_dicom_file
     from busi.model.answering import answering_trainer, run_predict
     from busi.model.ensemble import load_model
@@ -149,7 +115,13 @@ def predict(args) -> int:
         raise OptionError(f"--malignant_threshold: {args.ckpt} has no malignant class ({', '.join(model.class_names)})")
     why = "given with --malignant_threshold"
     if threshold == "stored":
-        threshold, why = stored_threshold(args.ckpt, model)
+        stored = stored_operating_point(args.ckpt, model.members[0].summary)
+        if stored is None:
+            raise OptionError(
+                f"--malignant_threshold stored: {args.ckpt} holds no operating point (written by an older busi, or no "
+                "malignant validation image); give a number in [0, 1]"
+            )
+        threshold, why = stored
     skipped_masks: list[Path] = []
     files = list(image_files(args.paths, skipped_masks))
     dicom_files = any(map(is_dicom_file, files))

@@ -13,12 +13,12 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 from torchmetrics.classification import (
     BinaryRecall,
     BinarySpecificity,
-    BinarySpecificityAtSensitivity,
     MulticlassCalibrationError,
     MulticlassConfusionMatrix,
 )
 
 from busi.evaluation.history import format_training_cost, read_history
+from busi.evaluation.operating_point import MALIGNANT, TARGET_SENSITIVITY, threshold_at_sensitivity
 from busi.evaluation.plots import confusion_matrix_figure, fold_curves_figure, reliability_figure
 from busi.evaluation.publish import publish
 from busi.evaluation.report import format_confusion_matrix, save_figures
@@ -27,10 +27,7 @@ from busi.model.metrics import LESION_THRESHOLD, RELIABILITY_BINS, reliability
 SUMMARY_KEYS = ("accuracy", "macro_f1", "auroc_macro_ovr", "ece")
 
 
-POSITIVE_CLASS = "malignant"  # a missed cancer costs more than a false alarm
-
-
-TARGET_SENSITIVITY = 0.80
+POSITIVE_CLASS = MALIGNANT  # a missed cancer costs more than a false alarm
 
 
 def fold_dir(cv_dir: Path, fold: int) -> Path:
@@ -128,9 +125,7 @@ def operating_point(probabilities: torch.Tensor, labels: torch.Tensor, positive:
     predictions themselves, so it describes the models; it is not a validated operating point."""
     is_positive = (labels == positive).long()
     predicted = (probabilities.argmax(dim=1) == positive).long()
-    specificity, threshold = BinarySpecificityAtSensitivity(min_sensitivity=TARGET_SENSITIVITY)(
-        probabilities[:, positive], is_positive
-    )
+    threshold, specificity = threshold_at_sensitivity(probabilities, labels, positive)
     return {
         "class": POSITIVE_CLASS,
         "rule": "argmax",

@@ -14,10 +14,10 @@ from busi import __version__
 from busi.callbacks.split_reports import SplitReports
 from busi.data.module import BusiDataModule
 from busi.evaluation.calibration import Calibration, calibration
-from busi.evaluation.cross_validation import POSITIVE_CLASS, operating_point
 from busi.evaluation.history import read_history, training_cost
 from busi.evaluation.localisation import localisation_scores
 from busi.evaluation.model_card import MODEL_CARD_FILE, model_card
+from busi.evaluation.operating_point import validation_operating_point
 from busi.evaluation.publish import publish_report
 from busi.evaluation.report import build_report, format_report, write_report
 from busi.model.answering import answer
@@ -90,21 +90,6 @@ def calibrate(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataMod
     return fitted, validation_operating_point(
         (outputs.logits / fitted.temperature).softmax(dim=1), validation.labels, model.class_names
     )
-
-
-def validation_operating_point(probabilities: torch.Tensor, labels: torch.Tensor, class_names) -> dict | None:
-    """The malignant threshold that reaches the target sensitivity on the validation split, for
-    `busi-predict --malignant_threshold stored`; None without malignant validation images."""
-    if POSITIVE_CLASS not in class_names or not bool((labels == class_names.index(POSITIVE_CLASS)).any()):
-        return None
-    point = operating_point(probabilities, labels, class_names.index(POSITIVE_CLASS))
-    return {
-        "class": POSITIVE_CLASS,
-        "threshold": point["threshold_at_target"],
-        "target_sensitivity": point["target_sensitivity"],
-        "specificity": point["specificity_at_target"],
-        "chosen_on": f"the validation split ({len(labels)} images)",
-    }
 
 
 def model_summary(
