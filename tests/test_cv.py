@@ -55,9 +55,11 @@ def test_operating_point_reports_the_argmax_decision_and_the_roc_point_at_80_per
 
 @pytest.fixture(scope="module")
 def cv_run(busi_root, tmp_path_factory) -> Path:
-    """A real 3-fold cross-validation with the lesion decoder, one epoch per fold: its folder."""
+    """A real 3-fold cross-validation with the lesion decoder, one epoch per fold: its folder (the folds keep
+    last.ckpt, so that a test can make one look interrupted)."""
     runs = tmp_path_factory.mktemp("cv")
-    assert cv_main(["--folds", "3", *train_args(busi_root, runs, "--model.loss.segmentation_weight=1", epochs=1)]) == 0
+    extra = ("--model.loss.segmentation_weight=1", "--resume.keep_when_finished=true")
+    assert cv_main(["--folds", "3", *train_args(busi_root, runs, *extra, epochs=1)]) == 0
     return runs / "cv"
 
 

@@ -68,5 +68,5 @@ def test_the_wheel_trains_a_packaged_recipe_by_name_from_an_unrelated_folder(ins
     assert trained.returncode == 0, trained.stderr[-3000:]
     run_dir = tmp_path / "runs" / "lightning_logs" / "version_0"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["model"]["weights"] == "none" and config["model"]["optimizer"] == "adamw"  # scratch.yaml
+    assert config["model"]["weights"] == "none" and config["model"]["optimizer"]["name"] == "adamw"  # scratch.yaml
     assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "report.json").is_file()

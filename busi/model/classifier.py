@@ -325,9 +325,7 @@ def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "
     try:
         # hyper-parameters of earlier busi versions in today's form (busi.model.migration); they override
         # the checkpoint's own, whose old names the constructor does not take
-        hparams = migrate_hyperparameters(
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
-        )
+        hparams = migrate_hyperparameters(stored_hyperparameters(path))
         speed = {**hparams.get("speed", {}), "compile": False}
         classifier = BusiClassifier.load_from_checkpoint(
             path, map_location=map_location, weights_only=True, **{**hparams, "weights": None, "speed": speed}
@@ -350,6 +348,15 @@ def load_classifier(checkpoint: Path | str, map_location: str | torch.device = "
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise WeightsError(f"{path}: not a busi checkpoint ({type(error).__name__}: {reason})") from None
     return classifier.eval()
+
+
+def stored_hyperparameters(path: Path) -> dict:
+    """A checkpoint's hyper-parameters, read without loading its tensors (mmap) where its format allows."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a checkpoint in torch's legacy format cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return (state.get("hyper_parameters") if isinstance(state, dict) else None) or {}
 
 
 def load_classifiers(path: Path | str, map_location: str | torch.device = "cpu") -> list[BusiClassifier]:
