@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from busi.model.settings import GROUPS
+
 # old model argument → its place now: "group.setting" inside the model, or "callback_key.setting"
 # for those that moved to a training callback (busi.callbacks.distillation, busi.callbacks.finetuning)
 MOVED = {
@@ -35,7 +37,7 @@ TO_CALLBACKS = {
     "distillation_weight": "distillation.weight",
     "unfreeze_backbone_at_epoch": "finetuning.unfreeze_backbone_at_epoch",
 }
-GROUP_NAMES = {"optimizer", "loss", "augmentation", "speed"}
+GROUP_NAMES = set(GROUPS)
 
 
 def is_old_value(name: str, value: Any) -> bool:

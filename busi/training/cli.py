@@ -83,11 +83,9 @@ def current_recipe(path: str) -> str:
     except (OSError, yaml.YAMLError):
         return path  # jsonargparse reports it
     model = recipe.get("model") if isinstance(recipe, dict) else None
-    old = [
-        name
-        for name, value in (model or {}).items()
-        if isinstance(model, dict) and (name in TO_CALLBACKS or is_old_value(name, value))
-    ]
+    if not isinstance(model, dict):
+        return path
+    old = [name for name, value in model.items() if name in TO_CALLBACKS or is_old_value(name, value)]
     if not old:
         return path
     values = {name: model.pop(name) for name in old}  # first: `optimizer` is an old setting and a group
