@@ -22,14 +22,24 @@ COMMANDS = {
     "busi-download --help": ["busi.commands.download", "--help"],
     "busi-import-keras --help": ["busi.commands.import_keras", "--help"],
     "busi-app --help": ["busi.commands.app_launch", "--help"],
+    "busi-serve --help": ["busi.commands.serve", "--help"],
     "busi-train --help": ["busi.commands.train", "--help"],
 }
 
 
-def time_once(repo: Path, argv: list[str]) -> float:
+def time_once(repo: Path, argv: list[str]) -> float | None:
+    """Seconds until the command has answered; None when the checkout has no such command."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", *argv], cwd=repo, capture_output=True, check=False)
-    return time.perf_counter() - start
+    module, *options = argv
+    # what the console script runs (its entry point), with this checkout's busi first on the path
+    script = f"import sys; from {module} import main; sys.exit(main())"
+    done = subprocess.run([sys.executable, "-c", script, *options], cwd=repo, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if f"No module named '{module}'" in done.stderr:
+        return None
+    if "usage:" not in done.stdout + done.stderr and "error:" not in done.stderr:
+        raise SystemExit(f"{repo}: {module} {' '.join(options)} printed neither its usage nor an error")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[repo, name].append(time_once(repo, command))
     print(f"seconds to answer, {args.repeats} runs each: median [min, max]")
     for (repo, name), values in seconds.items():
-        print(f"  {name:<30} {repo}: {statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}]")
+        if None in values:
+            print(f"  {name:<30} {repo}: (no such command)")
+        else:
+            print(f"  {name:<30} {repo}: {statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}]")
     return 0
 
 

@@ -57,6 +57,14 @@ class UnreadableImageError(ValueError):
         self.reason = reason
 
 
+class NotAnImageError(UnreadableImageError):
+    """The bytes are not an image busi reads (an unknown format, a DICOM object without pixels)."""
+
+
+class ImageTooLargeError(UnreadableImageError):
+    """An image over the decoder's pixel limit (a decompression bomb, or simply too large to decode safely)."""
+
+
 def run_command(command: Callable[[], int | None]) -> int:
     """The exit status of a console script: `command`'s, 2 after a UserError (printed as one line), 143
     after SIGTERM (the training state is saved in last.ckpt by busi.training.checkpointing.ResumeCheckpoint)."""

@@ -1,11 +1,14 @@
 """The cross-validation command, its summary and pictures, fold ensembles, and the scratch recipe."""
 
+import base64
 import csv
+import io
 import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
@@ -164,6 +167,30 @@ def test_predict_and_the_app_take_a_cv_folder_as_a_fold_ensemble(cv_run, busi_ro
     assert not app.exception and not app.error
     assert "Ensemble of 3 fold models" in [s.value for s in app.sidebar.subheader]
     assert any("3-fold cross-validation" in m.value for m in app.sidebar.markdown)
+
+
+def test_the_service_answers_for_a_cv_folder_as_busi_predict_and_sends_its_lesion_masks(cv_run, busi_root, tmp_path):
+    pytest.importorskip("litserve")
+    import requests
+    from PIL import Image
+
+    from service import running_service
+
+    images = [busi_root / "malignant" / "malignant (2).png", busi_root / "benign" / "benign (3).png"]
+    output, masks = tmp_path / "ensemble.csv", tmp_path / "masks"
+    assert predict_main(["--ckpt", str(cv_run), *map(str, images), "--output", str(output), "--masks", str(masks)]) == 0
+    with running_service(cv_run) as service:
+        card = requests.get(f"{service.url}/info", timeout=10).json()["model"]
+        for path, row in zip(images, read_rows(output), strict=True):
+            answer = requests.post(f"{service.url}/predict?mask=true", data=path.read_bytes(), timeout=60).json()
+            assert answer["label"] == row["label"] and len(answer["model"]["sha256"]) == 3  # one per fold model
+            for name, probability in answer["probabilities"].items():
+                assert probability == pytest.approx(float(row[f"p_{name}"]), abs=1e-6)
+            sent = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask_png_base64"]))))
+            assert np.array_equal(sent, np.asarray(Image.open(row["mask"])))
+    assert (
+        card["cross_validation"]["out_of_fold"] == json.loads((cv_run / "cv_summary.json").read_text())["out_of_fold"]
+    )
 
 
 def test_the_app_opens_the_newest_cross_validation_not_one_of_its_folds_and_says_why(cv_run, tmp_path, monkeypatch):

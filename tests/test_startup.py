@@ -33,6 +33,9 @@ CASES = [
     ("import_keras", ["--help"], 0),
     ("import_keras", ["model.h5", "--output", "out", "--class_names", "[a, a, b]"], 2),
     ("app_launch", ["--help"], 0),
+    ("serve", ["--help"], 0),
+    ("serve", ["--ckpt", "x.ckpt", "--max_batch_size", "0"], 2),
+    ("serve", ["--ckpt", "x.ckpt", "--malignant_threshold", "2"], 2),
 ]
 
 

@@ -75,6 +75,11 @@ def csv_row(prediction: Prediction, class_names: tuple[str, ...], layout: CsvLay
     ]
 
 
+def lesion_mask(lesion: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """A lesion map at the model's input size as the 0/255 mask of the image's own `size` (width, height)."""
+    return Image.fromarray((resize_map(lesion, size) >= LESION_THRESHOLD).astype(np.uint8) * 255)
+
+
 def write_csv(path: Path, predictions: list[Prediction], class_names: tuple[str, ...], layout: CsvLayout = PLAIN):
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -138,8 +143,7 @@ class PredictionWriter(BasePredictionWriter):
         row.probabilities = prediction.probabilities[k].cpu().tolist()
         if self.mask_dir is not None:
             row.mask = self.mask_dir / f"{row.name}_lesion.png"
-            lesion = resize_map(lesions[k], row.size) >= LESION_THRESHOLD
-            Image.fromarray(lesion.astype(np.uint8) * 255).save(row.mask)
+            lesion_mask(lesions[k], row.size).save(row.mask)
         if self.cam_dir is not None:
             best = max(range(len(row.probabilities)), key=row.probabilities.__getitem__)
             caption = f"{self.class_names[best]} {row.probabilities[best]:.1%}\n{row.path.name}"

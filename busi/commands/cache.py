@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from jsonargparse import ArgumentParser
@@ -39,3 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(parser(), argv)
     data = args.data
     return run_command(lambda: fill_cache(data.root, data.image_size, data.cache_dir, args.quiet))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -90,3 +90,24 @@ def malignant_threshold(value: str | None) -> float | str | None:
     if not 0 <= threshold <= 1:
         raise OptionError(f"--malignant_threshold {value}: give a probability in [0, 1], or stored")
     return threshold
+
+
+def operating_point(given: float | str | None, ckpt: Path, model) -> tuple[float | None, str]:
+    """(threshold, where it comes from) of `--malignant_threshold` (malignant_threshold's value) for
+    `model` loaded from `ckpt`: None when not given; OptionError when it cannot apply."""
+    from busi.errors import OptionError
+    from busi.evaluation.operating_point import stored_operating_point
+
+    if given is None:
+        return None, "the most probable class"
+    if "malignant" not in model.class_names:
+        raise OptionError(f"--malignant_threshold: {ckpt} has no malignant class ({', '.join(model.class_names)})")
+    if given != "stored":
+        return float(given), "given with --malignant_threshold"
+    stored = stored_operating_point(ckpt, model.members[0].summary)
+    if stored is None:
+        raise OptionError(
+            f"--malignant_threshold stored: {ckpt} holds no operating point (written by an older busi, or no "
+            "malignant validation image); give a number in [0, 1]"
+        )
+    return stored

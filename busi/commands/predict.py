@@ -3,12 +3,13 @@ one CSV row per image."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
 from jsonargparse import ArgumentParser
 
-from busi.commands.options import choose_device, command_parser, malignant_threshold, parse
+from busi.commands.options import choose_device, command_parser, malignant_threshold, operating_point, parse
 from busi.errors import OptionError, run_command
 
 
@@ -96,7 +97,6 @@ def predict(args) -> int:
     # imported here, not above: --help and option errors come before torch and Lightning load
     from busi.callbacks.prediction_writer import CsvLayout, PredictionWriter
     from busi.data.files import file_loader, image_files
-    from busi.evaluation.operating_point import stored_operating_point
     from busi.io.dicom import DicomOptions, is_dicom_file
     from busi.model.answering import answering_trainer, run_predict
     from busi.model.ensemble import load_model
@@ -111,17 +111,7 @@ def predict(args) -> int:
         raise OptionError(
             f"--masks: {args.ckpt} has no lesion decoder; train with --model.loss.segmentation_weight 0.5 (or drop --masks)"
         )
-    if threshold is not None and "malignant" not in model.class_names:
-        raise OptionError(f"--malignant_threshold: {args.ckpt} has no malignant class ({', '.join(model.class_names)})")
-    why = "given with --malignant_threshold"
-    if threshold == "stored":
-        stored = stored_operating_point(args.ckpt, model.members[0].summary)
-        if stored is None:
-            raise OptionError(
-                f"--malignant_threshold stored: {args.ckpt} holds no operating point (written by an older busi, or no "
-                "malignant validation image); give a number in [0, 1]"
-            )
-        threshold, why = stored
+    threshold, why = operating_point(threshold, args.ckpt, model)
     skipped_masks: list[Path] = []
     files = list(image_files(args.paths, skipped_masks))
     dicom_files = any(map(is_dicom_file, files))
@@ -149,3 +139,7 @@ def predict(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse(parser(), argv)
     return run_command(lambda: predict(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

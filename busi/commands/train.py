@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from busi.errors import run_command
 from busi.training.run import run
 
@@ -11,3 +13,7 @@ def main(args: list[str] | None = None) -> int:
         run(args)
 
     return run_command(train)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

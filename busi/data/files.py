@@ -77,6 +77,36 @@ def unique_stems(files: list[Path]) -> list[str]:
     return stems
 
 
+def decode_rows(
+    path: Path,
+    image_size: int,
+    dicom: DicomOptions = DEFAULT_OPTIONS,
+    data: bytes | None = None,
+    index: int = 0,
+    stem: str = "",
+) -> tuple[list[Prediction], torch.Tensor]:
+    """A file's rows (one per frame `dicom` asks for) and their uint8 (frames, 3, S, S) pixels at the
+    model's input size `image_size`; of `data` (bytes already read: an upload) when given. Raises
+    UnreadableImageError (NotAnImageError, ImageTooLargeError) naming `path` and the reason."""
+    frames = decode_frames(path, data, dicom=dicom)
+    stem = stem or path.stem
+    rows = [
+        Prediction(
+            path,
+            frame=frame.number,
+            frames=frame.frames,
+            spacing_mm=frame.spacing_mm,
+            note=frame.note,
+            index=index,
+            name=stem if frame.frames == 1 else f"{stem}_frame{frame.number}",
+            size=frame.image.size,
+        )
+        for frame in frames
+    ]
+    pixels = torch.stack([as_three_channels(resize_to_tensor(f.image, image_size)) for f in frames])
+    return rows, pixels
+
+
 class ImageFiles(Dataset):
     """`files` as (rows, pixels): a file's rows (one per frame the DICOM options ask for; one error row
     for a file that cannot be read) and their uint8 (frames, 3, S, S) pixels at the model's input size."""
@@ -98,24 +128,9 @@ class ImageFiles(Dataset):
         if is_mask(path):
             return [Prediction(path, error=f"{path}: {mask_reason(path)}", index=index)], empty
         try:
-            frames = decode_frames(path, dicom=self.dicom)
+            return decode_rows(path, self.image_size, self.dicom, index=index, stem=stem)
         except UnreadableImageError as error:
             return [Prediction(path, error=str(error), index=index)], empty
-        rows = [
-            Prediction(
-                path,
-                frame=frame.number,
-                frames=frame.frames,
-                spacing_mm=frame.spacing_mm,
-                note=frame.note,
-                index=index,
-                name=stem if frame.frames == 1 else f"{stem}_frame{frame.number}",
-                size=frame.image.size,
-            )
-            for frame in frames
-        ]
-        pixels = torch.stack([as_three_channels(resize_to_tensor(f.image, self.image_size)) for f in frames])
-        return rows, pixels
 
 
 def collate_files(items: list[tuple[list[Prediction], torch.Tensor]]) -> dict:

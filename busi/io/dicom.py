@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from busi.errors import UnreadableImageError
+from busi.errors import ImageTooLargeError, NotAnImageError, UnreadableImageError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 DICOM_MAGIC_OFFSET = 128  # a DICOM file: 128-byte preamble, then b"DICM"
@@ -93,15 +93,13 @@ def read_dicom(path: Path, data: bytes, options: DicomOptions = DEFAULT_OPTIONS)
     except Exception as error:  # pydicom raises many kinds on damaged files
         raise UnreadableImageError(path, f"not a readable DICOM file ({_first_line(error)})") from None
     if not starts_like_dicom(data) and not any(tag in dataset for tag in ("SOPClassUID", "PixelData", "Modality")):
-        raise UnreadableImageError(
-            path, "not a readable DICOM file (neither the DICM preamble nor DICOM image elements)"
-        )
+        raise NotAnImageError(path, "not a readable DICOM file (neither the DICM preamble nor DICOM image elements)")
     if "DirectoryRecordSequence" in dataset:
-        raise UnreadableImageError(
+        raise NotAnImageError(
             path, "a DICOMDIR (an index of other DICOM files), not an image; pass the folder of the files it lists"
         )
     if "PixelData" not in dataset:
-        raise UnreadableImageError(
+        raise NotAnImageError(
             path,
             "a DICOM file without pixel data (a report or another object that holds no image); nothing to classify",
         )
@@ -115,7 +113,7 @@ def read_dicom(path: Path, data: bytes, options: DicomOptions = DEFAULT_OPTIONS)
             path, f"DICOM image of {columns}×{rows} pixels and {frames} frames: nothing to decode"
         )
     if rows * columns > Image.MAX_IMAGE_PIXELS:
-        raise UnreadableImageError(
+        raise ImageTooLargeError(
             path,
             f"image too large to decode safely ({columns}×{rows} = {rows * columns:,} pixels, "
             f"Pillow's limit is {Image.MAX_IMAGE_PIXELS:,}); downscale it first",
@@ -160,14 +158,12 @@ def _check_decoder(path: Path, dataset) -> None:
     try:
         available = get_decoder(syntax).is_available
     except NotImplementedError:  # pydicom has no decoder for it at all (video, private syntaxes)
-        raise UnreadableImageError(
+        raise NotAnImageError(
             path,
             f"busi cannot decode its transfer syntax {syntax.name}; export the scan uncompressed, as JPEG or as PNG",
         ) from None
     if not available:
-        raise UnreadableImageError(
-            path, f"no decoder installed for its transfer syntax {syntax.name}; {INSTALL} adds it"
-        )
+        raise NotAnImageError(path, f"no decoder installed for its transfer syntax {syntax.name}; {INSTALL} adds it")
 
 
 def _to_image(array: np.ndarray, dataset) -> Image.Image:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from busi.errors import UnreadableImageError
+from busi.errors import ImageTooLargeError, NotAnImageError, UnreadableImageError
 from busi.io.dicom import (
     DEFAULT_OPTIONS,
     DICOM_SUFFIXES,
@@ -115,14 +115,14 @@ def _decode_raster(path: Path, data: bytes | None = None) -> Image.Image:
             size = f"{width}×{height} = {width * height:,} pixels"
         except Image.DecompressionBombError:  # over twice the limit: Pillow refuses even to open it
             size = str(error).split("(", 1)[1].split(")", 1)[0]  # "Image size (N pixels) exceeds …"
-        raise UnreadableImageError(
+        raise ImageTooLargeError(
             path,
             f"image too large to decode safely ({size}, Pillow's limit is {Image.MAX_IMAGE_PIXELS:,}); downscale it first",
         ) from None
     except UnidentifiedImageError:
-        empty = (len(data) if data is not None else path.stat().st_size) == 0
-        reason = "empty file (0 bytes)" if empty else "unknown or unsupported format"
-        raise UnreadableImageError(path, f"not a readable image ({reason})") from None
+        if (len(data) if data is not None else path.stat().st_size) == 0:
+            raise UnreadableImageError(path, "not a readable image (empty file (0 bytes))") from None
+        raise NotAnImageError(path, "not a readable image (unknown or unsupported format)") from None
     except (OSError, ValueError, SyntaxError) as error:
         reason = str(error) or type(error).__name__
         raise UnreadableImageError(path, f"not a readable image ({reason})") from None

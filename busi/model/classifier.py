@@ -359,17 +359,23 @@ def stored_hyperparameters(path: Path) -> dict:
     return (state.get("hyper_parameters") if isinstance(state, dict) else None) or {}
 
 
-def load_classifiers(path: Path | str, map_location: str | torch.device = "cpu") -> list[BusiClassifier]:
-    """One checkpoint, or every fold's best.ckpt of a `busi-cv` folder (a fold ensemble)."""
+def checkpoint_paths(path: Path | str) -> list[Path]:
+    """The checkpoint itself, or every fold's best.ckpt of a `busi-cv` folder (WeightsError when it has none)."""
     path = Path(path)
     if not path.is_dir():
-        return [load_classifier(path, map_location)]
+        return [path]
     paths = sorted(path.glob("fold_*/lightning_logs/version_*/checkpoints/best.ckpt"))
     if not paths:
         raise WeightsError(
             f"{path}: no fold_*/lightning_logs/version_*/checkpoints/best.ckpt; pass a checkpoint or a busi-cv folder"
         )
-    classifiers = [load_classifier(p, map_location) for p in paths]
+    return paths
+
+
+def load_classifiers(path: Path | str, map_location: str | torch.device = "cpu") -> list[BusiClassifier]:
+    """One checkpoint, or every fold's best.ckpt of a `busi-cv` folder (a fold ensemble)."""
+    path = Path(path)
+    classifiers = [load_classifier(p, map_location) for p in checkpoint_paths(path)]
     if len({(c.class_names, c.hparams.image_size) for c in classifiers}) > 1:
         raise WeightsError(f"{path}: the fold models differ in classes or image size; they cannot be averaged")
     return classifiers

@@ -1,0 +1,67 @@
+"""What busi-serve says about its model: the identity every answer carries (checkpoint SHA-256, recipe,
+image size) and the model card of GET /info, from what best.ckpt (or a busi-cv folder) holds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from busi import __version__
+from busi.evaluation.model_card import LIMITS
+
+INTENDED_USE = (
+    "Research on breast ultrasound classification only. Not a medical device, not validated for clinical use, "
+    "not for diagnosing or triaging patients."
+)
+WARNING = "Research use only: not a medical device; every answer needs a radiologist's reading."
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def identity(ckpt: Path, checkpoints: list[Path], summary: dict | None, image_size: int) -> dict:
+    """The model that answered: its files' SHA-256 (one per fold model of a busi-cv folder), recipe, input size."""
+    return {
+        "checkpoint": str(ckpt),
+        "sha256": [sha256(path) for path in checkpoints] if Path(ckpt).is_dir() else sha256(checkpoints[0]),
+        "recipe": (summary or {}).get("recipe"),
+        "image_size": image_size,
+        "busi_version": __version__,
+    }
+
+
+def model_card(model_identity: dict, class_names: tuple[str, ...], summary: dict | None, ckpt: Path) -> dict:
+    """GET /info: the model card as JSON. `summary` is the one busi.training.finish.model_summary kept in
+    best.ckpt (None for an imported or an older checkpoint: the card then says so)."""
+    card = {
+        "identity": model_identity,
+        "classes": list(class_names),
+        "intended_use": INTENDED_USE,
+        "warning": WARNING,
+        "known_limits": list(LIMITS),
+    }
+    if summary is None:
+        card["training"] = None
+        card["note"] = "this checkpoint holds no training summary (imported, or written by an older busi)"
+        return card
+    card["training"] = {
+        key: summary.get(key) for key in ("trained", "weights", "freeze_backbone", "head", "protocol", "data")
+    }
+    card["test_split"] = summary.get("test")
+    card["calibration"] = {
+        "temperature": summary["test"].get("temperature"),
+        "summary": summary["test"].get("calibration"),
+        "ece": summary["test"].get("ece"),
+    }
+    card["operating_point"] = summary.get("operating_point")
+    cv_summary = Path(ckpt) / "cv_summary.json"
+    if cv_summary.is_file():
+        card["cross_validation"] = json.loads(cv_summary.read_text(encoding="utf-8"))
+    card["model_card_markdown"] = summary.get("model_card")
+    return card
