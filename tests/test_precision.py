@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from busi import CLASS_NAMES
 from busi.commands.predict import main as predict_main
 from busi.data.module import BusiDataModule
+from busi.model.answering import cpu_has_native_bf16
 from busi.model.classifier import BusiClassifier
-from busi.training.cli import DEFAULT_CONFIG, BusiCLI, choose_precision, cpu_has_native_bf16
+from busi.training.cli import DEFAULT_CONFIG, BusiCLI, choose_precision
 from busi.training.run import run
 
 from fake_busi import IMAGE_SIZE, train_args

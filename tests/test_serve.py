@@ -173,8 +173,11 @@ def slow_upload(url: str) -> socket.socket:
 
 
 def test_the_api_key_is_enforced_and_requests_beyond_the_queue_get_503(ckpt, scans):
+    # also unbatched (one request per forward pass) and on two model workers
     with running_service(
-        ckpt, "--api_key_env", "BUSI_TEST_KEY", "--max_queue", "2", env={"BUSI_TEST_KEY": "s3cret"}
+        ckpt,
+        *("--api_key_env", "BUSI_TEST_KEY", "--max_queue", "2", "--max_batch_size", "1", "--workers", "2"),
+        env={"BUSI_TEST_KEY": "s3cret"},
     ) as service:
         key = {"Authorization": "Bearer s3cret"}
         assert post(service.url, scans[0]).status_code == 401

@@ -35,6 +35,7 @@ class Answering:
     for Grad-CAM heat-maps: of the predicted class (`predicted`) or of the batch's labels (`label`)."""
 
     explain: Explain = False
+    answer_dtype: torch.dtype = torch.float32  # bfloat16: the network answers under bf16 autocast (answer_in_bfloat16)
 
     def predict_step(self, batch, batch_idx: int = 0, dataloader_idx: int = 0) -> Outputs:
         pixels, labels, keys = batch_inputs(batch)
@@ -50,6 +51,19 @@ class Answering:
         # The report scores the checkpoint as prediction, calibration and the exports use it: in fp32,
         # whatever precision it was trained in. busi.callbacks.split_reports.SplitReports collects what this returns.
         return self.predict_step(batch, batch_idx, dataloader_idx)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: oneDNN runs bf16 convolutions natively (elsewhere it emulates them, slowly)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+
+
+def answer_in_bfloat16(model) -> None:
+    """Every model of `model` (one, or a fold ensemble's) answers with its network under bf16 autocast
+    (the dense head and the calibration stay float32); Grad-CAM is still computed in float32."""
+    for member in model.members:
+        member.answer_dtype = torch.bfloat16
 
 
 def device_options(device: str | torch.device = "cpu") -> dict:

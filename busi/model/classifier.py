@@ -199,7 +199,8 @@ class BusiClassifier(Answering, L.LightningModule):
         frozen backbone reuse cached features. Reports, calibration, prediction and the app use it."""
         images = self.prepare_inputs(pixels.to(self.device))
         cams = explained = None
-        with torch.autocast(images.device.type, enabled=False):
+        bf16 = self.answer_dtype == torch.bfloat16 and explain is False  # busi-serve --precision bf16
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
             if explain is False:
                 with torch.no_grad():
                     features, lesion_logits = self.encode(images, keys)

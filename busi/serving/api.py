@@ -66,19 +66,23 @@ class BusiAPI(ls.LitAPI):
         rule: str = "the most probable class",
         dicom: DicomOptions = DEFAULT_OPTIONS,
         threads: int | None = None,
+        bfloat16: bool = False,
         max_batch_size: int = 8,
         batch_timeout: float = 0.01,
     ):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
         self.ckpt, self.identity, self.threshold, self.rule = Path(ckpt), identity, threshold, rule
-        self.dicom, self.threads = dicom, threads
+        self.dicom, self.threads, self.bfloat16 = dicom, threads, bfloat16
 
     def setup(self, device: str) -> None:
+        from busi.model.answering import answer_in_bfloat16
         from busi.model.ensemble import load_model
 
         if self.threads:
             torch.set_num_threads(self.threads)
         self.model = load_model(self.ckpt, map_location=device).to(device).eval()
+        if self.bfloat16:
+            answer_in_bfloat16(self.model)
         self.device_name = device
         # warm-up: /health says ready only once the model has answered an image
         start, size = time.perf_counter(), self.model.image_size
@@ -103,7 +107,9 @@ class BusiAPI(ls.LitAPI):
     def batch(self, inputs: list[Decoded | Rejected]) -> list[Decoded | Rejected]:
         return inputs  # predict stacks the readable ones: the rejected keep their place
 
-    def predict(self, inputs: list[Decoded | Rejected]) -> list:
+    def predict(self, inputs: list[Decoded | Rejected] | Decoded | Rejected) -> list | tuple | Rejected:
+        if not isinstance(inputs, list):  # --max_batch_size 1: LitServe passes one request, unbatched
+            return self.predict([inputs])[0]
         readable = [item for item in inputs if isinstance(item, Decoded)]
         if not readable:
             return inputs

@@ -23,6 +23,7 @@ from busi.callbacks.distillation import Distillation
 from busi.callbacks.finetuning import BackboneUnfreezing
 from busi.data.catalog import check_data_root
 from busi.errors import OptionError, SettingError
+from busi.model.answering import cpu_has_native_bf16
 from busi.model.migration import MOVED, TO_CALLBACKS, is_old_value
 from busi.training.checkpointing import (
     ARCHITECTURE,
@@ -121,12 +122,6 @@ def current_spellings(args: list[str]) -> list[str]:
                 arg = new + equals + value
         current.append(arg)
     return current
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: oneDNN runs bf16 convolutions natively (elsewhere it emulates them, slowly)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
 
 def choose_precision(accelerator: str | None, freeze_backbone: bool) -> tuple[str, str]:
