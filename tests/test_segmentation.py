@@ -13,10 +13,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import busi.commands.app
-from busi.callbacks.prediction_writer import csv_columns
+from busi.callbacks.prediction_writer import MEASUREMENT_COLUMNS, csv_columns
 from busi.commands.app import Result, overlay_figure
 from busi.commands.export import main as export_main
 from busi.commands.predict import main as predict_main
+from busi.evaluation.measurements import lesions
 from busi.evaluation.plots import OUTLINE_COLOUR, overlay
 from busi.io.images import MASK_UNKNOWN, as_three_channels, load_image
 from busi.model.classifier import BusiClassifier, load_classifier
@@ -104,13 +105,38 @@ def test_predict_writes_lesion_masks_at_the_original_size(segmenting_run, busi_r
     args = ["--ckpt", str(ckpt), *map(str, images), "--output", str(output)]
     assert predict_main([*args, "--masks", str(masks), "--cam", str(cams)]) == 0
     rows = list(csv.DictReader(output.open()))
-    assert list(rows[0]) == [*csv_columns(("benign", "malignant", "normal")), "mask"]
+    assert list(rows[0]) == [*csv_columns(("benign", "malignant", "normal")), "mask", *MEASUREMENT_COLUMNS]
     for image, row in zip(images, rows, strict=True):
         written = Image.open(row["mask"])
         assert written.size == Image.open(image).size and set(np.unique(np.asarray(written))) <= {0, 255}
         assert (cams / f"{image.stem}.png").is_file()
+        found = lesions(np.asarray(written) > 0)  # the CSV measures the mask it wrote: in pixels, a PNG has no spacing
+        assert int(row["lesions"]) == len(found) and row["long_axis_mm"] == row["area_mm2"] == ""
+        if found:
+            assert int(row["area_px"]) == found[0].area_px
+            assert float(row["long_axis_px"]) == pytest.approx(found[0].long_axis_px, abs=0.05)
+            assert row["orientation"] == found[0].orientation
     assert predict_main(args) == 0  # without --masks the CSV is what it always was
     assert next(csv.DictReader(output.open())).keys() == set(csv_columns(("benign", "malignant", "normal")))
+
+
+def test_a_dicom_scans_lesion_is_measured_in_millimetres_at_its_region_spacing(segmenting_run, busi_root, tmp_path):
+    pytest.importorskip("pydicom")
+    from fake_dicom import write_dicom
+
+    scan = np.asarray(Image.open(busi_root / "malignant" / "malignant (1).png").convert("L"))
+    dicom = write_dicom(tmp_path / "scan.dcm", scan, region=(0, 0, scan.shape[1] - 1, scan.shape[0] - 1))
+    output, masks = tmp_path / "p.csv", tmp_path / "masks"
+    ckpt = segmenting_run / "checkpoints" / "best.ckpt"
+    assert predict_main(["--ckpt", str(ckpt), str(dicom), "--output", str(output), "--masks", str(masks)]) == 0
+    (row,) = csv.DictReader(output.open())
+    spacing = (float(row["pixel_spacing_x_mm"]), float(row["pixel_spacing_y_mm"]))
+    assert spacing == (0.125, 0.15)  # the region's PhysicalDeltaX/Y, 0.0125 and 0.015 cm
+    found = lesions(np.asarray(Image.open(row["mask"])) > 0, spacing)
+    assert int(row["lesions"]) == len(found) >= 1
+    assert float(row["long_axis_mm"]) == pytest.approx(found[0].long_axis_mm, abs=0.005)
+    assert float(row["area_mm2"]) == pytest.approx(found[0].area_px * 0.125 * 0.15, abs=0.005)
+    assert float(row["depth_to_width"]) == pytest.approx(found[0].depth_mm / found[0].width_mm, abs=5e-4)
 
 
 def test_masks_from_a_model_without_a_decoder_is_one_line(trained_run, busi_root, tmp_path, capsys):

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from busi.data.files import Prediction, file_loader, image_files
+from busi.evaluation.measurements import lesions as measured_lesions
 from busi.evaluation.operating_point import decided_class
 from busi.evaluation.plots import overlay
 from busi.io.dicom import DEFAULT_OPTIONS, DicomOptions
@@ -49,14 +50,14 @@ def csv_columns(class_names: tuple[str, ...], layout: CsvLayout = PLAIN) -> list
         "confidence",
         *(f"p_{name}" for name in class_names),
         "error",
-        *(["mask"] if layout.masks else []),
+        *(["mask", *MEASUREMENT_COLUMNS] if layout.masks else []),
         *(["frame", "frames"] if layout.frames else []),
         *(["pixel_spacing_x_mm", "pixel_spacing_y_mm"] if layout.spacing else []),
     ]
 
 
 def csv_row(prediction: Prediction, class_names: tuple[str, ...], layout: CsvLayout = PLAIN) -> list[str]:
-    extra = [str(prediction.mask or "")] if layout.masks else []
+    extra = [str(prediction.mask or ""), *measurement_values(prediction)] if layout.masks else []
     if layout.frames:
         extra += [str(prediction.frame), str(prediction.frames)] if prediction.probabilities is not None else ["", ""]
     if layout.spacing:
@@ -75,9 +76,40 @@ def csv_row(prediction: Prediction, class_names: tuple[str, ...], layout: CsvLay
     ]
 
 
-def lesion_mask(lesion: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """A lesion map at the model's input size as the 0/255 mask of the image's own `size` (width, height)."""
-    return Image.fromarray((resize_map(lesion, size) >= LESION_THRESHOLD).astype(np.uint8) * 255)
+def lesion_mask(lesion: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A lesion map at the model's input size as the boolean mask of the image's own `size` (width, height)."""
+    return resize_map(lesion, size) >= LESION_THRESHOLD
+
+
+def mask_image(mask: np.ndarray) -> Image.Image:
+    """A boolean mask as the 0/255 PNG busi writes."""
+    return Image.fromarray(mask.astype(np.uint8) * 255)
+
+
+MEASUREMENT_COLUMNS = (
+    "lesions", "long_axis_mm", "short_axis_mm", "area_mm2", "depth_to_width", "orientation",
+    "long_axis_px", "short_axis_px", "area_px",
+)  # fmt: skip
+
+
+def measurement_values(prediction: Prediction) -> list[str]:
+    """The CSV's measurement columns: how many lesions, and the largest one's figures (mm where the image
+    gives a spacing)."""
+    if not prediction.lesions:
+        return ["0" if prediction.lesions is not None else "", *[""] * (len(MEASUREMENT_COLUMNS) - 1)]
+    largest = prediction.lesions[0]
+    number = lambda value, digits: "" if value is None else f"{value:.{digits}f}"  # noqa: E731
+    return [
+        str(len(prediction.lesions)),
+        number(largest.long_axis_mm, 2),
+        number(largest.short_axis_mm, 2),
+        number(largest.area_mm2, 2),
+        number(largest.depth_to_width, 3),
+        largest.orientation,
+        number(largest.long_axis_px, 1),
+        number(largest.short_axis_px, 1),
+        str(largest.area_px),
+    ]
 
 
 def write_csv(path: Path, predictions: list[Prediction], class_names: tuple[str, ...], layout: CsvLayout = PLAIN):
@@ -141,9 +173,12 @@ class PredictionWriter(BasePredictionWriter):
 
     def _fill(self, row: Prediction, k: int, prediction: Outputs, lesions: np.ndarray | None, pixels) -> None:
         row.probabilities = prediction.probabilities[k].cpu().tolist()
-        if self.mask_dir is not None:
-            row.mask = self.mask_dir / f"{row.name}_lesion.png"
-            lesion_mask(lesions[k], row.size).save(row.mask)
+        if lesions is not None:
+            mask = lesion_mask(lesions[k], row.size)
+            row.lesions = measured_lesions(mask, row.spacing_mm)
+            if self.mask_dir is not None:
+                row.mask = self.mask_dir / f"{row.name}_lesion.png"
+                mask_image(mask).save(row.mask)
         if self.cam_dir is not None:
             best = max(range(len(row.probabilities)), key=row.probabilities.__getitem__)
             caption = f"{self.class_names[best]} {row.probabilities[best]:.1%}\n{row.path.name}"

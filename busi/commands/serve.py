@@ -144,7 +144,8 @@ def serve(args) -> int:
         + (" (API key required)" if api_key else ""),
         file=sys.stderr,
     )
-    server.run(host=args.host, port=args.port, generate_client_file=False, log_level="warning")
+    # one HTTP process (LitServe starts one per worker otherwise): --max_queue bounds the whole service
+    server.run(host=args.host, port=args.port, num_api_servers=1, generate_client_file=False, log_level="warning")
     return 0
 
 

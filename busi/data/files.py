@@ -40,6 +40,7 @@ class Prediction:
     index: int = 0  # the file's place among the inputs: rows are written in this order
     name: str = ""  # stem of the files written for it: unique among the inputs
     size: tuple[int, int] | None = None  # (width, height) of the decoded image
+    lesions: list | None = None  # busi.evaluation.measurements.Lesion of the predicted mask, largest first
 
 
 def image_files(paths: list[Path], skipped_masks: list[Path] | None = None) -> Iterator[Path]:

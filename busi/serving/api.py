@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
-from busi.callbacks.prediction_writer import lesion_mask
+from busi.callbacks.prediction_writer import lesion_mask, mask_image
 from busi.data.files import Prediction, decode_rows
 from busi.errors import ImageTooLargeError, NotAnImageError, UnreadableImageError
 from busi.evaluation.operating_point import decided_class
@@ -158,7 +158,7 @@ class BusiAPI(ls.LitAPI):
         }
         if item.mask:
             png = io.BytesIO()
-            lesion_mask(lesion, row.size).save(png, format="PNG")
+            mask_image(lesion_mask(lesion, row.size)).save(png, format="PNG")
             answer["mask_png_base64"] = base64.b64encode(png.getvalue()).decode("ascii")
         return JSONResponse(answer)
 
