@@ -188,6 +188,9 @@ def test_the_service_answers_for_a_cv_folder_as_busi_predict_and_sends_its_lesio
                 assert probability == pytest.approx(float(row[f"p_{name}"]), abs=1e-6)
             sent = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask_png_base64"]))))
             assert np.array_equal(sent, np.asarray(Image.open(row["mask"])))
+            assert len(answer["lesions"]) == int(row["lesions"])  # measured as busi-predict measures
+            if answer["lesions"]:
+                assert answer["lesions"][0]["area_px"] == int(row["area_px"])
     assert (
         card["cross_validation"]["out_of_fold"] == json.loads((cv_run / "cv_summary.json").read_text())["out_of_fold"]
     )

@@ -19,10 +19,11 @@ from busi.commands.export import main as export_main
 from busi.commands.predict import main as predict_main
 from busi.evaluation.measurements import lesions
 from busi.evaluation.plots import OUTLINE_COLOUR, overlay
-from busi.io.images import MASK_UNKNOWN, as_three_channels, load_image
+from busi.io.images import MASK_UNKNOWN, as_three_channels, load_image, resize_map
 from busi.model.classifier import BusiClassifier, load_classifier
 from busi.model.ensemble import FoldEnsemble
 from busi.model.losses import segmentation_loss
+from busi.model.metrics import LESION_THRESHOLD
 from busi.model.network import FEATURE_CHANNELS, parameter_counts
 from busi.model.settings import Loss
 from busi.training.run import run
@@ -202,6 +203,22 @@ def test_the_app_names_the_decoder_and_shows_the_lesion_dice(segmenting_run, mon
     assert "lesion decoder (λ 1)" in panel
     measures = test.sidebar.table[0].value["measure"].tolist()
     assert "lesion Dice, benign" in measures and "lesion Dice, malignant" in measures
+
+
+def test_the_app_measures_an_uploaded_scans_lesion_in_millimetres(segmenting_run, busi_root, tmp_path):
+    pytest.importorskip("pydicom")
+    from busi.commands.app import classify_upload
+
+    from fake_dicom import write_dicom
+
+    scan = np.asarray(Image.open(busi_root / "malignant" / "malignant (1).png").convert("L"))
+    dicom = write_dicom(tmp_path / "scan.dcm", scan, region=(0, 0, scan.shape[1] - 1, scan.shape[0] - 1))
+    model = load_classifier(segmenting_run / "checkpoints" / "best.ckpt")
+    result = classify_upload(model, "scan.dcm", dicom.read_bytes())
+    found = lesions(resize_map(result.lesion, (scan.shape[1], scan.shape[0])) >= LESION_THRESHOLD, (0.125, 0.15))
+    assert result.lesions == [lesion.summary() for lesion in found] and " mm, area " in result.lesions[0]
+    png = classify_upload(model, "scan.png", (busi_root / "malignant" / "malignant (1).png").read_bytes())
+    assert "px (no pixel spacing)" in png.lesions[0]
 
 
 def test_the_lesion_head_reads_the_decoder_and_exports_to_onnx(tmp_path):

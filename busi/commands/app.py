@@ -17,13 +17,14 @@ from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
 from busi import __version__
-from busi.callbacks.prediction_writer import CsvLayout, csv_columns, csv_row
+from busi.callbacks.prediction_writer import CsvLayout, csv_columns, csv_row, lesion_mask
 from busi.commands.options import MAX_UPLOAD_MB
 from busi.data.files import Prediction
 from busi.errors import WeightsError
+from busi.evaluation.measurements import lesions
 from busi.evaluation.operating_point import decided_class, stored_operating_point
 from busi.evaluation.plots import HEAT_MAP, OUTLINE_COLOUR
-from busi.io.images import UnreadableImageError, as_three_channels, decode_image, resize_map, resize_to_tensor
+from busi.io.images import UnreadableImageError, as_three_channels, decode_frames, resize_map, resize_to_tensor
 from busi.model.answering import answer
 from busi.model.classifier import BusiClassifier
 from busi.model.ensemble import FoldEnsemble, load_model
@@ -72,6 +73,7 @@ class Result:
     scan: np.ndarray | None = None  # the decoded image, (H, W, 3) uint8 at its own size
     cam: np.ndarray | None = None  # heat-map in [0, 1] at the model's input size
     lesion: np.ndarray | None = None  # lesion probabilities at the model's input size, with a decoder
+    lesions: list[str] | None = None  # each predicted lesion's measurements (Lesion.summary), largest first
 
 
 @st.cache_resource(max_entries=2)
@@ -87,15 +89,19 @@ def classify_upload(model: BusiClassifier | FoldEnsemble, name: str, data: bytes
         raise UnreadableImageError(
             Path(name), f"file too large ({len(data) / 2**20:.0f} MB; at most {MAX_UPLOAD_MB} MB)"
         )
-    image = decode_image(Path(name), data)
+    frame = decode_frames(Path(name), data)[0]
+    image = frame.image
     pixels = as_three_channels(resize_to_tensor(image, model.image_size))
     outputs = answer(model, DataLoader([{"pixels": pixels[None]}], batch_size=None), explain="predicted")
+    lesion = None if outputs.lesions is None else outputs.lesions[0].cpu().numpy()
+    found = None if lesion is None else lesions(lesion_mask(lesion, image.size), frame.spacing_mm)
     return Result(
         name,
         outputs.probabilities[0].tolist(),
         scan=np.asarray(image.convert("RGB")),
         cam=outputs.cams[0].cpu().numpy(),
-        lesion=None if outputs.lesions is None else outputs.lesions[0].cpu().numpy(),
+        lesion=lesion,
+        lesions=None if found is None else [measured.summary() for measured in found],
     )
 
 
@@ -271,6 +277,14 @@ def show(result: Result, overlay: bytes | None, class_names: tuple[str, ...], th
     for name, probability in zip(class_names, probabilities, strict=True):
         numbers.progress(float(probability), text=f"{name}: {percent(probability)}")
     numbers.caption("Calibrated probabilities; the bars run from 0 to 1.")
+    if result.lesions is not None:
+        numbers.markdown(
+            "**Predicted lesion**  \n" + "  \n".join(result.lesions) if result.lesions else "No lesion predicted."
+        )
+        if result.lesions:
+            numbers.caption(
+                "Long × short axis, from the predicted outline (magenta): a model's estimate, not a measurement."
+            )
 
 
 def main() -> None:

@@ -45,6 +45,14 @@ class Lesion:
         """BI-RADS: `parallel` (wider than tall) or `not parallel` (taller than wide)."""
         return "not parallel" if self.depth_to_width > 1 else "parallel"
 
+    def summary(self) -> str:
+        """One line, as a report gives it: in mm where known, else in pixels."""
+        if self.long_axis_mm is not None:
+            size = f"{self.long_axis_mm:.1f} × {self.short_axis_mm:.1f} mm, area {self.area_mm2:.1f} mm²"
+        else:
+            size = f"{self.long_axis_px:.0f} × {self.short_axis_px:.0f} px, area {self.area_px} px (no pixel spacing)"
+        return f"{size}, depth/width {self.depth_to_width:.2f} ({self.orientation})"
+
     def as_dict(self) -> dict:
         return {**asdict(self), "depth_to_width": self.depth_to_width, "orientation": self.orientation}
 

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 from busi.callbacks.prediction_writer import lesion_mask, mask_image
 from busi.data.files import Prediction, decode_rows
 from busi.errors import ImageTooLargeError, NotAnImageError, UnreadableImageError
+from busi.evaluation.measurements import lesions
 from busi.evaluation.operating_point import decided_class
 from busi.io.dicom import DEFAULT_OPTIONS, DicomOptions
 from busi.serving.info import WARNING
@@ -156,9 +157,12 @@ class BusiAPI(ls.LitAPI):
             "model": self.identity,
             "warning": WARNING,
         }
+        if lesion is not None:  # a model with the lesion decoder: its lesions measured, the mask when asked
+            mask = lesion_mask(lesion, row.size)
+            answer["lesions"] = [found.as_dict() for found in lesions(mask, row.spacing_mm)]
         if item.mask:
             png = io.BytesIO()
-            mask_image(lesion_mask(lesion, row.size)).save(png, format="PNG")
+            mask_image(mask).save(png, format="PNG")
             answer["mask_png_base64"] = base64.b64encode(png.getvalue()).decode("ascii")
         return JSONResponse(answer)
 
