@@ -29,3 +29,12 @@ def trained_run(busi_root, tmp_path_factory):
 
     cli = run(train_args(busi_root, tmp_path_factory.mktemp("runs"), "--resume.keep_when_finished=true", epochs=2))
     return cli, Path(cli.trainer.log_dir)
+
+
+@pytest.fixture(scope="session")
+def segmenting_run(busi_root, tmp_path_factory) -> Path:
+    """A real run with the decoder: the frozen default recipe, λ = 1, 64 px, 2 epochs; its folder."""
+    from busi.training.run import run
+
+    cli = run(train_args(busi_root, tmp_path_factory.mktemp("seg"), "--model.loss.segmentation_weight=1"))
+    return Path(cli.trainer.log_dir)

@@ -1,5 +1,5 @@
-"""The package's layers: every import points down (io → data → model → evaluation → callbacks →
-training → serving → commands), no module imports another in a cycle (type-only imports aside), and a command
+"""The package's layers: every import points down (io → data → model → evaluation → archive →
+callbacks → training → serving → commands), no module imports another in a cycle (type-only imports aside), and a command
 imports no other command but the shared options."""
 
 import ast
@@ -8,7 +8,18 @@ from pathlib import Path
 import busi
 
 PACKAGE = Path(busi.__file__).parent
-LAYERS = ("", "io", "data", "model", "evaluation", "callbacks", "training", "serving", "commands")  # "": busi/*.py
+LAYERS = (
+    "",
+    "io",
+    "data",
+    "model",
+    "evaluation",
+    "archive",
+    "callbacks",
+    "training",
+    "serving",
+    "commands",
+)  # "": busi/*.py
 
 
 def runtime_imports(path: Path) -> set[str]:

@@ -26,7 +26,6 @@ from busi.model.losses import segmentation_loss
 from busi.model.metrics import LESION_THRESHOLD
 from busi.model.network import FEATURE_CHANNELS, parameter_counts
 from busi.model.settings import Loss
-from busi.training.run import run
 
 from fake_busi import IMAGE_SIZE, train_args
 
@@ -72,13 +71,6 @@ def test_the_segmentation_loss_skips_unknown_masks_and_learns_empty_ones():
     assert segmentation_loss(silent, empty) < 0.3 < 1 < segmentation_loss(loud, empty)  # normal: no lesion
     only_unknown = segmentation_loss(logits.requires_grad_(), unknown.expand(3, -1, -1, -1))
     assert only_unknown == 0 and only_unknown.requires_grad
-
-
-@pytest.fixture(scope="module")
-def segmenting_run(busi_root, tmp_path_factory):
-    """A real run with the decoder: the frozen default recipe, λ = 1, 64 px, 2 epochs."""
-    cli = run(train_args(busi_root, tmp_path_factory.mktemp("seg"), "--model.loss.segmentation_weight=1"))
-    return Path(cli.trainer.log_dir)
 
 
 def test_a_run_with_the_decoder_reports_dice_and_its_checkpoint_loads_safely(segmenting_run):

@@ -17,7 +17,7 @@ from busi.data.files import Prediction, file_loader, image_files
 from busi.evaluation.measurements import lesions as measured_lesions
 from busi.evaluation.operating_point import decided_class
 from busi.evaluation.plots import overlay
-from busi.io.dicom import DEFAULT_OPTIONS, DicomOptions
+from busi.io.dicom import DEFAULT_OPTIONS, DicomOptions, is_dicom_file
 from busi.io.images import resize_map
 from busi.model.answering import answering_trainer, run_predict
 from busi.model.classifier import BusiClassifier
@@ -137,11 +137,14 @@ class PredictionWriter(BasePredictionWriter):
         total: int | None = None,
         quiet: bool = True,
         keep: bool = False,
+        dicom_out: Path | None = None,
+        model_identity: dict | None = None,
     ):
         super().__init__(write_interval="batch")
         self.class_names, self.output, self.layout = tuple(class_names), output, layout
         self.cam_dir, self.mask_dir = cam_dir, mask_dir
         self.echo, self.total, self.quiet, self.keep = echo, total, quiet, keep
+        self.dicom_out, self.model_identity = dicom_out, model_identity
         self.predictions: list[Prediction] = []
         self.predicted = self.failed = 0  # on the main process, after the merge: over all processes
 
@@ -173,18 +176,44 @@ class PredictionWriter(BasePredictionWriter):
 
     def _fill(self, row: Prediction, k: int, prediction: Outputs, lesions: np.ndarray | None, pixels) -> None:
         row.probabilities = prediction.probabilities[k].cpu().tolist()
+        mask = None
         if lesions is not None:
             mask = lesion_mask(lesions[k], row.size)
             row.lesions = measured_lesions(mask, row.spacing_mm)
             if self.mask_dir is not None:
                 row.mask = self.mask_dir / f"{row.name}_lesion.png"
                 mask_image(mask).save(row.mask)
+        if self.dicom_out is not None and is_dicom_file(row.path):
+            self._dicom_results(row, mask)
         if self.cam_dir is not None:
             best = max(range(len(row.probabilities)), key=row.probabilities.__getitem__)
             caption = f"{self.class_names[best]} {row.probabilities[best]:.1%}\n{row.path.name}"
             row.cam = self.cam_dir / f"{row.name}.png"
             lesion = None if lesions is None else lesions[k] >= LESION_THRESHOLD
             overlay(pixels, prediction.cams[k], caption, lesion=lesion).save(row.cam)
+
+    def _dicom_results(self, row: Prediction, mask: np.ndarray | None) -> None:
+        """The SR (and the SEG, with a predicted lesion) of a DICOM row, in dicom_out; a row that cannot have
+        them gets a warning in its note, never an error."""
+        import pydicom
+
+        from busi.archive.results import Answer, write_results
+
+        if mask is not None and row.crop is not None:  # back into the whole frame the SEG refers to
+            whole = np.zeros(row.frame_size[::-1], dtype=bool)
+            left, top, right, bottom = row.crop
+            whole[top:bottom, left:right] = mask
+            mask = whole
+        best = decided_class(row.probabilities, self.class_names, self.layout.malignant_threshold)
+        answer = Answer(
+            self.class_names, row.probabilities, self.class_names[best], row.frame, mask, row.lesions or [],
+            self.model_identity or {},
+        )  # fmt: skip
+        try:
+            row.dicom_results = write_results(pydicom.dcmread(row.path), answer, self.dicom_out, row.name)
+        except Exception as error:  # highdicom refuses a source it cannot reference: the CSV row stands
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            row.note = "; ".join(filter(None, [row.note, f"no DICOM results ({reason})"]))
 
     def _write(self, row: Prediction) -> None:
         values = csv_row(row, self.class_names, self.layout)

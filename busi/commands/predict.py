@@ -36,6 +36,14 @@ def parser() -> ArgumentParser:
         "needs a model trained with --model.loss.segmentation_weight",
     )
     parser.add_argument(
+        "--dicom_out",
+        type=Path | None,
+        default=None,
+        help="for DICOM inputs, write a Structured Report (TID 1500: finding, probabilities, lesion measurements) "
+        "and, with a lesion decoder, a Segmentation of the predicted lesion per frame into this folder, in the "
+        "source's study (needs busi[pacs])",
+    )
+    parser.add_argument(
         "--dicom_frames",
         type=str,
         default="middle",
@@ -81,7 +89,7 @@ def open_outputs(args) -> None:
     """Create the output folders and check that the CSV can be written: OptionError naming the place."""
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        for folder in (args.cam, args.masks):
+        for folder in (args.cam, args.masks, args.dicom_out):
             if folder:
                 folder.mkdir(parents=True, exist_ok=True)
         args.output.open("w").close()
@@ -105,6 +113,11 @@ def predict(args) -> int:
         dicom = DicomOptions(str(args.dicom_frames), args.dicom_crop)
     except ValueError as error:
         raise OptionError(str(error)) from None
+    if args.dicom_out is not None:
+        try:
+            import highdicom  # noqa: F401
+        except ImportError:
+            raise OptionError("--dicom_out needs highdicom: pip install 'busi[pacs]'") from None
     options = trainer_options(args)
     model = load_model(args.ckpt)
     if args.masks and not model.segments:
@@ -117,9 +130,16 @@ def predict(args) -> int:
     dicom_files = any(map(is_dicom_file, files))
     layout = CsvLayout(args.masks is not None, dicom.frames == "all", dicom_files, threshold)
     open_outputs(args)
+    model_identity = None
+    if args.dicom_out is not None:
+        from busi.model.classifier import checkpoint_paths
+        from busi.model.identity import identity
+
+        model_identity = identity(args.ckpt, checkpoint_paths(args.ckpt), model.members[0].summary, model.image_size)
     writer = PredictionWriter(
-        model.class_names, args.output, layout, args.cam, args.masks, echo=True, total=len(files), quiet=args.quiet
-    )
+        model.class_names, args.output, layout, args.cam, args.masks, echo=True, total=len(files), quiet=args.quiet,
+        dicom_out=args.dicom_out, model_identity=model_identity,
+    )  # fmt: skip
     model.explain = "predicted" if args.cam else False
     trainer = answering_trainer(callbacks=[writer], **options)
     run_predict(trainer, model, file_loader(files, model.image_size, dicom, args.batch_size), keep=False)
@@ -129,6 +149,7 @@ def predict(args) -> int:
         f"{writer.predicted} predicted, {writer.failed} failed → {args.output}"
         + (f"; Grad-CAM overlays in {args.cam}" if args.cam else "")
         + (f"; lesion masks in {args.masks}" if args.masks else "")
+        + (f"; DICOM results (SR, SEG) in {args.dicom_out}" if args.dicom_out else "")
         + (f"; {len(skipped_masks)} mask files in the folders skipped (not scans)" if skipped_masks else "")
         + (f" ({trainer.world_size} processes)" if trainer.world_size > 1 else "")
         + (f"; labelled malignant when p_malignant ≥ {threshold:.4f} ({why})" if threshold is not None else "")

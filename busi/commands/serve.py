@@ -101,9 +101,10 @@ def serve(args) -> int:
     from busi.model.answering import cpu_has_native_bf16
     from busi.model.classifier import checkpoint_paths
     from busi.model.ensemble import load_model
+    from busi.model.identity import identity
     from busi.serving.api import BusiAPI, threads_per_worker
     from busi.serving.guard import Guard
-    from busi.serving.info import identity, model_card
+    from busi.serving.info import model_card
 
     device = choose_device(args.device)
     if args.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():

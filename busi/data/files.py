@@ -41,6 +41,9 @@ class Prediction:
     name: str = ""  # stem of the files written for it: unique among the inputs
     size: tuple[int, int] | None = None  # (width, height) of the decoded image
     lesions: list | None = None  # busi.evaluation.measurements.Lesion of the predicted mask, largest first
+    crop: tuple[int, int, int, int] | None = None  # of a DICOM frame: the tissue region it was cropped to
+    frame_size: tuple[int, int] | None = None  # of a DICOM frame: (width, height) before cropping
+    dicom_results: list[Path] | None = None  # the SR and SEG written for it (busi-predict --dicom_out)
 
 
 def image_files(paths: list[Path], skipped_masks: list[Path] | None = None) -> Iterator[Path]:
@@ -101,6 +104,8 @@ def decode_rows(
             index=index,
             name=stem if frame.frames == 1 else f"{stem}_frame{frame.number}",
             size=frame.image.size,
+            crop=frame.crop,
+            frame_size=frame.frame_size,
         )
         for frame in frames
     ]

@@ -1,13 +1,11 @@
-"""What busi-serve says about its model: the identity every answer carries (checkpoint SHA-256, recipe,
-image size) and the model card of GET /info, from what best.ckpt (or a busi-cv folder) holds."""
+"""What busi-serve says about its model: the model card of GET /info, from what best.ckpt (or a busi-cv
+folder) holds."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from busi import __version__
 from busi.evaluation.model_card import LIMITS
 
 INTENDED_USE = (
@@ -15,25 +13,6 @@ INTENDED_USE = (
     "not for diagnosing or triaging patients."
 )
 WARNING = "Research use only: not a medical device; every answer needs a radiologist's reading."
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def identity(ckpt: Path, checkpoints: list[Path], summary: dict | None, image_size: int) -> dict:
-    """The model that answered: its files' SHA-256 (one per fold model of a busi-cv folder), recipe, input size."""
-    return {
-        "checkpoint": str(ckpt),
-        "sha256": [sha256(path) for path in checkpoints] if Path(ckpt).is_dir() else sha256(checkpoints[0]),
-        "recipe": (summary or {}).get("recipe"),
-        "image_size": image_size,
-        "busi_version": __version__,
-    }
 
 
 def model_card(model_identity: dict, class_names: tuple[str, ...], summary: dict | None, ckpt: Path) -> dict:

@@ -1,0 +1,1 @@
+"""What goes back to a hospital archive: busi's answers as DICOM objects (SR, SEG)."""

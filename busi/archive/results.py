@@ -1,0 +1,195 @@
+"""busi's answer for a DICOM scan as DICOM objects a hospital archive files under the same study (with
+highdicom): a Comprehensive 3D SR following TID 1500 (the finding as a coded concept, the three
+calibrated probabilities, each predicted lesion's measurements with their units and a reference to its
+segment, the algorithm's identity, unverified, research use only) and a binary DICOM SEG of the predicted
+lesions referencing the source image. New series and UIDs; patient and study attributes come from the
+source, nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from busi import __version__
+from busi.evaluation.measurements import Lesion
+
+SCHEME = "99BUSI"  # busi's own codes, where DICOM and SNOMED CT have none
+FINDINGS = {"benign": codes.SCT.Benign, "malignant": codes.SCT.Malignant, "normal": codes.SCT.Normal}
+PROBABILITIES = {
+    "benign": hd.sr.CodedConcept("P-BENIGN", SCHEME, "Probability of benign finding"),
+    "malignant": codes.DCM.ProbabilityOfCancer,
+    "normal": hd.sr.CodedConcept("P-NORMAL", SCHEME, "Probability of normal finding"),
+}
+PIXELS = hd.sr.CodedConcept("{pixels}", "UCUM", "pixels")  # lengths and areas of a scan without a spacing
+DEPTH_TO_WIDTH = hd.sr.CodedConcept("DEPTH-WIDTH", SCHEME, "Depth to width ratio")
+FINDING = codes.DCM.Finding
+RESEARCH_USE = "busi AI result, unverified, research use only: not for diagnosis"
+SEG_SERIES, SR_SERIES = 9901, 9902  # series numbers of what busi writes
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What busi answered for one frame of a DICOM scan."""
+
+    class_names: tuple[str, ...]
+    probabilities: list[float]
+    label: str  # the decided class (the operating point's, where one was used)
+    frame: int  # of the source, from 1
+    mask: np.ndarray | None  # boolean (rows, columns) of the whole source frame; None without a decoder
+    lesions: list[Lesion]  # of the mask, largest first
+    model: dict  # busi.model.identity.identity: checkpoint SHA-256, recipe, image size
+
+
+def is_busi_result(dataset: Dataset) -> bool:
+    """An object busi wrote (an SR or a SEG of its series): never classified again."""
+    return dataset.get("Manufacturer") == "busi" and dataset.get("SeriesNumber") in (SEG_SERIES, SR_SERIES)
+
+
+def algorithm(model: dict) -> tuple[str, list[str]]:
+    digest = model["sha256"] if isinstance(model["sha256"], str) else ",".join(model["sha256"])
+    return f"busi {__version__}", [f"checkpoint sha256 {digest}", f"recipe {model.get('recipe')}"]
+
+
+def segmentation(source: Dataset, answer: Answer) -> hd.seg.Segmentation:
+    """The predicted lesions of the answered frame as one binary segment."""
+    name, _ = algorithm(answer.model)
+    frames = int(source.get("NumberOfFrames") or 1)
+    pixels = np.zeros((frames, *answer.mask.shape), dtype=bool)
+    pixels[answer.frame - 1] = answer.mask
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="lesion predicted by busi",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="busi", family=codes.DCM.ArtificialIntelligence, version=__version__
+        ),
+    )
+    seg = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=pixels if frames > 1 else pixels[0],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=hd.UID(),
+        series_number=SEG_SERIES,
+        sop_instance_uid=hd.UID(),
+        instance_number=answer.frame,
+        manufacturer="busi",
+        manufacturer_model_name=f"DenseNet121 {answer.model.get('recipe')}",
+        software_versions=name,
+        device_serial_number=identity_serial(answer.model),
+        series_description=RESEARCH_USE[:64],
+        omit_empty_frames=True,
+    )
+    # Type 2C without a frame of reference (ultrasound has none): the source's, or empty
+    seg.PatientOrientation = source.get("PatientOrientation", "")
+    return seg
+
+
+def identity_serial(model: dict) -> str:
+    digest = model["sha256"] if isinstance(model["sha256"], str) else model["sha256"][0]
+    return digest[:16]
+
+
+def measurements_of(lesion: Lesion) -> list[hd.sr.Measurement]:
+    mm, square_mm, pixels = codes.UCUM.Millimeter, codes.UCUM.SquareMillimeter, PIXELS
+    known = lesion.long_axis_mm is not None
+    values = [
+        (codes.SCT.LongAxis, lesion.long_axis_mm if known else lesion.long_axis_px, mm if known else pixels),
+        (codes.SCT.ShortAxis, lesion.short_axis_mm if known else lesion.short_axis_px, mm if known else pixels),
+        (codes.SCT.Depth, lesion.depth_mm if known else lesion.depth_px, mm if known else pixels),
+        (codes.SCT.Width, lesion.width_mm if known else lesion.width_px, mm if known else pixels),
+        (codes.SCT.Area, lesion.area_mm2 if known else lesion.area_px, square_mm if known else pixels),
+        (DEPTH_TO_WIDTH, lesion.depth_to_width, codes.UCUM.NoUnits),
+    ]
+    return [hd.sr.Measurement(name=n, value=float(v), unit=u) for n, v, u in values]  # the group names the algorithm
+
+
+def structured_report(source: Dataset, answer: Answer, seg: hd.seg.Segmentation | None) -> hd.sr.Comprehensive3DSR:
+    """TID 1500: an image-level group with the finding and the probabilities, a planar group per lesion."""
+    name, parameters = algorithm(answer.model)
+    algorithm_id = hd.sr.AlgorithmIdentification(name="busi", version=__version__, parameters=parameters)
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name=name, manufacturer_name="busi", model_name=f"DenseNet121 {answer.model.get('recipe')}",
+            serial_number=identity_serial(answer.model),
+        ),
+    )  # fmt: skip
+    frame = [answer.frame] if int(source.get("NumberOfFrames") or 1) > 1 else None
+    image = hd.sr.SourceImageForMeasurementGroup.from_source_image(source, referenced_frame_numbers=frame)
+    groups = [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="busi classification"),
+            algorithm_id=algorithm_id,
+            source_images=[image],
+            measurements=[
+                hd.sr.Measurement(name=PROBABILITIES[n], value=float(p), unit=codes.UCUM.NoUnits)
+                for n, p in zip(answer.class_names, answer.probabilities, strict=True)
+                if n in PROBABILITIES
+            ],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(FINDING, FINDINGS[answer.label])]
+            if answer.label in FINDINGS
+            else None,
+        )
+    ]
+    for number, lesion in enumerate(answer.lesions, start=1):
+        if seg is None:
+            break
+        segment = hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            frame_number=1,  # the SEG holds the answered frame only (empty frames omitted)
+            segment_number=1,
+            source_image=hd.sr.SourceImageForSegmentation.from_source_image(source, referenced_frame_numbers=frame),
+        )
+        # the segment alone names it (the SEG has one frame): the standard allows a frame number or a
+        # segment number in the reference, not both (dciodvfy)
+        del segment[0].ReferencedSOPSequence[0].ReferencedFrameNumber
+        orientation = codes.DCM.NotParallel if lesion.orientation == "not parallel" else codes.DCM.Parallel
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"lesion {number}"),
+                referenced_segment=segment,
+                finding_type=codes.SCT.Lesion,
+                algorithm_id=algorithm_id,
+                measurements=measurements_of(lesion),
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.Orientation, orientation)],
+            )
+        )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=codes.SCT.UltrasonographyOfBreast,
+        imaging_measurements=groups,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[source, *([seg] if seg is not None else [])],
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=SR_SERIES,
+        sop_instance_uid=hd.UID(),
+        instance_number=answer.frame,
+        manufacturer="busi",
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+    )
+    sr.SeriesDescription = RESEARCH_USE[:64]
+    return sr
+
+
+def write_results(source: Dataset, answer: Answer, folder: Path, stem: str) -> list[Path]:
+    """STEM_seg.dcm (with a decoder and a predicted lesion) and STEM_sr.dcm in `folder`."""
+    seg = segmentation(source, answer) if answer.mask is not None and answer.mask.any() else None
+    written = []
+    if seg is not None:
+        seg.save_as(folder / f"{stem}_seg.dcm")
+        written.append(folder / f"{stem}_seg.dcm")
+    structured_report(source, answer, seg).save_as(folder / f"{stem}_sr.dcm")
+    return [*written, folder / f"{stem}_sr.dcm"]
