@@ -14,9 +14,10 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
 
 from busi import __version__
-from busi.evaluation.measurements import Lesion
+from busi.evaluation.measurements import Lesion, components, hull, row_ends
 
 SCHEME = "99BUSI"  # busi's own codes, where DICOM and SNOMED CT have none
 FINDINGS = {"benign": codes.SCT.Benign, "malignant": codes.SCT.Malignant, "normal": codes.SCT.Normal}
@@ -45,14 +46,24 @@ class Answer:
     model: dict  # busi.model.identity.identity: checkpoint SHA-256, recipe, image size
 
 
+def derived_uid(*parts: object) -> str:
+    """A UID fixed by what it names (the source instance, the frame, the model, the kind of object): the same
+    answer written twice, after a restart or a second run, is the same object, which an archive keeps once."""
+    return generate_uid(entropy_srcs=[str(part) for part in parts])
+
+
 def is_busi_result(dataset: Dataset) -> bool:
     """An object busi wrote (an SR or a SEG of its series): never classified again."""
     return dataset.get("Manufacturer") == "busi" and dataset.get("SeriesNumber") in (SEG_SERIES, SR_SERIES)
 
 
+def digest(model: dict) -> str:
+    """The checkpoint's SHA-256 (a busi-cv folder's: its fold models', joined)."""
+    return model["sha256"] if isinstance(model["sha256"], str) else ",".join(model["sha256"])
+
+
 def algorithm(model: dict) -> tuple[str, list[str]]:
-    digest = model["sha256"] if isinstance(model["sha256"], str) else ",".join(model["sha256"])
-    return f"busi {__version__}", [f"checkpoint sha256 {digest}", f"recipe {model.get('recipe')}"]
+    return f"busi {__version__}", [f"checkpoint sha256 {digest(model)}", f"recipe {model.get('recipe')}"]
 
 
 def segmentation(source: Dataset, answer: Answer) -> hd.seg.Segmentation:
@@ -76,9 +87,9 @@ def segmentation(source: Dataset, answer: Answer) -> hd.seg.Segmentation:
         pixel_array=pixels if frames > 1 else pixels[0],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
-        series_instance_uid=hd.UID(),
+        series_instance_uid=derived_uid(source.StudyInstanceUID, digest(answer.model), "SEG series"),
         series_number=SEG_SERIES,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=derived_uid(source.SOPInstanceUID, answer.frame, digest(answer.model), "SEG"),
         instance_number=answer.frame,
         manufacturer="busi",
         manufacturer_model_name=f"DenseNet121 {answer.model.get('recipe')}",
@@ -111,6 +122,29 @@ def measurements_of(lesion: Lesion) -> list[hd.sr.Measurement]:
     return [hd.sr.Measurement(name=n, value=float(v), unit=u) for n, v, u in values]  # the group names the algorithm
 
 
+def lesion_outlines(mask: np.ndarray, count: int) -> list[np.ndarray]:
+    """The convex outline (x, y in frame pixels) of the `count` largest regions of a mask, largest first:
+    the lesions busi.evaluation.measurements.lesions measured, in its order."""
+    labels = components(mask)
+    areas = np.bincount(labels.ravel())[1:]
+    order = np.argsort(-areas, kind="stable")[:count]
+    return [hull(row_ends(labels == k + 1)) for k in order]
+
+
+def segment_reference(source: Dataset, seg: hd.seg.Segmentation, frame: list[int] | None):
+    reference = hd.sr.ReferencedSegmentationFrame(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        frame_number=1,  # the SEG holds the answered frame only (empty frames omitted)
+        segment_number=1,
+        source_image=hd.sr.SourceImageForSegmentation.from_source_image(source, referenced_frame_numbers=frame),
+    )
+    # the segment alone names it (the SEG has one frame): the standard allows a frame number or a segment
+    # number in the reference, not both (dciodvfy)
+    del reference[0].ReferencedSOPSequence[0].ReferencedFrameNumber
+    return reference
+
+
 def structured_report(source: Dataset, answer: Answer, seg: hd.seg.Segmentation | None) -> hd.sr.Comprehensive3DSR:
     """TID 1500: an image-level group with the finding and the probabilities, a planar group per lesion."""
     name, parameters = algorithm(answer.model)
@@ -118,7 +152,7 @@ def structured_report(source: Dataset, answer: Answer, seg: hd.seg.Segmentation 
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name=name, manufacturer_name="busi", model_name=f"DenseNet121 {answer.model.get('recipe')}",
+            uid=derived_uid(digest(answer.model), "device"), name=name, manufacturer_name="busi", model_name=f"DenseNet121 {answer.model.get('recipe')}",
             serial_number=identity_serial(answer.model),
         ),
     )  # fmt: skip
@@ -126,7 +160,9 @@ def structured_report(source: Dataset, answer: Answer, seg: hd.seg.Segmentation 
     image = hd.sr.SourceImageForMeasurementGroup.from_source_image(source, referenced_frame_numbers=frame)
     groups = [
         hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="busi classification"),
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derived_uid(source.SOPInstanceUID, answer.frame, "classification"), identifier="busi classification"
+            ),
             algorithm_id=algorithm_id,
             source_images=[image],
             measurements=[
@@ -139,24 +175,25 @@ def structured_report(source: Dataset, answer: Answer, seg: hd.seg.Segmentation 
             else None,
         )
     ]
-    for number, lesion in enumerate(answer.lesions, start=1):
-        if seg is None:
-            break
-        segment = hd.sr.ReferencedSegmentationFrame(
-            sop_class_uid=seg.SOPClassUID,
-            sop_instance_uid=seg.SOPInstanceUID,
-            frame_number=1,  # the SEG holds the answered frame only (empty frames omitted)
-            segment_number=1,
-            source_image=hd.sr.SourceImageForSegmentation.from_source_image(source, referenced_frame_numbers=frame),
-        )
-        # the segment alone names it (the SEG has one frame): the standard allows a frame number or a
-        # segment number in the reference, not both (dciodvfy)
-        del segment[0].ReferencedSOPSequence[0].ReferencedFrameNumber
+    outlines = lesion_outlines(answer.mask, len(answer.lesions)) if answer.mask is not None else []
+    for number, (lesion, outline) in enumerate(zip(answer.lesions, outlines, strict=False), start=1):
         orientation = codes.DCM.NotParallel if lesion.orientation == "not parallel" else codes.DCM.Parallel
+        where = {}
+        if seg is None:  # no SEG (a cine loop without a frame of reference): the lesion's outline on the frame
+            where["referenced_region"] = hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=np.vstack([outline, outline[:1]]),
+                source_image=hd.sr.SourceImageForRegion.from_source_image(source, referenced_frame_numbers=frame),
+            )
+        else:
+            where["referenced_segment"] = segment_reference(source, seg, frame)
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"lesion {number}"),
-                referenced_segment=segment,
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=derived_uid(source.SOPInstanceUID, answer.frame, "lesion", number),
+                    identifier=f"lesion {number}",
+                ),
+                **where,
                 finding_type=codes.SCT.Lesion,
                 algorithm_id=algorithm_id,
                 measurements=measurements_of(lesion),
@@ -171,9 +208,9 @@ def structured_report(source: Dataset, answer: Answer, seg: hd.seg.Segmentation 
     sr = hd.sr.Comprehensive3DSR(
         evidence=[source, *([seg] if seg is not None else [])],
         content=report,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=derived_uid(source.StudyInstanceUID, digest(answer.model), "SR series"),
         series_number=SR_SERIES,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=derived_uid(source.SOPInstanceUID, answer.frame, digest(answer.model), "SR"),
         instance_number=answer.frame,
         manufacturer="busi",
         is_complete=True,
@@ -184,9 +221,16 @@ def structured_report(source: Dataset, answer: Answer, seg: hd.seg.Segmentation 
     return sr
 
 
+def can_segment(source: Dataset) -> bool:
+    """highdicom writes a SEG of a multi-frame source only within a frame of reference (ultrasound cine
+    loops rarely have one): their lesions are outlined in the SR instead."""
+    return int(source.get("NumberOfFrames") or 1) == 1 or "FrameOfReferenceUID" in source
+
+
 def write_results(source: Dataset, answer: Answer, folder: Path, stem: str) -> list[Path]:
-    """STEM_seg.dcm (with a decoder and a predicted lesion) and STEM_sr.dcm in `folder`."""
-    seg = segmentation(source, answer) if answer.mask is not None and answer.mask.any() else None
+    """STEM_seg.dcm (with a decoder, a predicted lesion and a source it can refer to) and STEM_sr.dcm in `folder`."""
+    lesion = answer.mask is not None and answer.mask.any()
+    seg = segmentation(source, answer) if lesion and can_segment(source) else None
     written = []
     if seg is not None:
         seg.save_as(folder / f"{stem}_seg.dcm")

@@ -272,12 +272,19 @@ def predict_files(
     cam_dir: Path | None = None,
     mask_dir: Path | None = None,
     dicom: DicomOptions = DEFAULT_OPTIONS,
+    dicom_out: Path | None = None,
+    model_identity: dict | None = None,
+    malignant_threshold: float | None = None,
 ) -> list[Prediction]:
     """One Prediction per image (a file, or a frame of a DICOM cine loop), in input order; unreadable
     files carry the reason in `error`. With `cam_dir`, a Grad-CAM overlay of the predicted class is
     written there for each image (the predicted lesion outlined when the model has a decoder); with
-    `mask_dir`, the predicted lesion mask as a 0/255 PNG at the image's own size."""
-    writer = PredictionWriter(model.class_names, cam_dir=cam_dir, mask_dir=mask_dir, keep=True)
+    `mask_dir`, the predicted lesion mask as a 0/255 PNG at the image's own size; with `dicom_out`, each DICOM
+    input's SR and SEG there (see PredictionWriter)."""
+    writer = PredictionWriter(
+        model.class_names, layout=CsvLayout(malignant_threshold=malignant_threshold), cam_dir=cam_dir,
+        mask_dir=mask_dir, keep=True, dicom_out=dicom_out, model_identity=model_identity,
+    )  # fmt: skip
     model.explain, before = ("predicted" if cam_dir is not None else False), model.explain
     loader = file_loader(list(image_files(paths)), model.image_size, dicom, batch_size)
     try:
