@@ -130,6 +130,18 @@ def echo(port: int, ae_title: str = "BUSI") -> bool:
 
 def storescu(port: int, *files: Path, ae_title: str = "BUSI") -> subprocess.CompletedProcess:
     """dcmtk's storescu: the files sent in one association."""
-    # -xy: JPEG baseline proposed beside the uncompressed syntaxes (JPEG from a scanner is sent as it is)
-    command = [dcmtk("storescu"), "-xy", "-aet", "STORESCU", "-aec", ae_title, "127.0.0.1", str(port), *map(str, files)]
+    # -R: contexts for the files' own SOP classes (SEG is not in storescu's default list); -xy: JPEG baseline
+    # proposed beside the uncompressed syntaxes (JPEG from a scanner is sent as it is)
+    command = [
+        dcmtk("storescu"),
+        "-R",
+        "-xy",
+        "-aet",
+        "STORESCU",
+        "-aec",
+        ae_title,
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
