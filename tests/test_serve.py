@@ -172,17 +172,22 @@ def slow_upload(url: str) -> socket.socket:
     return connection
 
 
-def test_the_api_key_is_enforced_and_requests_beyond_the_queue_get_503(ckpt, scans):
-    # also unbatched (one request per forward pass) and on two model workers
+def test_the_api_key_is_enforced_and_requests_beyond_the_queue_get_503(ckpt, scans, service):
+    # also unbatched (one request per forward pass), on two model workers, answering in bfloat16
+    fp32 = post(service.url, scans[0]).json()
     with running_service(
         ckpt,
         *("--api_key_env", "BUSI_TEST_KEY", "--max_queue", "2", "--max_batch_size", "1", "--workers", "2"),
+        *("--precision", "bf16"),
         env={"BUSI_TEST_KEY": "s3cret"},
     ) as service:
         key = {"Authorization": "Bearer s3cret"}
         assert post(service.url, scans[0]).status_code == 401
         assert post(service.url, scans[0], headers={"Authorization": "Bearer guess"}).status_code == 403
-        assert post(service.url, scans[0], headers=key).status_code == 200
+        bf16 = post(service.url, scans[0], headers=key)
+        assert bf16.status_code == 200 and bf16.json()["label"] == fp32["label"]
+        for name, probability in bf16.json()["probabilities"].items():
+            assert probability == pytest.approx(fp32["probabilities"][name], abs=1e-2)
         assert requests.get(f"{service.url}/info", timeout=10).status_code == 401
         assert requests.get(f"{service.url}/health", timeout=10).status_code == 200  # a probe needs no key
         held = [slow_upload(service.url) for _ in range(2)]
