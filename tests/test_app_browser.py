@@ -39,8 +39,18 @@ def free_port() -> int:
 @pytest.fixture
 def served(trained_run, tmp_path):
     """`streamlit run busi/commands/app.py` from the repository root, with the test run's checkpoint."""
+    yield from serve_app(trained_run[1] / "checkpoints" / "best.ckpt", tmp_path)
+
+
+@pytest.fixture
+def served_segmenting(segmenting_run, tmp_path):
+    """The app with the checkpoint of a run with the lesion decoder."""
+    yield from serve_app(segmenting_run / "checkpoints" / "best.ckpt", tmp_path)
+
+
+def serve_app(ckpt: Path, tmp_path: Path):
     port = free_port()
-    env = {**os.environ, "BUSI_CHECKPOINT": str(trained_run[1] / "checkpoints" / "best.ckpt")}
+    env = {**os.environ, "BUSI_CHECKPOINT": str(ckpt)}
     log = (tmp_path / "streamlit.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "busi/commands/app.py", "--server.headless=true", f"--server.port={port}",
@@ -145,3 +155,30 @@ def test_a_browser_accepts_a_dicom_upload(served, browser, tmp_path):
     scan = write_dicom(tmp_path / "scan.dcm", ultrasound_like(np.random.default_rng(2), 0, 96, 120))
     _, shown = predict_py_row(ckpt, scan, tmp_path)
     assert "scan.dcm" in upload(browser, open_app(browser, url), [scan], shown)
+
+
+def full_page_screenshot(browser, name: str, tmp_path: Path) -> Path:
+    shots = Path(os.environ.get("BUSI_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    height = browser.execute_script(
+        "return Math.max(...[...document.querySelectorAll('section, div')].map(e => e.scrollHeight))"
+    )
+    browser.set_window_size(1400, min(height + 100, 6000))
+    time.sleep(1)
+    assert browser.save_screenshot(str(shots / name))
+    return shots / name
+
+
+def test_a_browser_shows_the_predicted_lesions_size_in_millimetres(served_segmenting, browser, busi_root, tmp_path):
+    pytest.importorskip("pydicom")
+    import numpy as np
+    from PIL import Image
+
+    from fake_dicom import write_dicom
+
+    url, _ = served_segmenting
+    pixels = np.asarray(Image.open(busi_root / "malignant" / "malignant (1).png").convert("L"))
+    scan = write_dicom(tmp_path / "lesion.dcm", pixels, region=(0, 0, pixels.shape[1] - 1, pixels.shape[0] - 1))
+    page = upload(browser, open_app(browser, url), [scan], ["lesion.dcm", "Predicted lesion", " mm, area "])
+    assert "mm²" in page and "depth/width" in page
+    full_page_screenshot(browser, "app_lesion.png", tmp_path)

@@ -28,10 +28,10 @@ def scan_in_a_study(busi_root: Path, path: Path) -> Path:
     """A BUSI image as a scanner's DICOM, with a patient and a study, its tissue region smaller than the frame."""
     pixels = np.asarray(Image.open(busi_root / "malignant" / "malignant (1).png").convert("L").resize((120, 96)))
     dataset = ultrasound_dataset(pixels, REGION)
-    dataset.PatientName, dataset.PatientID, dataset.PatientBirthDate, dataset.PatientSex = "Test^Busi", "P-1", "", "F"
-    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    dataset.PatientName, dataset.PatientID, dataset.PatientSex = "Test^Busi", "P-1", "F"  # no birth date: as
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()  # scanners leave out
     dataset.StudyDate, dataset.StudyTime, dataset.StudyID, dataset.AccessionNumber = "20260101", "101500", "1", "A-1"
-    dataset.ReferringPhysicianName, dataset.SeriesNumber, dataset.InstanceNumber = "", 1, 1
+    dataset.SeriesNumber, dataset.InstanceNumber = 1, 1  # nor a referring physician
     dataset.save_as(path, enforce_file_format=True)
     return path
 
@@ -76,6 +76,7 @@ def test_a_scan_gets_an_sr_and_a_seg_in_its_study_equal_to_the_csv(segmenting_ru
     for path in (sr_path, seg_path):
         written = pydicom.dcmread(path)
         assert written.StudyInstanceUID == original.StudyInstanceUID and written.PatientID == "P-1"
+        assert written.PatientBirthDate == "" and written.AccessionNumber == "A-1"
         assert (
             written.SeriesInstanceUID != original.SeriesInstanceUID
             and written.SOPInstanceUID != original.SOPInstanceUID

@@ -7,6 +7,7 @@ source, nothing else."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,8 +228,18 @@ def can_segment(source: Dataset) -> bool:
     return int(source.get("NumberOfFrames") or 1) == 1 or "FrameOfReferenceUID" in source
 
 
+TYPE_2 = (  # patient and study attributes the results copy: present in every DICOM object, possibly empty
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)  # fmt: skip
+
+
 def write_results(source: Dataset, answer: Answer, folder: Path, stem: str) -> list[Path]:
     """STEM_seg.dcm (with a decoder, a predicted lesion and a source it can refer to) and STEM_sr.dcm in `folder`."""
+    source = copy.deepcopy(source)
+    for keyword in TYPE_2:  # a scanner may leave out what may be empty: empty, as the standard has it
+        if keyword not in source:
+            setattr(source, keyword, "")
     lesion = answer.mask is not None and answer.mask.any()
     seg = segmentation(source, answer) if lesion and can_segment(source) else None
     written = []
