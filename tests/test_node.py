@@ -70,11 +70,15 @@ def test_scans_sent_to_the_node_come_back_to_the_archive_as_busi_predict_answers
     report.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     report.StudyInstanceUID = pydicom.dcmread(scan).StudyInstanceUID
     report.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    ct = pydicom.dcmread(scan)  # an image of a modality the node is not configured to answer
+    ct.Modality, ct.SOPInstanceUID = "CT", generate_uid()
+    ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
+    ct.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
     port, log = free_port(), tmp_path / "node.log"
     with running_orthanc(tmp_path / "orthanc", port) as orthanc:
-        send = ("--send", f"127.0.0.1:{orthanc.dicom_port}:{orthanc.ae_title}")
+        send = ("--send", f"127.0.0.1:{orthanc.dicom_port}:{orthanc.ae_title}", "--modalities", "[US]")
         with running_node(ckpt, tmp_path / "spool", port, *send, log=log):
-            assert storescu(port, scan, tmp_path / "report.dcm").returncode == 0
+            assert storescu(port, scan, tmp_path / "report.dcm", tmp_path / "ct.dcm").returncode == 0
             wait(lambda: len(orthanc.instances()) >= 2, 120, "the SR and the SEG in Orthanc")
             results = sorted((tmp_path / "spool" / "results").iterdir())
             assert storescu(port, *results).returncode == 0  # routed back: ignored, no loop
@@ -96,6 +100,7 @@ def test_scans_sent_to_the_node_come_back_to_the_archive_as_busi_predict_answers
     lines = log.read_text()
     assert f"STORESCU {source.SOPInstanceUID}: {row['label']}" in lines and "sent to ORTHANC" in lines
     assert "skipped (no pixel data" in lines and "ignored (a result busi wrote)" in lines
+    assert "skipped (modality CT; this node answers US)" in lines
     assert "Traceback" not in lines
 
 

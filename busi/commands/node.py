@@ -20,6 +20,7 @@ def parser() -> ArgumentParser:
         "busi as a DICOM node: a Storage SCP that answers received ultrasound scans with an SR and a SEG.",
         "--ckpt",
         "--batch_size",
+        "--malignant_threshold",
         batch_size={"default": 8, "help": "spooled instances answered together"},
     )
     parser.add_argument("--port", type=int, default=11112, help="DICOM port to listen on")
@@ -33,7 +34,7 @@ def parser() -> ArgumentParser:
     )
     parser.add_argument("--send", type=str | None, default=None, help="HOST:PORT:AET that receives every SR and SEG")
     parser.add_argument(
-        "--malignant_threshold", type=str | None, default=None, help="a number in [0, 1] or `stored`, as busi-predict's"
+        "--modalities", type=list[str], default=[], help="answer only these modalities, e.g. [US]; default: any image"
     )
     return parser
 
@@ -63,7 +64,9 @@ def node(args) -> int:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     spool = Spool(args.spool)
     output = args.output or args.spool / "results"
-    busi_node = Node(model, model_identity, spool, output, args.ae_title, destination, args.batch_size, threshold)
+    busi_node = Node(
+        model, model_identity, spool, output, args.ae_title, destination, args.batch_size, threshold, args.modalities
+    )
     logging.getLogger("busi.node").info(
         "labels: %s; results in %s%s", rule, output, f", sent to {args.send}" if args.send else ""
     )

@@ -26,6 +26,12 @@ SHARED = {
     "--device": {"default": "auto", "help": "auto, cpu, cuda, cuda:1, …"},
     "--batch_size": {"type": int, "default": 32, "help": "images per forward pass"},
     "--quiet": {"action": "store_true", "help": "no progress bar (it is drawn only on a terminal anyway)"},
+    "--malignant_threshold": {
+        "type": str | None,
+        "default": None,
+        "help": "label malignant whenever p_malignant reaches this (an operating point: a number in [0, 1]), or "
+        "`stored`: the one kept with the model; default: the most probable class",
+    },
 }
 
 

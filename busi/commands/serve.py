@@ -21,6 +21,7 @@ def parser() -> ArgumentParser:
         "GET /health, GET /info (its model card).",
         "--ckpt",
         "--device",
+        "--malignant_threshold",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind: 127.0.0.1 (this machine only)")
     parser.add_argument("--port", type=int, default=8000)
@@ -48,13 +49,6 @@ def parser() -> ArgumentParser:
         "share's 624 images the same labels as float32, probabilities within 0.006: docs/experiments.md); 32: float32",
     )
     parser.add_argument("--max_request_mb", type=float, default=50.0, help="largest request body; larger get 413")
-    parser.add_argument(
-        "--malignant_threshold",
-        type=str | None,
-        default=None,
-        help="label malignant whenever p_malignant reaches this (a number in [0, 1]), or `stored`: the operating "
-        "point kept with the model; default: the most probable class",
-    )
     return parser
 
 

@@ -75,9 +75,11 @@ class Node:
         send: Destination | None = None,
         batch_size: int = 8,
         malignant_threshold: float | None = None,
+        modalities: tuple[str, ...] = (),
     ):
         self.model, self.model_identity, self.spool, self.output = model, model_identity, spool, output
         self.ae_title, self.send, self.batch_size, self.threshold = ae_title, send, batch_size, malignant_threshold
+        self.modalities = tuple(modalities)  # empty: every modality
         self.output.mkdir(parents=True, exist_ok=True)
         self._wake, self._stop = threading.Event(), threading.Event()
         self.ae = AE(ae_title=ae_title)
@@ -93,6 +95,10 @@ class Node:
         uid = dataset.get("SOPInstanceUID", "?")
         if is_busi_result(dataset):
             log.info("%s %s: ignored (a result busi wrote)", source, uid)
+            return SUCCESS
+        if self.modalities and dataset.get("Modality") not in self.modalities:
+            log.info("%s %s: skipped (modality %s; this node answers %s)", source, uid, dataset.get("Modality", "none"),
+                     ", ".join(self.modalities))  # fmt: skip
             return SUCCESS
         if "PixelData" not in dataset:
             log.info("%s %s: skipped (no pixel data: %s)", source, uid, dataset.get("SOPClassUID", "no SOP class"))
