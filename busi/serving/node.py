@@ -96,12 +96,12 @@ class Node:
         if is_busi_result(dataset):
             log.info("%s %s: ignored (a result busi wrote)", source, uid)
             return SUCCESS
+        if "PixelData" not in dataset:
+            log.info("%s %s: skipped (no pixel data: %s)", source, uid, dataset.get("SOPClassUID", "no SOP class"))
+            return SUCCESS
         if self.modalities and dataset.get("Modality") not in self.modalities:
             log.info("%s %s: skipped (modality %s; this node answers %s)", source, uid, dataset.get("Modality", "none"),
                      ", ".join(self.modalities))  # fmt: skip
-            return SUCCESS
-        if "PixelData" not in dataset:
-            log.info("%s %s: skipped (no pixel data: %s)", source, uid, dataset.get("SOPClassUID", "no SOP class"))
             return SUCCESS
         dataset.file_meta.SourceApplicationEntityTitle = source  # for the line that gives its result
         try:
