@@ -177,7 +177,9 @@ class PredictionWriter(BasePredictionWriter):
     def _fill(self, row: Prediction, k: int, prediction: Outputs, lesions: np.ndarray | None, pixels) -> None:
         row.probabilities = prediction.probabilities[k].cpu().tolist()
         mask = None
-        if lesions is not None:
+        # measured only where the lesions are written or kept, not on every answer of a decoder model
+        wanted = self.layout.masks or self.mask_dir is not None or self.dicom_out is not None or self.keep
+        if lesions is not None and wanted:
             mask = lesion_mask(lesions[k], row.size)
             row.lesions = measured_lesions(mask, row.spacing_mm)
             if self.mask_dir is not None:
