@@ -128,14 +128,14 @@ def echo(port: int, ae_title: str = "BUSI") -> bool:
     return done.returncode == 0
 
 
-def storescu(port: int, *files: Path, ae_title: str = "BUSI") -> subprocess.CompletedProcess:
+def storescu(port: int, *files: Path, ae_title: str = "BUSI", propose: str = "-xy") -> subprocess.CompletedProcess:
     """dcmtk's storescu: the files sent in one association."""
     # -R: contexts for the files' own SOP classes (SEG is not in storescu's default list); -xy: JPEG baseline
-    # proposed beside the uncompressed syntaxes (JPEG from a scanner is sent as it is)
+    # proposed beside the uncompressed syntaxes (JPEG from a scanner is sent as it is); -xm: MPEG-2 video
     command = [
         dcmtk("storescu"),
         "-R",
-        "-xy",
+        propose,
         "-aet",
         "STORESCU",
         "-aec",

@@ -17,6 +17,7 @@ import pydicom
 import pydicom.examples
 from pydicom.uid import generate_uid
 
+from busi.archive.results import is_busi_result
 from busi.commands.predict import main as predict_main
 
 from fake_dicom import ultrasound_dataset
@@ -119,13 +120,42 @@ def ckpt_digest(ckpt: Path) -> str:
     return hashlib.sha256(ckpt.read_bytes()).hexdigest()
 
 
+def test_a_capture_shows_the_scan_with_the_lesion_outlined_and_the_answer_under_it(segmenting_run, busi_root, tmp_path):
+    source = scan_in_a_study(busi_root, tmp_path / "scan.dcm")
+    output, masks, results = tmp_path / "p.csv", tmp_path / "masks", tmp_path / "results"
+    ckpt = segmenting_run / "checkpoints" / "best.ckpt"
+    args = ["--ckpt", str(ckpt), str(source), "--output", str(output), "--masks", str(masks)]
+    assert predict_main([*args, "--dicom_out", str(results), "--dicom_capture", "true"]) == 0
+    (row,) = csv.DictReader(output.open())
+    assert sorted(p.name for p in results.iterdir()) == ["scan_capture.dcm", "scan_seg.dcm", "scan_sr.dcm"]
+    capture, original = pydicom.dcmread(results / "scan_capture.dcm"), pydicom.dcmread(source)
+    assert capture.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage and capture.BurnedInAnnotation == "YES"
+    assert capture.StudyInstanceUID == original.StudyInstanceUID and capture.PatientID == "P-1"
+    assert is_busi_result(capture) and dciodvfy_errors(results / "scan_capture.dcm") == []
+    pixels = capture.pixel_array
+    assert pixels.shape[0] > original.Rows and pixels.shape[1:] == (original.Columns, 3)  # the caption under it
+    scan = pixels[: original.Rows].astype(int)
+    changed = (scan != np.stack([original.pixel_array] * 3, axis=-1)).any(axis=-1)
+    mask = np.zeros((original.Rows, original.Columns), dtype=bool)
+    x0, y0, x1, y1 = REGION
+    mask[y0 : y1 + 1, x0 : x1 + 1] = np.asarray(Image.open(row["mask"])) > 0
+    inside, (rows, columns) = np.pad(mask, 1), mask.shape
+    interior = np.logical_and.reduce([inside[y : y + rows, x : x + columns] for y in range(3) for x in range(3)])
+    # every pixel changed is the lesion's edge in magenta, and the edge is drawn
+    assert changed.any() and not (changed & ~(mask & ~interior)).any()
+    assert (scan[changed] == (255, 0, 255)).all()
+    assert pixels[original.Rows :].max() > 200  # white text on the black band
+    assert predict_main([*args[:5], "--dicom_capture", "true"]) == 2  # without --dicom_out: one line, no run
+
+
 def test_a_cine_loop_and_a_model_without_a_decoder_get_an_sr_only(trained_run, tmp_path):
     _, run_dir = trained_run
     cine = tmp_path / "cine.dcm"
     shutil.copy(pydicom.examples.get_path("ybr_color"), cine)  # 30 frames: the middle one is answered
     output, results = tmp_path / "p.csv", tmp_path / "results"
     ckpt = run_dir / "checkpoints" / "best.ckpt"
-    assert predict_main(["--ckpt", str(ckpt), str(cine), "--output", str(output), "--dicom_out", str(results)]) == 0
+    args = ["--ckpt", str(ckpt), str(cine), "--output", str(output), "--dicom_out", str(results)]
+    assert predict_main(args) == 0
     (row,) = csv.DictReader(output.open())
     assert sorted(p.name for p in results.iterdir()) == ["cine_frame16_sr.dcm"]  # the frame answered names it
     sr = hd.sr.srread(results / "cine_frame16_sr.dcm")
@@ -136,3 +166,8 @@ def test_a_cine_loop_and_a_model_without_a_decoder_get_an_sr_only(trained_run, t
     (source,) = items(sr.ContentSequence, "Source of Measurement")
     assert int(source.ReferencedSOPSequence[0].ReferencedFrameNumber) == 16  # pydicom's middle of 30: frame 16
     assert dciodvfy_errors(results / "cine_frame16_sr.dcm") == []
+    # its capture: the answered frame as shown (YBR → RGB), unchanged without a lesion decoder
+    assert predict_main([*args, "--dicom_capture", "true"]) == 0
+    capture = pydicom.dcmread(results / "cine_frame16_capture.dcm")
+    frame = pydicom.pixels.pixel_array(pydicom.dcmread(cine), index=15)
+    assert np.array_equal(capture.pixel_array[: frame.shape[0]], frame) and dciodvfy_errors(capture.filename) == []

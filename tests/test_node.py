@@ -19,7 +19,7 @@ pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 import highdicom as hd
 import pydicom
-from pydicom.uid import generate_uid
+from pydicom.uid import MPEG2MPML, generate_uid
 from test_dicom_results import items, scan_in_a_study
 
 from busi.commands.predict import main as predict_main
@@ -74,20 +74,27 @@ def test_scans_sent_to_the_node_come_back_to_the_archive_as_busi_predict_answers
     ct.Modality, ct.SOPInstanceUID = "CT", generate_uid()
     ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
     ct.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+    video = pydicom.dcmread(scan)  # a transfer syntax busi has no decoder for, sent as it is
+    video.SOPInstanceUID = video.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    video.file_meta.TransferSyntaxUID = MPEG2MPML
+    video.PixelData = pydicom.encaps.encapsulate([b"\x00\x00\x01\xb3" + bytes(200)])
+    video.save_as(tmp_path / "video.dcm", enforce_file_format=True)
     port, log = free_port(), tmp_path / "node.log"
     with running_orthanc(tmp_path / "orthanc", port) as orthanc:
         send = ("--send", f"127.0.0.1:{orthanc.dicom_port}:{orthanc.ae_title}", "--modalities", "[US]")
-        with running_node(ckpt, tmp_path / "spool", port, *send, log=log):
+        with running_node(ckpt, tmp_path / "spool", port, *send, "--dicom_capture", "true", log=log):
             assert storescu(port, scan, tmp_path / "report.dcm", tmp_path / "ct.dcm").returncode == 0
-            wait(lambda: len(orthanc.instances()) >= 2, 120, "the SR and the SEG in Orthanc")
+            assert storescu(port, tmp_path / "video.dcm", propose="-xm").returncode == 0  # MPEG-2, as sent
+            wait(lambda: len(orthanc.instances()) >= 3, 120, "the SR, the SEG and the capture in Orthanc")
             results = sorted((tmp_path / "spool" / "results").iterdir())
             assert storescu(port, *results).returncode == 0  # routed back: ignored, no loop
             time.sleep(3)
         found, stored = by_kind(orthanc), len(orthanc.instances())
-    assert len(found["SR"]) == len(found["SEG"]) == 1 and stored == 2
+    assert len(found["SR"]) == len(found["SEG"]) == len(found["OT"]) == 1 and stored == 3
     source = pydicom.dcmread(scan)
-    sr, seg = found["SR"][0], found["SEG"][0]
-    assert sr.StudyInstanceUID == seg.StudyInstanceUID == source.StudyInstanceUID
+    sr, seg, capture = found["SR"][0], found["SEG"][0], found["OT"][0]
+    assert sr.StudyInstanceUID == seg.StudyInstanceUID == capture.StudyInstanceUID == source.StudyInstanceUID
+    assert capture.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
     (cancer,) = items(sr.ContentSequence, "Probability of cancer")
     assert float(cancer.MeasuredValueSequence[0].NumericValue) == pytest.approx(float(row["p_malignant"]), abs=1e-6)
     (long_axis, *_) = items(sr.ContentSequence, "Long axis")
@@ -101,6 +108,7 @@ def test_scans_sent_to_the_node_come_back_to_the_archive_as_busi_predict_answers
     assert f"STORESCU {source.SOPInstanceUID}: {row['label']}" in lines and "sent to ORTHANC" in lines
     assert "skipped (no pixel data" in lines and "ignored (a result busi wrote)" in lines
     assert "skipped (modality CT; this node answers US)" in lines
+    assert f"{video.SOPInstanceUID}: skipped (busi cannot decode its transfer syntax MPEG2" in lines
     assert "Traceback" not in lines
 
 

@@ -2,7 +2,8 @@
 highdicom): a Comprehensive 3D SR following TID 1500 (the finding as a coded concept, the three
 calibrated probabilities, each predicted lesion's measurements with their units and a reference to its
 segment, the algorithm's identity, unverified, research use only) and a binary DICOM SEG of the predicted
-lesions referencing the source image. New series and UIDs; patient and study attributes come from the
+lesions referencing the source image; on request, a Secondary Capture of the answered frame with the lesion
+outlined and the answer written under it, for viewers that show neither. New series and UIDs; patient and study attributes come from the
 source, nothing else."""
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from busi import __version__
 from busi.evaluation.measurements import Lesion, components, hull, row_ends
+from busi.evaluation.plots import OUTLINE_COLOUR, outline
+from busi.io.dicom import frame_image
 
 SCHEME = "99BUSI"  # busi's own codes, where DICOM and SNOMED CT have none
 FINDINGS = {"benign": codes.SCT.Benign, "malignant": codes.SCT.Malignant, "normal": codes.SCT.Normal}
@@ -31,7 +35,7 @@ PIXELS = hd.sr.CodedConcept("{pixels}", "UCUM", "pixels")  # lengths and areas o
 DEPTH_TO_WIDTH = hd.sr.CodedConcept("DEPTH-WIDTH", SCHEME, "Depth to width ratio")
 FINDING = codes.DCM.Finding
 RESEARCH_USE = "busi AI result, unverified, research use only: not for diagnosis"
-SEG_SERIES, SR_SERIES = 9901, 9902  # series numbers of what busi writes
+SEG_SERIES, SR_SERIES, CAPTURE_SERIES = 9901, 9902, 9903  # series numbers of what busi writes
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,9 @@ def derived_uid(*parts: object) -> str:
 
 
 def is_busi_result(dataset: Dataset) -> bool:
-    """An object busi wrote (an SR or a SEG of its series): never classified again."""
-    return dataset.get("Manufacturer") == "busi" and dataset.get("SeriesNumber") in (SEG_SERIES, SR_SERIES)
+    """An object busi wrote (an SR, a SEG or a capture of its series): never classified again."""
+    series = (SEG_SERIES, SR_SERIES, CAPTURE_SERIES)
+    return dataset.get("Manufacturer") == "busi" and dataset.get("SeriesNumber") in series
 
 
 def digest(model: dict) -> str:
@@ -177,13 +182,13 @@ def structured_report(source: Dataset, answer: Answer, seg: hd.seg.Segmentation 
         )
     ]
     outlines = lesion_outlines(answer.mask, len(answer.lesions)) if answer.mask is not None else []
-    for number, (lesion, outline) in enumerate(zip(answer.lesions, outlines, strict=False), start=1):
+    for number, (lesion, border) in enumerate(zip(answer.lesions, outlines, strict=False), start=1):
         orientation = codes.DCM.NotParallel if lesion.orientation == "not parallel" else codes.DCM.Parallel
         where = {}
         if seg is None:  # no SEG (a cine loop without a frame of reference): the lesion's outline on the frame
             where["referenced_region"] = hd.sr.ImageRegion(
                 graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                graphic_data=np.vstack([outline, outline[:1]]),
+                graphic_data=np.vstack([border, border[:1]]),
                 source_image=hd.sr.SourceImageForRegion.from_source_image(source, referenced_frame_numbers=frame),
             )
         else:
@@ -222,6 +227,69 @@ def structured_report(source: Dataset, answer: Answer, seg: hd.seg.Segmentation 
     return sr
 
 
+def caption(answer: Answer) -> list[str]:
+    """The answer in words, as the capture shows it under the frame."""
+    decided = answer.probabilities[answer.class_names.index(answer.label)]
+    shares = " · ".join(f"{n} {p:.1%}" for n, p in zip(answer.class_names, answer.probabilities, strict=True))
+    lines = [f"busi {__version__}: {answer.label} ({decided:.1%})", shares]
+    lines += [f"lesion {number}: {lesion.summary()}" for number, lesion in enumerate(answer.lesions, start=1)]
+    # Pillow's built-in font has neither × nor ²
+    return [line.replace("×", "x").replace("²", "2") for line in [*lines, RESEARCH_USE]]
+
+
+def wrapped(lines: list[str], font: ImageFont.FreeTypeFont, width: int) -> list[str]:
+    """The lines broken between words so that each fits in `width` pixels (a word longer stays whole)."""
+    out = []
+    for line in lines:
+        current = ""
+        for word in line.split(" "):
+            longer = f"{current} {word}" if current else word
+            if current and font.getlength(longer) > width:
+                out.append(current)
+                longer = word
+            current = longer
+        out.append(current)
+    return out
+
+
+def capture_pixels(source: Dataset, answer: Answer) -> np.ndarray:
+    """The answered frame in RGB with the predicted lesions outlined, the caption in a black band under it."""
+    frame = np.array(frame_image(source, answer.frame).convert("RGB"))
+    if answer.mask is not None:
+        frame[outline(answer.mask, width=max(1, min(frame.shape[:2]) // 200))] = OUTLINE_COLOUR
+    size = max(8, min(24, frame.shape[1] // 40))
+    font = ImageFont.load_default(size=size)
+    lines = wrapped(caption(answer), font, frame.shape[1] - 12)
+    band = Image.new("RGB", (frame.shape[1], len(lines) * (size + 4) + 8), "black")
+    ImageDraw.Draw(band).multiline_text((6, 4), "\n".join(lines), fill="white", font=font, spacing=4)
+    return np.vstack([frame, np.asarray(band)])
+
+
+def secondary_capture(source: Dataset, answer: Answer) -> hd.sc.SCImage:
+    """The overlay as a Secondary Capture in the source's study (the answer burnt into its pixels)."""
+    name, _ = algorithm(answer.model)
+    capture = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=capture_pixels(source, answer),
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        patient_orientation=("A", "F"),  # highdicom insists on one; replaced below by what the source says
+        series_instance_uid=derived_uid(source.StudyInstanceUID, digest(answer.model), "capture series"),
+        series_number=CAPTURE_SERIES,
+        sop_instance_uid=derived_uid(source.SOPInstanceUID, answer.frame, digest(answer.model), "capture"),
+        instance_number=answer.frame,
+        manufacturer="busi",
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    capture.PatientOrientation = source.get("PatientOrientation", "")  # Type 2: an ultrasound frame has none
+    capture.Laterality = source.get("Laterality", "")  # Type 2C for a paired body part: the breast
+    capture.BurnedInAnnotation = "YES"
+    capture.SoftwareVersions = name
+    capture.SeriesDescription = RESEARCH_USE[:64]
+    return capture
+
+
 def can_segment(source: Dataset) -> bool:
     """highdicom writes a SEG of a multi-frame source only within a frame of reference (ultrasound cine
     loops rarely have one): their lesions are outlined in the SR instead."""
@@ -234,8 +302,9 @@ TYPE_2 = (  # patient and study attributes the results copy: present in every DI
 )  # fmt: skip
 
 
-def write_results(source: Dataset, answer: Answer, folder: Path, stem: str) -> list[Path]:
-    """STEM_seg.dcm (with a decoder, a predicted lesion and a source it can refer to) and STEM_sr.dcm in `folder`."""
+def write_results(source: Dataset, answer: Answer, folder: Path, stem: str, capture: bool = False) -> list[Path]:
+    """STEM_seg.dcm (with a decoder, a predicted lesion and a source it can refer to), STEM_sr.dcm and, with
+    `capture`, STEM_capture.dcm in `folder`."""
     source = copy.deepcopy(source)
     for keyword in TYPE_2:  # a scanner may leave out what may be empty: empty, as the standard has it
         if keyword not in source:
@@ -247,4 +316,8 @@ def write_results(source: Dataset, answer: Answer, folder: Path, stem: str) -> l
         seg.save_as(folder / f"{stem}_seg.dcm")
         written.append(folder / f"{stem}_seg.dcm")
     structured_report(source, answer, seg).save_as(folder / f"{stem}_sr.dcm")
-    return [*written, folder / f"{stem}_sr.dcm"]
+    written.append(folder / f"{stem}_sr.dcm")
+    if capture:
+        secondary_capture(source, answer).save_as(folder / f"{stem}_capture.dcm")
+        written.append(folder / f"{stem}_capture.dcm")
+    return written

@@ -139,12 +139,13 @@ class PredictionWriter(BasePredictionWriter):
         keep: bool = False,
         dicom_out: Path | None = None,
         model_identity: dict | None = None,
+        dicom_capture: bool = False,
     ):
         super().__init__(write_interval="batch")
         self.class_names, self.output, self.layout = tuple(class_names), output, layout
         self.cam_dir, self.mask_dir = cam_dir, mask_dir
         self.echo, self.total, self.quiet, self.keep = echo, total, quiet, keep
-        self.dicom_out, self.model_identity = dicom_out, model_identity
+        self.dicom_out, self.model_identity, self.dicom_capture = dicom_out, model_identity, dicom_capture
         self.predictions: list[Prediction] = []
         self.predicted = self.failed = 0  # on the main process, after the merge: over all processes
 
@@ -212,7 +213,9 @@ class PredictionWriter(BasePredictionWriter):
             self.model_identity or {},
         )  # fmt: skip
         try:
-            row.dicom_results = write_results(pydicom.dcmread(row.path), answer, self.dicom_out, row.name)
+            row.dicom_results = write_results(
+                pydicom.dcmread(row.path), answer, self.dicom_out, row.name, capture=self.dicom_capture
+            )
         except Exception as error:  # highdicom refuses a source it cannot reference: the CSV row stands
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             row.note = "; ".join(filter(None, [row.note, f"no DICOM results ({reason})"]))
@@ -277,15 +280,17 @@ def predict_files(
     dicom_out: Path | None = None,
     model_identity: dict | None = None,
     malignant_threshold: float | None = None,
+    dicom_capture: bool = False,
 ) -> list[Prediction]:
     """One Prediction per image (a file, or a frame of a DICOM cine loop), in input order; unreadable
     files carry the reason in `error`. With `cam_dir`, a Grad-CAM overlay of the predicted class is
     written there for each image (the predicted lesion outlined when the model has a decoder); with
     `mask_dir`, the predicted lesion mask as a 0/255 PNG at the image's own size; with `dicom_out`, each DICOM
-    input's SR and SEG there (see PredictionWriter)."""
+    input's SR and SEG there, and with `dicom_capture` its Secondary Capture (see PredictionWriter)."""
     writer = PredictionWriter(
         model.class_names, layout=CsvLayout(malignant_threshold=malignant_threshold), cam_dir=cam_dir,
         mask_dir=mask_dir, keep=True, dicom_out=dicom_out, model_identity=model_identity,
+        dicom_capture=dicom_capture,
     )  # fmt: skip
     model.explain, before = ("predicted" if cam_dir is not None else False), model.explain
     loader = file_loader(list(image_files(paths)), model.image_size, dicom, batch_size)

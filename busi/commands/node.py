@@ -1,6 +1,7 @@
 """`busi-node --ckpt CKPT --port 11112 --ae_title BUSI --spool DIR [--output DIR] [--send HOST:PORT:AET]`:
 busi as a DICOM node. Scanners and archives send it ultrasound scans (C-STORE); it answers each with a
-Structured Report and, with a lesion decoder, a Segmentation, written to --output and sent on to --send."""
+Structured Report and, with a lesion decoder, a Segmentation (and with --dicom_capture a Secondary Capture),
+written to --output and sent on to --send."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def parser() -> ArgumentParser:
     )
     parser.add_argument("--send", type=str | None, default=None, help="HOST:PORT:AET that receives every SR and SEG")
     parser.add_argument(
+        "--dicom_capture",
+        type=bool,
+        default=False,
+        help="also answer with a Secondary Capture: the scan with the lesion outlined and the answer under it",
+    )
+    parser.add_argument(
         "--modalities", type=list[str], default=[], help="answer only these modalities, e.g. [US]; default: any image"
     )
     return parser
@@ -65,8 +72,9 @@ def node(args) -> int:
     spool = Spool(args.spool)
     output = args.output or args.spool / "results"
     busi_node = Node(
-        model, model_identity, spool, output, args.ae_title, destination, args.batch_size, threshold, args.modalities
-    )
+        model, model_identity, spool, output, args.ae_title, destination, args.batch_size, threshold, args.modalities,
+        args.dicom_capture,
+    )  # fmt: skip
     logging.getLogger("busi.node").info(
         "labels: %s; results in %s%s", rule, output, f", sent to {args.send}" if args.send else ""
     )

@@ -44,6 +44,13 @@ def parser() -> ArgumentParser:
         "source's study (needs busi[pacs])",
     )
     parser.add_argument(
+        "--dicom_capture",
+        type=bool,
+        default=False,
+        help="with --dicom_out, also a Secondary Capture per frame: the scan with the lesion outlined and the "
+        "answer written under it, for viewers that show neither an SR nor a SEG",
+    )
+    parser.add_argument(
         "--dicom_frames",
         type=str,
         default="middle",
@@ -118,6 +125,8 @@ def predict(args) -> int:
             import highdicom  # noqa: F401
         except ImportError:
             raise OptionError("--dicom_out needs highdicom: pip install 'busi[pacs]'") from None
+    elif args.dicom_capture:
+        raise OptionError("--dicom_capture: give --dicom_out DIR too (the folder the capture is written to)")
     options = trainer_options(args)
     model = load_model(args.ckpt)
     if args.masks and not model.segments:
@@ -138,7 +147,7 @@ def predict(args) -> int:
         model_identity = identity(args.ckpt, checkpoint_paths(args.ckpt), model.members[0].summary, model.image_size)
     writer = PredictionWriter(
         model.class_names, args.output, layout, args.cam, args.masks, echo=True, total=len(files), quiet=args.quiet,
-        dicom_out=args.dicom_out, model_identity=model_identity,
+        dicom_out=args.dicom_out, model_identity=model_identity, dicom_capture=args.dicom_capture,
     )  # fmt: skip
     model.explain = "predicted" if args.cam else False
     trainer = answering_trainer(callbacks=[writer], **options)
@@ -149,7 +158,11 @@ def predict(args) -> int:
         f"{writer.predicted} predicted, {writer.failed} failed → {args.output}"
         + (f"; Grad-CAM overlays in {args.cam}" if args.cam else "")
         + (f"; lesion masks in {args.masks}" if args.masks else "")
-        + (f"; DICOM results (SR, SEG) in {args.dicom_out}" if args.dicom_out else "")
+        + (
+            f"; DICOM results ({'SR, SEG, capture' if args.dicom_capture else 'SR, SEG'}) in {args.dicom_out}"
+            if args.dicom_out
+            else ""
+        )
         + (f"; {len(skipped_masks)} mask files in the folders skipped (not scans)" if skipped_masks else "")
         + (f" ({trainer.world_size} processes)" if trainer.world_size > 1 else "")
         + (f"; labelled malignant when p_malignant ≥ {threshold:.4f} ({why})" if threshold is not None else "")

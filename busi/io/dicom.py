@@ -143,6 +143,14 @@ def read_dicom(path: Path, data: bytes, options: DicomOptions = DEFAULT_OPTIONS)
     return decoded
 
 
+def frame_image(dataset, number: int = 1) -> Image.Image:
+    """Frame `number` (from 1) of a decodable dataset as shown: 8-bit L or RGB, the whole frame."""
+    from pydicom import pixels
+
+    frames = int(dataset.get("NumberOfFrames") or 1)
+    return _to_image(pixels.pixel_array(dataset, index=number - 1 if frames > 1 else None), dataset)
+
+
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

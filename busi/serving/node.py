@@ -1,7 +1,7 @@
 """busi as a DICOM node (pynetdicom): a Storage SCP that answers C-ECHO and accepts scans from any number
 of associations, writes each received instance to a spool folder before its C-STORE is answered, then
 classifies the spool in batches through the one answering path and writes (and sends, as a C-STORE SCU)
-its SR and SEG. After a crash or a restart it finishes the spool; results have UIDs fixed by what they
+its SR and SEG (and, when asked, a Secondary Capture). After a crash or a restart it finishes the spool; results have UIDs fixed by what they
 answer, so an instance answered twice is one object in the archive."""
 
 from __future__ import annotations
@@ -76,10 +76,12 @@ class Node:
         batch_size: int = 8,
         malignant_threshold: float | None = None,
         modalities: tuple[str, ...] = (),
+        dicom_capture: bool = False,
     ):
         self.model, self.model_identity, self.spool, self.output = model, model_identity, spool, output
         self.ae_title, self.send, self.batch_size, self.threshold = ae_title, send, batch_size, malignant_threshold
         self.modalities = tuple(modalities)  # empty: every modality
+        self.dicom_capture = dicom_capture
         self.output.mkdir(parents=True, exist_ok=True)
         self._wake, self._stop = threading.Event(), threading.Event()
         self.ae = AE(ae_title=ae_title)
@@ -120,7 +122,7 @@ class Node:
             return 0
         rows = predict_files(
             self.model, batch, dicom_out=self.output, model_identity=self.model_identity,
-            malignant_threshold=self.threshold,
+            malignant_threshold=self.threshold, dicom_capture=self.dicom_capture,
         )  # fmt: skip
         by_path: dict[Path, list] = {}
         for row in rows:
