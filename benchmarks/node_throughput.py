@@ -1,6 +1,6 @@
 """Instances per second through `storescu → busi-node → Orthanc` with 1 and 4 concurrent associations,
 beside `busi-predict` on the same files with and without `--dicom_out` (the SR and SEG writing cost per
-instance), on this machine (Debian's orthanc and dcmtk needed).
+instance, and the Secondary Capture's with `--dicom_capture`), on this machine (Debian's orthanc and dcmtk needed).
 
     python -m benchmarks.node_throughput --ckpt CKPT [--root BUSI_ROOT] [--images 48]
 
@@ -84,10 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         results = predict_seconds(
             args.ckpt, folder, "--masks", str(Path(work) / "m"), "--dicom_out", str(Path(work) / "r")
         )
+        capture = predict_seconds(
+            args.ckpt, folder, "--masks", str(Path(work) / "m"), "--dicom_out", str(Path(work) / "c"),
+            "--dicom_capture", "true",
+        )  # fmt: skip
         print(f"{n} DICOM scans of {args.root}; {args.ckpt}")
         print(f"busi-predict: {n / plain:.2f} instances/s ({plain:.1f} s, start-up included)")
         print(f"busi-predict --masks --dicom_out: {n / results:.2f} instances/s; SR and SEG writing "
               f"{(results - plain) / n * 1000:.0f} ms per instance")  # fmt: skip
+        print(f"… --dicom_capture true: {n / capture:.2f} instances/s; the capture "
+              f"{(capture - results) / n * 1000:.0f} ms per instance more")  # fmt: skip
         for associations in (1, 4):
             seconds = through_node(args.ckpt, scans, Path(work), associations)
             print(

@@ -61,7 +61,7 @@ def cv_run(busi_root, tmp_path_factory) -> Path:
     """A real 3-fold cross-validation with the lesion decoder, one epoch per fold: its folder (the folds keep
     last.ckpt, so that a test can make one look interrupted)."""
     runs = tmp_path_factory.mktemp("cv")
-    extra = ("--model.loss.segmentation_weight=1", "--resume.keep_when_finished=true")
+    extra = ("--model.loss.segmentation_weight=1", "--resume.keep_when_finished=true", "--model.conformal_alpha=0.2")
     assert cv_main(["--folds", "3", *train_args(busi_root, runs, *extra, epochs=1)]) == 0
     return runs / "cv"
 

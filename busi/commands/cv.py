@@ -18,23 +18,25 @@ if TYPE_CHECKING:
 
 
 def write_out_of_fold(fold: TrainingRun, run_dir: Path) -> None:
-    """The held-out fold's probabilities (calibrated as reported, and raw) for the pooled summary."""
+    """The held-out fold's probabilities (calibrated as reported, and raw) for the pooled summary, and the
+    validation fold's alike (validation.csv: what fitted the temperature and the prediction sets)."""
     from torch.utils.data import DataLoader
 
     from busi.model.answering import answer
 
     model, datamodule = fold.model.eval(), fold.datamodule
-    test = datamodule.dataset("test")  # all of it: this runs on one process only
-    outputs = answer(model, DataLoader(test, batch_size=datamodule.hparams.eval_batch_size))
-    labels = test.labels
-    raw = outputs.uncalibrated
     names = model.class_names
-    with (run_dir / "out_of_fold.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", *(f"p_{n}" for n in names), *(f"raw_p_{n}" for n in names)])
-        for row, index in enumerate(test.indices):
-            path = datamodule.catalog.relative(index)
-            writer.writerow([path, int(labels[row]), *outputs.probabilities[row].tolist(), *raw[row].tolist()])
+    for split, file in (("val", "validation.csv"), ("test", "out_of_fold.csv")):
+        images = datamodule.dataset(split)  # all of it: this runs on one process only
+        outputs = answer(model, DataLoader(images, batch_size=datamodule.hparams.eval_batch_size))
+        partial = run_dir / f"{file}.part"  # out_of_fold.csv marks the fold done: written whole or not at all
+        with partial.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label", *(f"p_{n}" for n in names), *(f"raw_p_{n}" for n in names)])
+            for row, index in enumerate(images.indices):
+                probabilities, raw = outputs.probabilities[row].tolist(), outputs.uncalibrated[row].tolist()
+                writer.writerow([datamodule.catalog.relative(index), int(images.labels[row]), *probabilities, *raw])
+        partial.replace(run_dir / file)
 
 
 CV_OPTIONS = ("--folds", "--only_folds", "--name", "--trainer.default_root_dir")

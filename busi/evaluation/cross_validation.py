@@ -17,11 +17,17 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
+from busi.evaluation.conformal import class_thresholds, risk_coverage, set_report
 from busi.evaluation.history import format_training_cost, read_history
 from busi.evaluation.operating_point import MALIGNANT, TARGET_SENSITIVITY, threshold_at_sensitivity
-from busi.evaluation.plots import confusion_matrix_figure, fold_curves_figure, reliability_figure
+from busi.evaluation.plots import (
+    confusion_matrix_figure,
+    fold_curves_figure,
+    reliability_figure,
+    risk_coverage_figure,
+)
 from busi.evaluation.publish import publish
-from busi.evaluation.report import format_confusion_matrix, save_figures
+from busi.evaluation.report import format_confusion_matrix, save_figures, set_lines
 from busi.model.metrics import LESION_THRESHOLD, RELIABILITY_BINS, reliability
 
 SUMMARY_KEYS = ("accuracy", "macro_f1", "auroc_macro_ovr", "ece")
@@ -110,12 +116,36 @@ def summarise(cv_dir: Path, folds: int) -> dict:
     }
     if POSITIVE_CLASS in class_names:
         out_of_fold["operating_point"] = operating_point(calibrated, labels, class_names.index(POSITIVE_CLASS))
+    if all(report.get("conformal") for report in reports):
+        out_of_fold["conformal"] = pooled_sets(reports, pooled, tuple(class_names))
     return {
         "folds": folds,
         "class_names": class_names,
         "per_fold": per_fold,
         "mean_sd": summary,
         "out_of_fold": out_of_fold,
+    }
+
+
+def pooled_sets(reports: list[dict], pooled: list, class_names: tuple[str, ...]) -> dict:
+    """Each fold's prediction sets (its own validation thresholds) on its test fold, pooled; and the thresholds
+    the fold ensemble answers with, fitted on the pooled out-of-fold predictions (each image scored by the
+    one fold model that never saw it: the ensemble's own scores are sharper, so its coverage on new scans
+    is measured, not promised)."""
+    alpha = reports[0]["conformal"]["alpha"]
+    labels = torch.cat([p[0] for p in pooled])
+    calibrated = torch.cat([p[1] for p in pooled])
+    per_image = torch.cat(  # each image's thresholds: its fold model's
+        [
+            torch.tensor([[r["conformal"]["thresholds"][n] for n in class_names]] * len(p[0]), dtype=torch.float64)
+            for r, p in zip(reports, pooled, strict=True)
+        ]
+    )
+    return {
+        "alpha": alpha,
+        "folds": set_report(calibrated, labels, per_image, class_names),
+        "ensemble_thresholds": dict(zip(class_names, class_thresholds(calibrated, labels, alpha), strict=True)),
+        "risk_coverage": risk_coverage(calibrated, labels),
     }
 
 
@@ -213,6 +243,16 @@ def format_summary(summary: dict) -> str:
             f"{point['specificity_at_target']:.4f} (p({point['class']}) >= {point['threshold_at_target']:.4f}; "
             "read off these predictions, so descriptive, not a validated threshold)",
         ]
+    if "conformal" in oof:
+        sets = oof["conformal"]
+        ensemble = ", ".join(f"{n} {t:.4f}" for n, t in sets["ensemble_thresholds"].items())
+        lines += [
+            "",
+            f"Prediction sets, pooled out-of-fold (miscoverage {sets['alpha']:g}; each fold model with the "
+            "thresholds of its own validation fold)",
+            *set_lines(sets["folds"], tuple(names)),
+            f"  the fold ensemble answers with thresholds {ensemble} (fitted on these pooled predictions)",
+        ]
     return "\n".join(lines)
 
 
@@ -229,6 +269,8 @@ def write_summary(summary: dict, cv_dir: Path, fold_loggers: list[Logger] = ()) 
         "reliability": reliability_figure(oof["reliability"], oof["ece_calibrated"], f"{folds}-fold out-of-fold"),
         "curves": fold_curves_figure({k: read_history(fold_dir(cv_dir, k)) for k in range(folds)}),
     }
+    if "conformal" in oof:
+        figures["risk_coverage"] = risk_coverage_figure(oof["conformal"]["risk_coverage"], f"{folds}-fold out-of-fold")
     save_figures(figures, cv_dir)
     loggers = [TensorBoardLogger(save_dir=cv_dir, name="", version=""), *cv_mlflow_runs(cv_dir, fold_loggers)]
     for fold in summary["per_fold"]:

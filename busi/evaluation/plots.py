@@ -65,6 +65,25 @@ def reliability_figure(rows: list[dict], ece: float, title: str) -> Figure:
     return figure
 
 
+def risk_coverage_figure(points: list[dict], title: str) -> Figure:
+    """Accuracy on the scans answered when only the most confident share of them is answered
+    (busi.evaluation.conformal.risk_coverage): the price in referrals of a higher accuracy."""
+    figure = Figure(figsize=(4.8, 4.2), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot([p["coverage"] for p in points], [p["accuracy"] for p in points], color="C0")
+    for share in (0.5, 0.8):
+        point = min(points, key=lambda p: abs(p["coverage"] - share))
+        axes.plot(point["coverage"], point["accuracy"], "o", color="C1")
+        axes.annotate(
+            f"{point['accuracy']:.2f} at {point['coverage']:.0%}\n(confidence ≥ {point['confidence']:.2f})",
+            (point["coverage"], point["accuracy"]), textcoords="offset points", xytext=(-10, -30), fontsize=8,
+        )  # fmt: skip
+    axes.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="share of scans answered (most confident first)", ylabel="accuracy")
+    axes.set_title(f"{title}: risk–coverage ({len(points)} images)")
+    axes.grid(alpha=0.3)
+    return figure
+
+
 CURVES = (("loss", "loss"), ("acc", "accuracy"), ("macro_f1", "macro-F1"))
 
 

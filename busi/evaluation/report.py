@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from busi.evaluation.history import format_training_cost, read_history
-from busi.evaluation.plots import confusion_matrix_figure, curves_figure, reliability_figure
+from busi.evaluation.plots import confusion_matrix_figure, curves_figure, reliability_figure, risk_coverage_figure
 from busi.model.metrics import LESION_THRESHOLD, RELIABILITY_BINS
 
 
@@ -93,7 +93,36 @@ def format_report(report: dict) -> str:
         lines += ["", format_segmentation(test["segmentation"], f"Lesion segmentation, {where}")]
     if report.get("localisation"):
         lines += ["", format_localisation(report["localisation"], f"Grad-CAM localisation, {where} (true class)")]
+    if report.get("conformal"):
+        lines += ["", format_sets(report["conformal"], class_names, where)]
     return "\n".join(lines)
+
+
+def format_sets(conformal: dict, class_names: tuple[str, ...], where: str) -> str:
+    """Coverage, set sizes and what is referred (busi.evaluation.conformal.set_report), with the thresholds."""
+    thresholds = ", ".join(f"{n} {conformal['thresholds'][n]:.4f}" for n in class_names)
+    images = ", ".join(f"{n} {conformal['calibration_images'][n]}" for n in class_names)
+    return "\n".join(
+        [
+            f"Prediction sets ({where}; miscoverage {conformal['alpha']:g}: each class's scans in their set "
+            f"≥ {1 - conformal['alpha']:.0%} is promised)",
+            f"  thresholds: {thresholds} (fitted on {conformal['fitted_on']}: {images} images)",
+            *set_lines(conformal["test"], class_names),
+        ]
+    )
+
+
+def set_lines(scored: dict, class_names: tuple[str, ...]) -> list[str]:
+    per_class = ", ".join(
+        f"{n} {scored['coverage_per_class'][n]:.3f}" for n in class_names if scored["coverage_per_class"][n] is not None
+    )
+    answered = scored["accuracy_answered"]
+    return [
+        f"  coverage {scored['coverage']:.3f} (per true class: {per_class}); mean set size "
+        f"{scored['mean_set_size']:.2f}; images per set size {scored['set_sizes']}",
+        f"  referred (not one class) {scored['referred']:.1%}; accuracy on the rest "
+        + (f"{answered:.4f}" if answered is not None else "(none answered)"),
+    ]
 
 
 def format_segmentation(scores: dict, title: str) -> str:
@@ -144,6 +173,8 @@ def write_report(report: dict, folder: Path, split: str = "test") -> None:
         ),
         "reliability": reliability_figure(scored["reliability"], scored["ece"], where),
     }
+    if report.get("conformal"):
+        figures["risk_coverage"] = risk_coverage_figure(report["conformal"]["risk_coverage"], f"{where}")
     history = read_history(folder)
     if history:
         best = max(history, key=lambda row: row.get("val/macro_f1", float("-inf")))

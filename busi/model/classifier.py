@@ -59,6 +59,8 @@ class BusiClassifier(Answering, L.LightningModule):
         batch_norm_eps: the backbone's BatchNorm epsilon; None: the weights' own (Keras files 1.001e-5,
             otherwise torch's 1e-5). Recorded in checkpoints.
         tta: test-time augmentation: average the probabilities of the image and its mirror image.
+        conformal_alpha: prediction sets' miscoverage (busi.evaluation.conformal): after the temperature,
+            per-class thresholds fitted on the validation split and stored in best.ckpt; 0: none.
         optimizer: the optimiser and its schedule (busi.model.settings.Optimizer).
         loss: the training losses; `loss.segmentation_weight` > 0 adds the lesion decoder (Loss).
         augmentation: random augmentation of training batches (Augmentation).
@@ -75,6 +77,7 @@ class BusiClassifier(Answering, L.LightningModule):
         preprocessing: Literal["imagenet", "divide255"] = "imagenet",
         batch_norm_eps: float | None = None,
         tta: bool = False,
+        conformal_alpha: float = 0.0,
         optimizer: Optimizer = Optimizer(),
         loss: Loss = Loss(),
         augmentation: Augmentation = Augmentation(),
@@ -93,10 +96,15 @@ class BusiClassifier(Answering, L.LightningModule):
                 "preprocessing": preprocessing,
                 "batch_norm_eps": batch_norm_eps,
                 "tta": tta,
+                "conformal_alpha": conformal_alpha,
                 **self.settings.as_dicts(),
             }
         )
         self.class_names = tuple(class_names)
+        if not 0 <= conformal_alpha < 1:
+            raise SettingError(
+                f"{{conformal_alpha}} {conformal_alpha}: give a miscoverage in [0, 1), e.g. 0.1 (0: no prediction sets)"
+            )
         if head == "lesion" and not self.settings.loss.segmentation_weight:
             raise SettingError(
                 "{head} lesion reads the lesion decoder's map: turn the decoder on with "

@@ -14,6 +14,7 @@ from busi import __version__
 from busi.callbacks.split_reports import SplitReports
 from busi.data.module import BusiDataModule
 from busi.evaluation.calibration import Calibration, calibration
+from busi.evaluation.conformal import class_thresholds, risk_coverage, set_report
 from busi.evaluation.history import read_history, training_cost
 from busi.evaluation.localisation import localisation_scores
 from busi.evaluation.model_card import MODEL_CARD_FILE, model_card
@@ -33,7 +34,7 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
     test split), which is also printed."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     state = load_weights(model, Path(best)) if best else None
-    fitted, point = calibrate(trainer, model, datamodule) if best else (None, None)
+    fitted, point, validation = calibrate(trainer, model, datamodule) if best else (None, None, None)
     trainer.test(model, datamodule=datamodule, verbose=False)  # the weights just loaded
     splits = next(c for c in trainer.callbacks if isinstance(c, SplitReports)).splits
     log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
@@ -48,6 +49,8 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
                 fitted.as_dict() if fitted else None,
                 localisation_scores(model, datamodule.catalog, test_images),
             )
+            if validation is not None and model.hparams.get("conformal_alpha"):
+                report["conformal"] = conformal_sets(model, datamodule, validation)
             if log_dir:
                 history = read_history(Path(log_dir))
                 if history and state is not None:
@@ -58,6 +61,8 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
             state["state_dict"]["temperature"] = model.temperature.detach().cpu().clone()
             if report is not None:
                 state[SUMMARY_KEY] = model_summary(model, datamodule, report, recipe, point)
+                if "conformal" in report:
+                    state[SUMMARY_KEY]["conformal"] = stored_sets(report["conformal"])
                 card = model_card(state[SUMMARY_KEY], report)
                 state[SUMMARY_KEY]["model_card"] = card  # for the app
                 if log_dir:
@@ -79,17 +84,44 @@ def load_weights(model: BusiClassifier, best: Path) -> dict:
     return state
 
 
-def calibrate(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule) -> tuple[Calibration, dict | None]:
+def calibrate(
+    trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
+) -> tuple[Calibration, dict | None, tuple[torch.Tensor, torch.Tensor]]:
     """Fit the model's temperature on the validation split (busi.evaluation.calibration) and set it (1
     where the fit is not trusted; under DDP every process takes the main process's); with it, the
-    malignant operating point on the same images (validation_operating_point)."""
+    malignant operating point on the same images (validation_operating_point), and the validation
+    images' (calibrated probabilities, labels)."""
     validation = datamodule.dataset("val")  # all of it, on every process (val_dataloader is sharded under DDP)
     outputs = answer(model.eval(), DataLoader(validation, batch_size=datamodule.hparams.eval_batch_size))
     fitted = trainer.strategy.broadcast(calibration(outputs.logits, validation.labels), src=0)
     model.temperature.fill_(fitted.temperature)
-    return fitted, validation_operating_point(
-        (outputs.logits / fitted.temperature).softmax(dim=1), validation.labels, model.class_names
-    )
+    probabilities = (outputs.logits / fitted.temperature).softmax(dim=1)
+    point = validation_operating_point(probabilities, validation.labels, model.class_names)
+    return fitted, point, (probabilities, validation.labels)
+
+
+def conformal_sets(
+    model: BusiClassifier, datamodule: BusiDataModule, validation: tuple[torch.Tensor, torch.Tensor]
+) -> dict:
+    """The per-class thresholds fitted on the validation images (the ones that fitted the temperature too),
+    and what their sets do on the test split; the test split's risk–coverage curve."""
+    alpha, names = model.hparams.conformal_alpha, model.class_names
+    thresholds = class_thresholds(*validation, alpha)
+    test = datamodule.dataset("test")
+    outputs = answer(model.eval(), DataLoader(test, batch_size=datamodule.hparams.eval_batch_size))
+    return {
+        "alpha": alpha,
+        "thresholds": dict(zip(names, thresholds, strict=True)),
+        "calibration_images": {n: int((validation[1] == k).sum()) for k, n in enumerate(names)},
+        "fitted_on": "the validation split, which also fitted the temperature",
+        "test": set_report(outputs.probabilities, test.labels, thresholds, names),
+        "risk_coverage": risk_coverage(outputs.probabilities, test.labels),
+    }
+
+
+def stored_sets(conformal: dict) -> dict:
+    """What a checkpoint keeps of them to answer with sets (busi.evaluation.conformal.stored_thresholds)."""
+    return {key: conformal[key] for key in ("alpha", "thresholds", "calibration_images", "fitted_on")}
 
 
 def model_summary(
