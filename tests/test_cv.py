@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 from busi.commands.cv import main as cv_main
 from busi.commands.evaluate import main as evaluate_main
 from busi.commands.predict import main as predict_main
+from busi.evaluation.conformal import class_thresholds, set_name
 from busi.evaluation.cross_validation import fold_dir, operating_point
 from busi.model.classifier import load_classifier
 from busi.training.run import run
@@ -61,7 +62,7 @@ def cv_run(busi_root, tmp_path_factory) -> Path:
     """A real 3-fold cross-validation with the lesion decoder, one epoch per fold: its folder (the folds keep
     last.ckpt, so that a test can make one look interrupted)."""
     runs = tmp_path_factory.mktemp("cv")
-    extra = ("--model.loss.segmentation_weight=1", "--resume.keep_when_finished=true", "--model.conformal_alpha=0.2")
+    extra = ("--model.loss.segmentation_weight=1", "--resume.keep_when_finished=true", "--model.conformal_alpha=0.5")
     assert cv_main(["--folds", "3", *train_args(busi_root, runs, *extra, epochs=1)]) == 0
     return runs / "cv"
 
@@ -97,6 +98,23 @@ def test_cv_command_trains_every_fold_and_pools_the_out_of_fold_predictions(cv_r
     for name in ("confusion_matrix.png", "reliability.png", "curves.png"):
         assert (tmp_path / "cv" / name).stat().st_size > 10_000, name
     assert sum(row["images"] for row in summary["out_of_fold"]["reliability"]) == images
+    # prediction sets: each fold's own thresholds on its test fold, pooled; the ensemble's fitted on the pool
+    pooled, covered = [], []
+    for fold in range(3):
+        run = tmp_path / f"cv/fold_{fold}/lightning_logs/version_0"
+        thresholds = list(json.loads((run / "report.json").read_text())["conformal"]["thresholds"].values())
+        validation = read_rows(run / "validation.csv")
+        assert len(validation) == summary["per_fold"][(fold + 1) % 3]["images"]  # fold i validates on fold i+1
+        for row in read_rows(run / "out_of_fold.csv"):
+            p = [float(row[f"p_{n}"]) for n in ("benign", "malignant", "normal")]
+            pooled.append((p, int(row["label"])))
+            covered.append(p[int(row["label"])] >= thresholds[int(row["label"])] - 1e-9)
+    sets = summary["out_of_fold"]["conformal"]
+    assert sets["folds"]["coverage"] == pytest.approx(sum(covered) / len(covered))
+    probabilities, labels = torch.tensor([p for p, _ in pooled]), torch.tensor([y for _, y in pooled])
+    assert list(sets["ensemble_thresholds"].values()) == pytest.approx(class_thresholds(probabilities, labels, 0.5))
+    assert "Prediction sets, pooled out-of-fold" in (tmp_path / "cv" / "cv_summary.txt").read_text()
+    assert (tmp_path / "cv" / "risk_coverage.png").stat().st_size > 10_000
 
     # The fold models as an ensemble: busi-evaluate averages their calibrated probabilities.
     one = busi_root / "malignant" / "malignant (2).png"
@@ -157,6 +175,9 @@ def test_predict_and_the_app_take_a_cv_folder_as_a_fold_ensemble(cv_run, busi_ro
     (mean,) = read_rows(tmp_path / "mean.csv")
     for column in ("p_benign", "p_malignant", "p_normal"):
         assert float(mean[column]) == pytest.approx(sum(float(row[column]) for row in folds) / len(folds), abs=1e-6)
+    thresholds = json.loads((cv_dir / "cv_summary.json").read_text())["out_of_fold"]["conformal"]["ensemble_thresholds"]
+    members = [float(mean[f"p_{n}"]) >= t for n, t in thresholds.items()]  # the ensemble's sets, not a fold's
+    assert mean["prediction_set"] == set_name(members, tuple(thresholds)) and mean["refer"] in ("yes", "no")
     assert len(list(cams.glob("*.png"))) == 1
 
     app = AppTest.from_file(

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from busi.data.files import Prediction, file_loader, image_files
+from busi.evaluation.conformal import prediction_sets, set_name
 from busi.evaluation.measurements import lesions as measured_lesions
 from busi.evaluation.operating_point import decided_class
 from busi.evaluation.plots import overlay
@@ -32,12 +33,15 @@ class CsvLayout:
     """The optional columns: `mask` (--masks: the predicted lesion mask's file), `frame` and `frames`
     (--dicom_frames all: one row per frame of a cine loop), the pixel spacing in mm (DICOM inputs); and
     the decision rule of `label`: the most probable class, or with `malignant_threshold` malignant
-    whenever p_malignant reaches it (an operating point: busi.commands.predict)."""
+    whenever p_malignant reaches it (an operating point: busi.commands.predict); with `set_thresholds`
+    (a model with conformal thresholds) `prediction_set` (e.g. benign|malignant) and `refer` (the set is
+    not one class)."""
 
     masks: bool = False
     frames: bool = False
     spacing: bool = False
     malignant_threshold: float | None = None
+    set_thresholds: tuple[float, ...] | None = None
 
 
 PLAIN = CsvLayout()  # the columns every CSV has
@@ -50,6 +54,7 @@ def csv_columns(class_names: tuple[str, ...], layout: CsvLayout = PLAIN) -> list
         "confidence",
         *(f"p_{name}" for name in class_names),
         "error",
+        *(["prediction_set", "refer"] if layout.set_thresholds else []),
         *(["mask", *MEASUREMENT_COLUMNS] if layout.masks else []),
         *(["frame", "frames"] if layout.frames else []),
         *(["pixel_spacing_x_mm", "pixel_spacing_y_mm"] if layout.spacing else []),
@@ -57,7 +62,10 @@ def csv_columns(class_names: tuple[str, ...], layout: CsvLayout = PLAIN) -> list
 
 
 def csv_row(prediction: Prediction, class_names: tuple[str, ...], layout: CsvLayout = PLAIN) -> list[str]:
-    extra = [str(prediction.mask or ""), *measurement_values(prediction)] if layout.masks else []
+    extra = []
+    if layout.set_thresholds:
+        extra += set_values(prediction.probabilities, class_names, layout.set_thresholds)
+    extra += [str(prediction.mask or ""), *measurement_values(prediction)] if layout.masks else []
     if layout.frames:
         extra += [str(prediction.frame), str(prediction.frames)] if prediction.probabilities is not None else ["", ""]
     if layout.spacing:
@@ -74,6 +82,14 @@ def csv_row(prediction: Prediction, class_names: tuple[str, ...], layout: CsvLay
         "",
         *extra,
     ]
+
+
+def set_values(probabilities: list[float] | None, class_names, thresholds) -> list[str]:
+    """The prediction_set and refer columns (empty for a file that was not answered)."""
+    if probabilities is None:
+        return ["", ""]
+    members = prediction_sets(torch.tensor([probabilities]), list(thresholds))[0].tolist()
+    return [set_name(members, tuple(class_names)), "yes" if sum(members) != 1 else "no"]
 
 
 def lesion_mask(lesion: np.ndarray, size: tuple[int, int]) -> np.ndarray:

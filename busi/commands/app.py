@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
+import torch
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
@@ -21,6 +22,7 @@ from busi.callbacks.prediction_writer import CsvLayout, csv_columns, csv_row, le
 from busi.commands.options import MAX_UPLOAD_MB
 from busi.data.files import Prediction
 from busi.errors import WeightsError
+from busi.evaluation.conformal import prediction_sets, stored_thresholds
 from busi.evaluation.measurements import lesions
 from busi.evaluation.operating_point import decided_class, stored_operating_point
 from busi.evaluation.plots import HEAT_MAP, OUTLINE_COLOUR
@@ -149,12 +151,14 @@ def overlay_png(path: str, modified: float, name: str, data: bytes, opacity: flo
     return buffer.getvalue()
 
 
-def predictions_csv(results: list[Result], class_names: tuple[str, ...], threshold: float | None = None) -> bytes:
+def predictions_csv(
+    results: list[Result], class_names: tuple[str, ...], threshold: float | None = None, sets: list[float] | None = None
+) -> bytes:
     """The CSV predict.py writes, with the upload's file name as the path."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(csv_columns(class_names))
-    layout = CsvLayout(malignant_threshold=threshold)
+    layout = CsvLayout(malignant_threshold=threshold, set_thresholds=tuple(sets) if sets else None)
+    writer.writerow(csv_columns(class_names, layout))
     for result in results:
         writer.writerow(csv_row(Prediction(Path(result.name), result.probabilities, result.error), class_names, layout))
     return buffer.getvalue().encode("utf-8")
@@ -263,7 +267,26 @@ def malignant_threshold(model: BusiClassifier | FoldEnsemble, path: str) -> floa
     return None
 
 
-def show(result: Result, overlay: bytes | None, class_names: tuple[str, ...], threshold: float | None = None) -> None:
+def prediction_set(model: BusiClassifier | FoldEnsemble, path: str) -> list[float] | None:
+    """The conformal thresholds kept with the model (said in the sidebar), or None."""
+    stored = stored_thresholds(Path(path), model.members[0].summary, model.class_names)
+    if stored is None:
+        return None
+    thresholds, why = stored
+    st.caption(
+        f"Prediction sets: every class the scan may be, at the model's promised coverage ({why}); "
+        "more than one class, or none, means refer."
+    )
+    return thresholds
+
+
+def show(
+    result: Result,
+    overlay: bytes | None,
+    class_names: tuple[str, ...],
+    threshold: float | None = None,
+    sets: list[float] | None = None,
+) -> None:
     """One upload on the page."""
     st.subheader(result.name)
     if result.error:
@@ -277,6 +300,13 @@ def show(result: Result, overlay: bytes | None, class_names: tuple[str, ...], th
     for name, probability in zip(class_names, probabilities, strict=True):
         numbers.progress(float(probability), text=f"{name}: {percent(probability)}")
     numbers.caption("Calibrated probabilities; the bars run from 0 to 1.")
+    if sets:
+        members = prediction_sets(torch.tensor([probabilities]), sets)[0].tolist()
+        named = " or ".join(n for n, inside in zip(class_names, members, strict=True) if inside)
+        if sum(members) == 1:
+            numbers.success(f"Prediction set: **{named}** only")
+        else:
+            numbers.warning(f"Prediction set: **{named or 'no class'}**: unsure, **refer**", icon="⚠️")
     if result.lesions is not None:
         numbers.markdown(
             "**Predicted lesion**  \n" + "  \n".join(result.lesions) if result.lesions else "No lesion predicted."
@@ -316,6 +346,7 @@ def main() -> None:
     with st.sidebar:
         model_panel(model, path)
         threshold = malignant_threshold(model, path)
+        sets = prediction_set(model, path)
         opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05)
     uploads = st.file_uploader(
         f"Ultrasound images ({', '.join(IMAGE_TYPES)}; up to {MAX_UPLOAD_MB} MB each)",
@@ -327,12 +358,12 @@ def main() -> None:
     names = model.class_names
     results = [Result(**analyse(path, modified, upload.name, upload.getvalue())) for upload in uploads]
     st.subheader("All uploads")
-    table = list(csv.DictReader(io.StringIO(predictions_csv(results, names, threshold).decode("utf-8"))))
+    table = list(csv.DictReader(io.StringIO(predictions_csv(results, names, threshold, sets).decode("utf-8"))))
     st.dataframe(table, hide_index=True)
     downloads = st.columns(2)
     downloads[0].download_button(
         "Download the table (predict.py's CSV)",
-        predictions_csv(results, names, threshold),
+        predictions_csv(results, names, threshold, sets),
         "predictions.csv",
         "text/csv",
     )
@@ -340,7 +371,7 @@ def main() -> None:
     with zipfile.ZipFile(archive, "w") as bundle:
         for upload, result in zip(uploads, results, strict=True):
             overlay = None if result.error else overlay_png(path, modified, upload.name, upload.getvalue(), opacity)
-            show(result, overlay, names, threshold)
+            show(result, overlay, names, threshold, sets)
             if overlay is not None:
                 bundle.writestr(f"{Path(upload.name).stem}_gradcam.png", overlay)
     downloads[1].download_button("Download the overlays (zip)", archive.getvalue(), "overlays.zip", "application/zip")

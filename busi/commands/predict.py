@@ -112,6 +112,7 @@ def predict(args) -> int:
     # imported here, not above: --help and option errors come before torch and Lightning load
     from busi.callbacks.prediction_writer import CsvLayout, PredictionWriter
     from busi.data.files import file_loader, image_files
+    from busi.evaluation.conformal import stored_thresholds
     from busi.io.dicom import DicomOptions, is_dicom_file
     from busi.model.answering import answering_trainer, run_predict
     from busi.model.ensemble import load_model
@@ -137,7 +138,10 @@ def predict(args) -> int:
     skipped_masks: list[Path] = []
     files = list(image_files(args.paths, skipped_masks))
     dicom_files = any(map(is_dicom_file, files))
-    layout = CsvLayout(args.masks is not None, dicom.frames == "all", dicom_files, threshold)
+    sets = stored_thresholds(args.ckpt, model.members[0].summary, model.class_names)
+    layout = CsvLayout(
+        args.masks is not None, dicom.frames == "all", dicom_files, threshold, tuple(sets[0]) if sets else None
+    )
     open_outputs(args)
     model_identity = None
     if args.dicom_out is not None:
@@ -166,6 +170,7 @@ def predict(args) -> int:
         + (f"; {len(skipped_masks)} mask files in the folders skipped (not scans)" if skipped_masks else "")
         + (f" ({trainer.world_size} processes)" if trainer.world_size > 1 else "")
         + (f"; labelled malignant when p_malignant ≥ {threshold:.4f} ({why})" if threshold is not None else "")
+        + (f"; prediction sets ({sets[1]})" if sets else "")
     )
     return 0 if writer.predicted else 2
 

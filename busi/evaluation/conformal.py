@@ -11,7 +11,9 @@ training loops to a project that needs neither."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -80,3 +82,22 @@ def risk_coverage(probabilities: torch.Tensor, labels: torch.Tensor) -> list[dic
         {"coverage": float(c / len(labels)), "accuracy": float(r / c), "confidence": float(confidence[order][i])}
         for i, (r, c) in enumerate(zip(right, counts, strict=True))
     ]
+
+
+def stored_thresholds(ckpt: Path, summary: dict | None, class_names: tuple[str, ...]) -> tuple[list[float], str] | None:
+    """(thresholds in class order, where they come from) kept with a model: for a busi-cv folder the fold
+    ensemble's in cv_summary.json, for a checkpoint its own (trained with conformal_alpha); None without."""
+    if Path(ckpt).is_dir():
+        summary_file = Path(ckpt) / "cv_summary.json"
+        if not summary_file.is_file():
+            return None
+        sets = json.loads(summary_file.read_text(encoding="utf-8"))["out_of_fold"].get("conformal")
+        if not sets:
+            return None
+        where = f"miscoverage {sets['alpha']:g}, fitted on the pooled out-of-fold predictions in {summary_file}"
+        return [sets["ensemble_thresholds"][n] for n in class_names], where
+    sets = (summary or {}).get("conformal")
+    if not sets:
+        return None
+    where = f"miscoverage {sets['alpha']:g}, fitted on {sum(sets['calibration_images'].values())} validation images"
+    return [sets["thresholds"][n] for n in class_names], where
