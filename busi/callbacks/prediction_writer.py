@@ -309,7 +309,7 @@ def predict_files(
         dicom_capture=dicom_capture,
     )  # fmt: skip
     model.explain, before = ("predicted" if cam_dir is not None else False), model.explain
-    loader = file_loader(list(image_files(paths)), model.image_size, dicom, batch_size)
+    loader = file_loader(list(image_files(paths)), model.image_size, dicom, batch_size, overlays=model.overlays)
     try:
         run_predict(answering_trainer(device, [writer]), model, loader, keep=False)
     finally:

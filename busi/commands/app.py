@@ -26,7 +26,14 @@ from busi.evaluation.conformal import prediction_sets, stored_thresholds
 from busi.evaluation.measurements import lesions
 from busi.evaluation.operating_point import decided_class, stored_operating_point
 from busi.evaluation.plots import HEAT_MAP, OUTLINE_COLOUR
-from busi.io.images import UnreadableImageError, as_three_channels, decode_frames, resize_map, resize_to_tensor
+from busi.io.images import (
+    UnreadableImageError,
+    as_three_channels,
+    decode_frames,
+    resize_map,
+    resize_to_tensor,
+    without_overlays,
+)
 from busi.model.answering import answer
 from busi.model.classifier import BusiClassifier
 from busi.model.ensemble import FoldEnsemble, load_model
@@ -93,7 +100,7 @@ def classify_upload(model: BusiClassifier | FoldEnsemble, name: str, data: bytes
         )
     frame = decode_frames(Path(name), data)[0]
     image = frame.image
-    pixels = as_three_channels(resize_to_tensor(image, model.image_size))
+    pixels = as_three_channels(resize_to_tensor(without_overlays(image, model.overlays), model.image_size))
     outputs = answer(model, DataLoader([{"pixels": pixels[None]}], batch_size=None), explain="predicted")
     lesion = None if outputs.lesions is None else outputs.lesions[0].cpu().numpy()
     found = None if lesion is None else lesions(lesion_mask(lesion, image.size), frame.spacing_mm)

@@ -48,8 +48,9 @@ def evaluate(
 
     model = load_model(ckpt).to(choose_device(device))
     catalog = read_catalog(
-        root, model.image_size, duplicate_distance=-1, class_names=model.class_names, progress=not quiet
-    )
+        root, model.image_size, duplicate_distance=-1, class_names=model.class_names, progress=not quiet,
+        overlays=model.overlays,
+    )  # fmt: skip
     seen = seen_images(ckpt, catalog)
     indices = list(range(len(catalog.records)))
     if seen:

@@ -49,7 +49,7 @@ def explain(args) -> None:
 
     root = args.data.root
     classifier = load_classifier(args.ckpt)
-    catalog = read_catalog(root, classifier.hparams.image_size, duplicate_distance=-1)
+    catalog = read_catalog(root, classifier.hparams.image_size, duplicate_distance=-1, overlays=classifier.overlays)
     indices = list(range(len(catalog.records)))
     if args.split != "all":
         split_csv = args.split_csv or args.ckpt.resolve().parent.parent / "split.csv"

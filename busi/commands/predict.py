@@ -155,7 +155,12 @@ def predict(args) -> int:
     )  # fmt: skip
     model.explain = "predicted" if args.cam else False
     trainer = answering_trainer(callbacks=[writer], **options)
-    run_predict(trainer, model, file_loader(files, model.image_size, dicom, args.batch_size), keep=False)
+    run_predict(
+        trainer,
+        model,
+        file_loader(files, model.image_size, dicom, args.batch_size, overlays=model.overlays),
+        keep=False,
+    )
     if not trainer.is_global_zero:
         return 0
     print(

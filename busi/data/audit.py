@@ -64,6 +64,16 @@ def build_audit(catalog: Catalog, class_names, sizes, modes, unreadable, orphan_
         "modes": dict(sorted(modes.items())),
         "duplicate_groups": [[catalog.relative(i) for i in indices] for indices in duplicate_groups],
         "conflicting_labels": conflicts,
+        "overlays": {
+            "per_class": {
+                name: sum(
+                    r.label == label and drawn for r, drawn in zip(catalog.records, catalog.overlaid, strict=True)
+                )
+                for label, name in enumerate(class_names)
+            },
+            "images": [catalog.relative(i) for i, drawn in enumerate(catalog.overlaid) if drawn],
+            "treated": catalog.overlays,
+        },
         "unreadable": unreadable,
         "orphan_masks": relative(orphan_masks),
         "ignored_files": relative(ignored),
@@ -85,6 +95,16 @@ def format_audit(audit: dict, split_counts: dict[str, dict[str, int]] | None = N
         f"  duplicate groups: {len(audit['duplicate_groups'])} holding {grouped} images (kept on one side of every split)",
         f"  conflicting labels: {len(audit['conflicting_labels'])}",
     ]
+    if "overlays" in audit:
+        marks = audit["overlays"]
+        treated = (
+            "inpainted before use" if marks["treated"] == "inpaint" else "kept; --data.overlays inpaint removes them"
+        )
+        lines.append(
+            f"  drawn marks (calipers, lines, text, colour): {len(marks['images'])} images  "
+            + "  ".join(f"{name} {n}" for name, n in marks["per_class"].items())
+            + f" ({treated}; listed in audit.json)"
+        )
     if "source" in audit:
         source = audit["source"]
         lines.insert(1, f"  downloaded from {source['url']} on {source['downloaded'][:10]}, SHA-256 {source['sha256']}")

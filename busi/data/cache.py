@@ -26,7 +26,7 @@ from busi.io.images import (
 )
 
 # Bump when decoding or resizing changes: entries made by other code are then never used.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the overlay flag
 
 
 def default_cache_dir() -> Path:
@@ -50,6 +50,7 @@ def _facts(decoded: DecodedImage) -> dict:
         "phash": np.packbits(decoded.phash).tobytes(),
         "digest": decoded.digest,
         **({"crop": decoded.crop, "frame_size": decoded.frame_size} if decoded.crop else {}),
+        "overlaid": decoded.overlaid,
     }
 
 
@@ -68,6 +69,7 @@ def _unpack(entry: dict, with_pixels: bool) -> DecodedImage:
         entry["digest"],
         crop and tuple(crop),
         frame_size and tuple(frame_size),
+        entry.get("overlaid", False),
     )
 
 
@@ -78,15 +80,16 @@ class DecodedImageCache:
     Pixels are kept up to `limit_bytes` of PNG data; beyond it only the hashes and facts of an image
     are kept, and its pixels are decoded from the file whenever they are needed."""
 
-    def __init__(self, directory: Path | None, image_size: int, limit_bytes: int | None = None):
-        self.image_size = image_size
+    def __init__(self, directory: Path | None, image_size: int, limit_bytes: int | None = None, overlays: str = "keep"):
+        self.image_size, self.overlays = image_size, overlays
         self.limit_bytes = limit_bytes
         self.path = None
         self.entries: dict[str, dict] = {}
         self.hits = self.misses = 0  # of images
         self.mask_hits = self.mask_misses = 0
         if directory is not None:
-            name = f"decoded-{image_size}px-v{CACHE_FORMAT}-pillow{PIL.__version__}.pt"
+            marks = "" if overlays == "keep" else f"-{overlays}"
+            name = f"decoded-{image_size}px{marks}-v{CACHE_FORMAT}-pillow{PIL.__version__}.pt"
             self.path = Path(directory).expanduser() / name
             self.entries = self._read()
         self.pixel_bytes = 0
@@ -123,7 +126,7 @@ class DecodedImageCache:
             return _unpack(entry, with_pixels=need_pixels)
         self.misses += 1
         try:
-            decoded = decode_file(path, self.image_size, data)
+            decoded = decode_file(path, self.image_size, data, self.overlays)
         except UnreadableImageError as error:
             self._store(key, {"error": error.reason})
             raise

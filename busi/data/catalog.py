@@ -59,13 +59,15 @@ class Catalog:
     masks: list[bytes | None]  # lesion masks, 1 bit per pixel (busi.io.images.pack_mask); None: not known
     audit: dict = field(default_factory=dict)
     cache: DecodedImageCache | None = None
+    overlaid: list[bool] = field(default_factory=list)  # marks drawn on each image (busi.io.overlays)
+    overlays: str = "keep"  # what was done with them: keep, or inpaint
 
     def relative(self, index: int) -> str:
         return self.records[index].path.relative_to(self.root).as_posix()
 
     def image(self, index: int) -> torch.Tensor:
         pixels = self.pixels[index]
-        return load_image(self.records[index].path, self.image_size) if pixels is None else pixels
+        return load_image(self.records[index].path, self.image_size, self.overlays) if pixels is None else pixels
 
     def mask(self, index: int) -> torch.Tensor:
         """uint8 (1, S, S): 1 on the lesion, 0 elsewhere, MASK_UNKNOWN everywhere when not known."""
@@ -87,6 +89,7 @@ class Catalog:
             groups=[self.groups[i] for i in indices] if groups is None else list(groups),
             digests=[self.digests[i] for i in indices],
             masks=[self.masks[i] for i in indices],
+            overlaid=[self.overlaid[i] for i in indices] if self.overlaid else [],
         )
 
 
@@ -141,16 +144,18 @@ def read_catalog(
     cache_dir: Path | None = None,
     memory_limit_mb: float | None = None,
     progress: bool = False,
+    overlays: str = "keep",
 ) -> Catalog:
     """Decode every image once (or take it from the cache): resized pixels for training, hashes for
     duplicates, facts for the audit. Pixels beyond `memory_limit_mb` (and beyond the same size of
     on-disk cache) are not kept: those images are decoded from their files when a batch needs them.
-    `progress`: a bar on a terminal (busi-cache, busi-evaluate; training has Lightning's)."""
+    `progress`: a bar on a terminal (busi-cache, busi-evaluate; training has Lightning's); `overlays`
+    inpaint: the marks drawn on the images replaced by their background (busi.io.overlays)."""
     candidates, orphan_masks, ignored, unknown = scan_class_folders(root, class_names)
     if unknown:
         warn(f"{root}: ignoring folders that are not a class ({', '.join(class_names)}): {', '.join(unknown)}")
     limit = None if memory_limit_mb is None else int(memory_limit_mb * 2**20)
-    cache = DecodedImageCache(cache_dir, image_size, limit)
+    cache = DecodedImageCache(cache_dir, image_size, limit, overlays)
     records, decoded, unreadable = [], [], []
     held, full = 0, False
     for record in progress_bar(candidates, what="decode", quiet=not progress):
@@ -174,6 +179,7 @@ def read_catalog(
     digests = [d.digest for d in decoded]
     groups = group_duplicates(np.stack([d.phash for d in decoded]), digests, duplicate_distance)
     catalog = Catalog(root, image_size, records, [d.pixels for d in decoded], groups, digests, masks, cache=cache)
+    catalog.overlaid, catalog.overlays = [d.overlaid for d in decoded], overlays
     sizes, modes = [d.size for d in decoded], Counter(d.mode for d in decoded)
     catalog.audit = build_audit(catalog, class_names, sizes, modes, unreadable, orphan_masks, ignored)
     catalog.audit["formats"] = dict(sorted(Counter(file_format(r.path) for r in records).items()))

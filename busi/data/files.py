@@ -20,6 +20,7 @@ from busi.io.images import (
     is_mask,
     missing_file_reason,
     resize_to_tensor,
+    without_overlays,
 )
 
 
@@ -88,10 +89,12 @@ def decode_rows(
     data: bytes | None = None,
     index: int = 0,
     stem: str = "",
+    overlays: str = "keep",
 ) -> tuple[list[Prediction], torch.Tensor]:
     """A file's rows (one per frame `dicom` asks for) and their uint8 (frames, 3, S, S) pixels at the
     model's input size `image_size`; of `data` (bytes already read: an upload) when given. Raises
-    UnreadableImageError (NotAnImageError, ImageTooLargeError) naming `path` and the reason."""
+    UnreadableImageError (NotAnImageError, ImageTooLargeError) naming `path` and the reason. `overlays`
+    inpaint: drawn marks inpainted first, as for a model trained so (BusiClassifier.overlays)."""
     frames = decode_frames(path, data, dicom=dicom)
     stem = stem or path.stem
     rows = [
@@ -109,7 +112,9 @@ def decode_rows(
         )
         for frame in frames
     ]
-    pixels = torch.stack([as_three_channels(resize_to_tensor(f.image, image_size)) for f in frames])
+    pixels = torch.stack(
+        [as_three_channels(resize_to_tensor(without_overlays(f.image, overlays), image_size)) for f in frames]
+    )
     return rows, pixels
 
 
@@ -117,10 +122,11 @@ class ImageFiles(Dataset):
     """`files` as (rows, pixels): a file's rows (one per frame the DICOM options ask for; one error row
     for a file that cannot be read) and their uint8 (frames, 3, S, S) pixels at the model's input size."""
 
-    def __init__(self, files: list[Path], image_size: int, dicom: DicomOptions = DEFAULT_OPTIONS):
+    def __init__(
+        self, files: list[Path], image_size: int, dicom: DicomOptions = DEFAULT_OPTIONS, overlays: str = "keep"
+    ):
         self.files = list(files)
-        self.image_size = image_size
-        self.dicom = dicom
+        self.image_size, self.dicom, self.overlays = image_size, dicom, overlays
         self.stems = unique_stems(self.files)
 
     def __len__(self) -> int:
@@ -134,7 +140,7 @@ class ImageFiles(Dataset):
         if is_mask(path):
             return [Prediction(path, error=f"{path}: {mask_reason(path)}", index=index)], empty
         try:
-            return decode_rows(path, self.image_size, self.dicom, index=index, stem=stem)
+            return decode_rows(path, self.image_size, self.dicom, index=index, stem=stem, overlays=self.overlays)
         except UnreadableImageError as error:
             return [Prediction(path, error=str(error), index=index)], empty
 
@@ -151,12 +157,17 @@ def collate_files(items: list[tuple[list[Prediction], torch.Tensor]]) -> dict:
 
 
 def file_loader(
-    files: list[Path], image_size: int, dicom: DicomOptions = DEFAULT_OPTIONS, batch_size: int = 32, workers: int = 0
+    files: list[Path],
+    image_size: int,
+    dicom: DicomOptions = DEFAULT_OPTIONS,
+    batch_size: int = 32,
+    workers: int = 0,
+    overlays: str = "keep",
 ) -> DataLoader:
     """Batches of files in input order (a batch holds `batch_size` files; a cine loop's frames stay
     together)."""
     return DataLoader(
-        ImageFiles(files, image_size, dicom),
+        ImageFiles(files, image_size, dicom, overlays),
         batch_size=batch_size,
         collate_fn=collate_files,
         num_workers=workers,

@@ -50,6 +50,8 @@ class BusiDataModule(L.LightningDataModule):
         sampling: `shuffle` (every training image once per epoch), `balanced` (as many draws, with
             replacement, each class equally likely: ClassBalancedSampler) or `oversample` (each image
             round(1 / its class's share) times per epoch, so epochs are longer: ClassRepeatSampler).
+        overlays: `keep` the marks sonographers draw (calipers, lines, text, colour) or `inpaint` them
+            on every image before it is used (busi.io.overlays); the audit counts them either way.
         download: fetch and unpack the dataset's archive into `root` when it is not there
             (busi.data.download; busi-download does the same on its own).
         download_url: where the archive is: the official one, or a mirror.
@@ -72,6 +74,7 @@ class BusiDataModule(L.LightningDataModule):
         folds: int = 0,
         fold: int = 0,
         sampling: Literal["shuffle", "balanced", "oversample"] = "shuffle",
+        overlays: Literal["keep", "inpaint"] = "keep",
         download: bool = False,
         download_url: str = OFFICIAL_URL,
     ):
@@ -95,8 +98,9 @@ class BusiDataModule(L.LightningDataModule):
         hp = self.hparams
         cache_dir = default_cache_dir() if hp.cache_dir == "auto" else hp.cache_dir and Path(hp.cache_dir)
         catalog = read_catalog(
-            Path(hp.root), hp.image_size, hp.duplicate_distance, self.class_names, cache_dir, hp.memory_limit_mb
-        )
+            Path(hp.root), hp.image_size, hp.duplicate_distance, self.class_names, cache_dir, hp.memory_limit_mb,
+            overlays=hp.overlays,
+        )  # fmt: skip
         self.catalog, self.split_of = self._split(catalog)
         counts = self.split_counts()
         for split, per_class in counts.items():

@@ -23,6 +23,7 @@ from busi.io.dicom import (
     starts_like_dicom,
 )
 from busi.io.digests import perceptual_hash, pixel_digest
+from busi.io.overlays import find_overlays, inpaint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -95,10 +96,22 @@ def decode_frames(path: Path, data: bytes | None = None, dicom: DicomOptions = D
     return [Frame(_decode_raster(path, data))]
 
 
-def decode_image(path: Path, data: bytes | None = None) -> Image.Image:
+OVERLAY_CHOICES = ("keep", "inpaint")  # what training, prediction and evaluation do with drawn marks
+
+
+def without_overlays(image: Image.Image, overlays: str) -> Image.Image:
+    """`inpaint`: the image with the marks drawn on it replaced by their background (busi.io.overlays)."""
+    if overlays == "keep":
+        return image
+    if overlays != "inpaint":
+        raise ValueError(f"overlays {overlays}: use one of {', '.join(OVERLAY_CHOICES)}")
+    return inpaint(image)
+
+
+def decode_image(path: Path, data: bytes | None = None, overlays: str = "keep") -> Image.Image:
     """The image of `path` as training sees it: the only frame of a raster image, the middle frame of a
-    DICOM cine loop cropped to its tissue region."""
-    return decode_frames(path, data)[0].image
+    DICOM cine loop cropped to its tissue region (its marks inpainted with `overlays` inpaint)."""
+    return without_overlays(decode_frames(path, data)[0].image, overlays)
 
 
 def _decode_raster(path: Path, data: bytes | None = None) -> Image.Image:
@@ -140,9 +153,9 @@ def resize_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
     return image_to_tensor(image.resize((image_size, image_size), Image.Resampling.BILINEAR))
 
 
-def load_image(path: Path, image_size: int) -> torch.Tensor:
+def load_image(path: Path, image_size: int, overlays: str = "keep") -> torch.Tensor:
     """Decode and resize one file: the uint8 tensor that training and prediction both start from."""
-    return resize_to_tensor(decode_image(path), image_size)
+    return resize_to_tensor(decode_image(path, overlays=overlays), image_size)
 
 
 @dataclass
@@ -156,19 +169,24 @@ class DecodedImage:
     digest: str  # of the decoded pixels, for exact duplicates
     crop: tuple[int, int, int, int] | None = None  # a DICOM frame cropped to its tissue region: the box
     frame_size: tuple[int, int] | None = None  # and the frame's size, which masks drawn on it have
+    overlaid: bool = False  # marks drawn on it (busi.io.overlays)
 
 
-def decode_file(path: Path, image_size: int, data: bytes | None = None) -> DecodedImage:
+def decode_file(path: Path, image_size: int, data: bytes | None = None, overlays: str = "keep") -> DecodedImage:
+    """Pixels at `image_size` (marks inpainted with `overlays` inpaint) and the facts of the file's own image."""
     frame = decode_frames(path, data)[0]
     image = frame.image
+    found = find_overlays(image)
+    shown = inpaint(image, found) if overlays == "inpaint" else image
     return DecodedImage(
-        resize_to_tensor(image, image_size),
+        resize_to_tensor(shown, image_size),
         image.size,
         image.mode,
         perceptual_hash(image),
         pixel_digest(image),
         frame.crop,
         frame.frame_size if frame.crop else None,
+        found.overlaid,
     )
 
 

@@ -61,6 +61,8 @@ class BusiClassifier(Answering, L.LightningModule):
         tta: test-time augmentation: average the probabilities of the image and its mirror image.
         conformal_alpha: prediction sets' miscoverage (busi.evaluation.conformal): after the temperature,
             per-class thresholds fitted on the validation split and stored in best.ckpt; 0: none.
+        overlays: what the images it was trained on had done to their drawn marks (linked to
+            data.overlays): `inpaint` makes every path that answers for it inpaint them too.
         optimizer: the optimiser and its schedule (busi.model.settings.Optimizer).
         loss: the training losses; `loss.segmentation_weight` > 0 adds the lesion decoder (Loss).
         augmentation: random augmentation of training batches (Augmentation).
@@ -78,6 +80,7 @@ class BusiClassifier(Answering, L.LightningModule):
         batch_norm_eps: float | None = None,
         tta: bool = False,
         conformal_alpha: float = 0.0,
+        overlays: Literal["keep", "inpaint"] = "keep",
         optimizer: Optimizer = Optimizer(),
         loss: Loss = Loss(),
         augmentation: Augmentation = Augmentation(),
@@ -97,6 +100,7 @@ class BusiClassifier(Answering, L.LightningModule):
                 "batch_norm_eps": batch_norm_eps,
                 "tta": tta,
                 "conformal_alpha": conformal_alpha,
+                "overlays": overlays,
                 **self.settings.as_dicts(),
             }
         )
@@ -148,6 +152,11 @@ class BusiClassifier(Answering, L.LightningModule):
     @property
     def image_size(self) -> int:
         return self.hparams.image_size
+
+    @property
+    def overlays(self) -> str:
+        """`inpaint`: its images' drawn marks are inpainted before it sees them (trained so)."""
+        return self.hparams.get("overlays", "keep")
 
     @property
     def segments(self) -> bool:

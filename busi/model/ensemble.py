@@ -33,6 +33,13 @@ class FoldEnsemble(Answering, L.LightningModule):
         return self.classifiers[0].image_size
 
     @property
+    def overlays(self) -> str:
+        kinds = {c.overlays for c in self.classifiers}
+        if len(kinds) > 1:
+            raise ValueError("the fold models were trained with different --data.overlays; they cannot be averaged")
+        return kinds.pop()
+
+    @property
     def segments(self) -> bool:
         """Every model has a lesion decoder."""
         return all(c.segments for c in self.classifiers)

@@ -100,7 +100,7 @@ class BusiAPI(ls.LitAPI):
         if request.mask and not self.model.segments:
             return Rejected(400, f"mask=true: {self.ckpt} has no lesion decoder; leave mask out")
         try:
-            rows, pixels = decode_rows(BODY, self.model.image_size, self.dicom, data=data)
+            rows, pixels = decode_rows(BODY, self.model.image_size, self.dicom, data=data, overlays=self.model.overlays)
         except UnreadableImageError as error:
             return Rejected(status_of(error), str(error))
         return Decoded(rows[0], pixels, request.mask)

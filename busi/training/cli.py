@@ -182,6 +182,7 @@ class BusiCLI(LightningCLI):
             }
         )
         parser.link_arguments("data.image_size", "model.image_size")
+        parser.link_arguments("data.overlays", "model.overlays")
         parser.add_argument(
             "--ckpt_path",
             type=str | None,
