@@ -102,6 +102,13 @@ def test_the_audit_counts_and_lists_the_marked_scans_and_inpainting_reaches_busi
     assert set(marked) <= set(audit["images"]) and audit["treated"] == "inpaint"
     assert audit["per_class"]["benign"] >= 3 and audit["per_class"]["malignant"] >= 3
     assert "drawn marks (calipers, lines, text, colour)" in (run / "audit.txt").read_text()
+    # the report scores overlaid and clean test images apart
+    report = json.loads((run / "report.json").read_text())
+    tested = [r["path"] for r in csv.DictReader((run / "split.csv").open()) if r["split"] == "test"]
+    breakdown = report["overlays"]
+    assert breakdown["overlaid"]["images"] == sum(p in audit["images"] for p in tested)
+    assert breakdown["overlaid"]["images"] + breakdown["clean"]["images"] == report["splits"]["test"]["samples"]
+    assert "Drawn marks (test split" in (run / "report.txt").read_text()
     ckpt = run / "checkpoints" / "best.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]["overlays"] == "inpaint"
     # busi-predict inpaints for this model: a marked scan and its inpainted copy get the same answer

@@ -32,10 +32,14 @@ def write_out_of_fold(fold: TrainingRun, run_dir: Path) -> None:
         partial = run_dir / f"{file}.part"  # out_of_fold.csv marks the fold done: written whole or not at all
         with partial.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["path", "label", *(f"p_{n}" for n in names), *(f"raw_p_{n}" for n in names)])
+            header = ["path", "label", *(f"p_{n}" for n in names), *(f"raw_p_{n}" for n in names), "overlaid"]
+            writer.writerow(header)
             for row, index in enumerate(images.indices):
                 probabilities, raw = outputs.probabilities[row].tolist(), outputs.uncalibrated[row].tolist()
-                writer.writerow([datamodule.catalog.relative(index), int(images.labels[row]), *probabilities, *raw])
+                drawn = int(datamodule.catalog.overlaid[index])
+                writer.writerow(
+                    [datamodule.catalog.relative(index), int(images.labels[row]), *probabilities, *raw, drawn]
+                )
         partial.replace(run_dir / file)
 
 

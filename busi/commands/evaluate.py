@@ -43,6 +43,7 @@ def evaluate(
     from busi.evaluation.publish import publish_report
     from busi.evaluation.report import build_report, write_report
     from busi.evaluation.seen import seen_images
+    from busi.evaluation.shortcuts import by_overlay
     from busi.model.ensemble import load_model
     from busi.progress import progress_bar, say
 
@@ -84,6 +85,9 @@ def evaluate(
         localisation,
     )
     report["data"] = {"root": str(root), "images": len(indices), "models": len(model.members)}
+    report["overlays"] = by_overlay(
+        outputs.probabilities, everything.labels, [catalog.overlaid[i] for i in indices], model.class_names
+    )
     if seen is not None:
         report["data"]["seen_by_the_model"] = {
             "train": sum(s == "train" for s in seen.values()),

@@ -28,6 +28,7 @@ from busi.evaluation.plots import (
 )
 from busi.evaluation.publish import publish
 from busi.evaluation.report import format_confusion_matrix, save_figures, set_lines
+from busi.evaluation.shortcuts import by_overlay, format_by_overlay
 from busi.model.metrics import LESION_THRESHOLD, RELIABILITY_BINS, reliability
 
 SUMMARY_KEYS = ("accuracy", "macro_f1", "auroc_macro_ovr", "ece")
@@ -51,6 +52,13 @@ def read_out_of_fold(path: Path, classes: int) -> tuple[torch.Tensor, torch.Tens
     calibrated = torch.tensor([[float(v) for v in row[2 : 2 + classes]] for row in rows])
     raw = torch.tensor([[float(v) for v in row[2 + classes : 2 + 2 * classes]] for row in rows])
     return labels, calibrated, raw
+
+
+def read_overlaid(path: Path) -> list[bool] | None:
+    """out_of_fold.csv's `overlaid` column (busi.io.overlays), where the fold wrote one."""
+    with path.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [row["overlaid"] == "1" for row in rows] if rows and "overlaid" in rows[0] else None
 
 
 def summarise(cv_dir: Path, folds: int) -> dict:
@@ -116,6 +124,9 @@ def summarise(cv_dir: Path, folds: int) -> dict:
     }
     if POSITIVE_CLASS in class_names:
         out_of_fold["operating_point"] = operating_point(calibrated, labels, class_names.index(POSITIVE_CLASS))
+    marks = [read_overlaid(fold_dir(cv_dir, k) / "out_of_fold.csv") for k in range(folds)]
+    if all(m is not None for m in marks):
+        out_of_fold["overlays"] = by_overlay(calibrated, labels, [m for ms in marks for m in ms], tuple(class_names))
     if all(report.get("conformal") for report in reports):
         out_of_fold["conformal"] = pooled_sets(reports, pooled, tuple(class_names))
     return {
@@ -243,6 +254,8 @@ def format_summary(summary: dict) -> str:
             f"{point['specificity_at_target']:.4f} (p({point['class']}) >= {point['threshold_at_target']:.4f}; "
             "read off these predictions, so descriptive, not a validated threshold)",
         ]
+    if "overlays" in oof:
+        lines += ["", format_by_overlay(oof["overlays"], "pooled out-of-fold")]
     if "conformal" in oof:
         sets = oof["conformal"]
         ensemble = ", ".join(f"{n} {t:.4f}" for n, t in sets["ensemble_thresholds"].items())

@@ -21,6 +21,7 @@ from busi.evaluation.model_card import MODEL_CARD_FILE, model_card
 from busi.evaluation.operating_point import validation_operating_point
 from busi.evaluation.publish import publish_report
 from busi.evaluation.report import build_report, format_report, write_report
+from busi.evaluation.shortcuts import by_overlay
 from busi.model.answering import answer
 from busi.model.classifier import SUMMARY_KEY, BusiClassifier
 from busi.training.checkpointing import AtomicCheckpointIO
@@ -49,8 +50,12 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
                 fitted.as_dict() if fitted else None,
                 localisation_scores(model, datamodule.catalog, test_images),
             )
+            test = datamodule.dataset("test")
+            outputs = answer(model.eval(), DataLoader(test, batch_size=datamodule.hparams.eval_batch_size))
+            overlaid = [datamodule.catalog.overlaid[i] for i in test.indices]
+            report["overlays"] = by_overlay(outputs.probabilities, test.labels, overlaid, model.class_names)
             if validation is not None and model.hparams.get("conformal_alpha"):
-                report["conformal"] = conformal_sets(model, datamodule, validation)
+                report["conformal"] = conformal_sets(model, validation, outputs.probabilities, test.labels)
             if log_dir:
                 history = read_history(Path(log_dir))
                 if history and state is not None:
@@ -101,21 +106,22 @@ def calibrate(
 
 
 def conformal_sets(
-    model: BusiClassifier, datamodule: BusiDataModule, validation: tuple[torch.Tensor, torch.Tensor]
+    model: BusiClassifier,
+    validation: tuple[torch.Tensor, torch.Tensor],
+    probabilities: torch.Tensor,
+    labels: torch.Tensor,
 ) -> dict:
     """The per-class thresholds fitted on the validation images (the ones that fitted the temperature too),
-    and what their sets do on the test split; the test split's risk–coverage curve."""
+    and what their sets do on the test split (its calibrated `probabilities`, `labels`); its risk–coverage curve."""
     alpha, names = model.hparams.conformal_alpha, model.class_names
     thresholds = class_thresholds(*validation, alpha)
-    test = datamodule.dataset("test")
-    outputs = answer(model.eval(), DataLoader(test, batch_size=datamodule.hparams.eval_batch_size))
     return {
         "alpha": alpha,
         "thresholds": dict(zip(names, thresholds, strict=True)),
         "calibration_images": {n: int((validation[1] == k).sum()) for k, n in enumerate(names)},
         "fitted_on": "the validation split, which also fitted the temperature",
-        "test": set_report(outputs.probabilities, test.labels, thresholds, names),
-        "risk_coverage": risk_coverage(outputs.probabilities, test.labels),
+        "test": set_report(probabilities, labels, thresholds, names),
+        "risk_coverage": risk_coverage(probabilities, labels),
     }
 
 
