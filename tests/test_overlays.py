@@ -120,3 +120,50 @@ def test_the_audit_counts_and_lists_the_marked_scans_and_inpainting_reaches_busi
     first, second = csv.DictReader(output.open())
     for column in ("p_benign", "p_malignant", "p_normal"):
         assert float(first[column]) == pytest.approx(float(second[column]), abs=1e-6)
+
+
+def marked_scan(rng: np.random.Generator, marked: bool) -> Image.Image:
+    """A small grey scan (any class's texture), with a bold cross and a word when `marked`."""
+    pixels = ultrasound_like(rng, 2, 96, 128)
+    image = Image.fromarray(np.clip(pixels, 0, 150).astype(np.uint8), "L")
+    if marked:
+        draw = ImageDraw.Draw(image)
+        x, y = int(rng.integers(30, 90)), int(rng.integers(25, 60))
+        draw.line([(x - 12, y), (x + 12, y)], fill=255, width=2)
+        draw.line([(x, y - 12), (x, y + 12)], fill=255, width=2)
+        draw.text((10, 75), "RT 2", fill=250, font=ImageFont.load_default(size=14))
+    return image
+
+
+@pytest.fixture(scope="module")
+def mark_reader(tmp_path_factory):
+    """A model trained where the class is the mark: malignant scans carry it, benign and normal do not."""
+    root = tmp_path_factory.mktemp("shortcut") / "Dataset_BUSI_with_GT"
+    rng = np.random.default_rng(5)
+    for name in ("benign", "malignant", "normal"):
+        (root / name).mkdir(parents=True)
+        for k in range(24):
+            marked_scan(rng, name == "malignant").save(root / name / f"{name} ({k + 1}).png")
+    runs = tmp_path_factory.mktemp("shortcut_runs")
+    assert train_main(train_args(root, runs, "--model.head=pooled", epochs=12)) == 0
+    return root, next(runs.glob("lightning_logs/version_*")) / "checkpoints" / "best.ckpt"
+
+
+def test_the_probe_sees_a_model_that_reads_the_mark(mark_reader, tmp_path):
+    from busi.commands.evaluate import main as evaluate_main
+
+    root, ckpt = mark_reader
+    output = tmp_path / "evaluation"
+    assert evaluate_main(["--ckpt", str(ckpt), "--data.root", str(root), "--output", str(output), "--shortcuts"]) == 0
+    report = json.loads((output / "report.json").read_text())
+    breakdown, probe = report["overlays"], report["shortcuts"]
+    assert breakdown["overlaid"]["per_class"]["malignant"] == 24 and breakdown["overlaid"]["images"] == 24
+    assert breakdown["overlaid"]["malignant_recall"] > 0.8  # it found the marks, and so the class
+    inpainted, drawn = probe["inpainted"], probe["pasted"]
+    assert inpainted["images"] == 24 and drawn["images"] == 48
+    # the marks taken away: malignant answers go; drawn on: they come
+    assert inpainted["share_changed"] >= 0.4 and set(inpainted["toward"]) <= {"benign", "normal"}
+    assert drawn["share_changed"] >= 0.4 and set(drawn["toward"]) == {"malignant"}
+    assert inpainted["accuracy_after"] < inpainted["accuracy_before"]
+    assert 0 <= probe["cam"]["energy_on_marks"] <= 1 and 0 < probe["cam"]["area_of_marks"] < 0.2
+    assert "Shortcut probe" in (output / "report.txt").read_text()

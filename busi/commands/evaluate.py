@@ -25,10 +25,12 @@ def evaluate(
     device: str = "auto",
     quiet: bool = False,
     unseen_only: bool = False,
+    shortcuts: bool = False,
 ) -> dict:
     """Score every image of `root` (another hospital's scans, a later export), not only a split: report.json/.txt,
     confusion_matrix.png, reliability.png, Grad-CAM localisation where lesion masks exist (single models),
-    predictions.csv (predict.py's columns), the audit and TensorBoard, in `output`."""
+    predictions.csv (predict.py's columns), the audit and TensorBoard, in `output`; the scores on overlaid and
+    clean images apart and, with `shortcuts`, the probe of busi.evaluation.shortcuts."""
     # imported here, not above: --help and option errors come before torch and Lightning load
     from lightning.pytorch.loggers import TensorBoardLogger
     from torch.utils.data import DataLoader
@@ -43,7 +45,8 @@ def evaluate(
     from busi.evaluation.publish import publish_report
     from busi.evaluation.report import build_report, write_report
     from busi.evaluation.seen import seen_images
-    from busi.evaluation.shortcuts import by_overlay
+    from busi.evaluation.shortcuts import by_overlay, probe
+    from busi.io.images import decode_image
     from busi.model.ensemble import load_model
     from busi.progress import progress_bar, say
 
@@ -85,9 +88,11 @@ def evaluate(
         localisation,
     )
     report["data"] = {"root": str(root), "images": len(indices), "models": len(model.members)}
-    report["overlays"] = by_overlay(
-        outputs.probabilities, everything.labels, [catalog.overlaid[i] for i in indices], model.class_names
-    )
+    overlaid = [catalog.overlaid[i] for i in indices]
+    report["overlays"] = by_overlay(outputs.probabilities, everything.labels, overlaid, model.class_names)
+    if shortcuts:
+        images = [decode_image(catalog.records[i].path) for i in indices]
+        report["shortcuts"] = probe(model, images, everything.labels, overlaid)
     if seen is not None:
         report["data"]["seen_by_the_model"] = {
             "train": sum(s == "train" for s in seen.values()),
@@ -121,6 +126,12 @@ def parser() -> ArgumentParser:
         action="store_true",
         help="leave out the images in the checkpoint's training and validation splits (by path and content)",
     )
+    parser.add_argument(
+        "--shortcuts",
+        action="store_true",
+        help="probe whether the model reads the marks drawn on scans: inpaint them on the overlaid images, paste "
+        "them on the clean ones, count the answers that change; the Grad-CAM energy on the marks",
+    )
     return parser
 
 
@@ -132,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     def evaluate_and_print() -> None:
         from busi.evaluation.report import format_report
 
-        report = evaluate(args.ckpt, root, output, args.batch_size, args.device, args.quiet, args.unseen_only)
+        report = evaluate(
+            args.ckpt, root, output, args.batch_size, args.device, args.quiet, args.unseen_only, args.shortcuts
+        )
         print(format_report(report))
         print(f"\nEvaluation directory: {output}")
 

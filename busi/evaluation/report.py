@@ -8,7 +8,7 @@ from pathlib import Path
 
 from busi.evaluation.history import format_training_cost, read_history
 from busi.evaluation.plots import confusion_matrix_figure, curves_figure, reliability_figure, risk_coverage_figure
-from busi.evaluation.shortcuts import format_by_overlay
+from busi.evaluation.shortcuts import format_by_overlay, format_probe
 from busi.model.metrics import LESION_THRESHOLD, RELIABILITY_BINS
 
 
@@ -96,6 +96,8 @@ def format_report(report: dict) -> str:
         lines += ["", format_localisation(report["localisation"], f"Grad-CAM localisation, {where} (true class)")]
     if report.get("overlays"):
         lines += ["", format_by_overlay(report["overlays"], where)]
+    if report.get("shortcuts"):
+        lines += ["", format_probe(report["shortcuts"], where)]
     if report.get("conformal"):
         lines += ["", format_sets(report["conformal"], class_names, where)]
     return "\n".join(lines)
