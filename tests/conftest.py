@@ -38,3 +38,13 @@ def segmenting_run(busi_root, tmp_path_factory) -> Path:
 
     cli = run(train_args(busi_root, tmp_path_factory.mktemp("seg"), "--model.loss.segmentation_weight=1"))
     return Path(cli.trainer.log_dir)
+
+
+@pytest.fixture(scope="session")
+def conformal_run(busi_root, tmp_path_factory) -> Path:
+    """A real run that keeps prediction-set thresholds (miscoverage 0.5: the tiny validation split has
+    enough scans of each class for it); its folder."""
+    from busi.training.run import run
+
+    cli = run(train_args(busi_root, tmp_path_factory.mktemp("conformal"), "--model.conformal_alpha=0.5"))
+    return Path(cli.trainer.log_dir)

@@ -48,6 +48,12 @@ def served_segmenting(segmenting_run, tmp_path):
     yield from serve_app(segmenting_run / "checkpoints" / "best.ckpt", tmp_path)
 
 
+@pytest.fixture
+def served_with_sets(conformal_run, tmp_path):
+    """The app with the checkpoint of a run that keeps prediction-set thresholds."""
+    yield from serve_app(conformal_run / "checkpoints" / "best.ckpt", tmp_path)
+
+
 def serve_app(ckpt: Path, tmp_path: Path):
     port = free_port()
     env = {**os.environ, "BUSI_CHECKPOINT": str(ckpt)}
@@ -182,3 +188,19 @@ def test_a_browser_shows_the_predicted_lesions_size_in_millimetres(served_segmen
     page = upload(browser, open_app(browser, url), [scan], ["lesion.dcm", "Predicted lesion", " mm, area "])
     assert "mm²" in page and "depth/width" in page
     full_page_screenshot(browser, "app_lesion.png", tmp_path)
+
+
+def test_a_browser_shows_the_prediction_set_and_when_to_refer(served_with_sets, browser, busi_root, tmp_path):
+    url, ckpt = served_with_sets
+    scans = [p for p in sorted((busi_root / "benign").glob("*.png")) if "_mask" not in p.name][:3]
+    expected = tmp_path / "expected.csv"
+    assert predict_main(["--ckpt", ckpt, *map(str, scans), "--output", str(expected)]) == 0
+    with expected.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    shown = []  # what the page must say for each scan: the set as busi-predict gives it
+    for row in rows:
+        members = row["prediction_set"].replace("|", " or ")
+        shown.append(f"Prediction set: {members}" + (": unsure, refer" if row["refer"] == "yes" else " only"))
+    page = upload(browser, open_app(browser, url), scans, shown)
+    assert "Prediction sets: every class the scan may be" in page
+    full_page_screenshot(browser, "app_prediction_set.png", tmp_path)

@@ -10,10 +10,14 @@ import pytest
 import torch
 
 from busi.commands.predict import main as predict_main
-from busi.commands.train import main as train_main
-from busi.evaluation.conformal import class_thresholds, prediction_sets, risk_coverage, set_name, set_report
-
-from fake_busi import train_args
+from busi.evaluation.conformal import (
+    class_thresholds,
+    prediction_sets,
+    refers,
+    risk_coverage,
+    set_name,
+    set_report,
+)
 
 NAMES = ("benign", "malignant", "normal")
 
@@ -66,16 +70,12 @@ def test_the_set_report_counts_by_hand():
     }
     assert report["mean_set_size"] == 1.0 and report["set_sizes"] == {"0": 1, "1": 2, "2": 1, "3": 0}
     assert report["referred"] == 0.5 and report["accuracy_answered"] == 1.0
+    # one class, but not the most probable one: referred too
+    assert refers(torch.tensor([[False, True, False]]), torch.tensor([0])).tolist() == [True]
+    assert refers(torch.tensor([[False, True, False]]), torch.tensor([1])).tolist() == [False]
     curve = risk_coverage(probabilities, labels)
     assert [round(p["coverage"], 2) for p in curve] == [0.25, 0.5, 0.75, 1.0]
     assert curve[0]["accuracy"] == 1.0 and curve[-1]["accuracy"] == 0.5  # argmax right on scans 1 and 3 only
-
-
-@pytest.fixture(scope="module")
-def conformal_run(busi_root, tmp_path_factory):
-    runs = tmp_path_factory.mktemp("conformal")
-    assert train_main(train_args(busi_root, runs, "--model.conformal_alpha=0.5")) == 0
-    return next(runs.glob("lightning_logs/version_*"))
 
 
 def test_a_trained_model_keeps_its_thresholds_and_busi_predict_answers_with_sets(conformal_run, busi_root, tmp_path):
@@ -98,7 +98,8 @@ def test_a_trained_model_keeps_its_thresholds_and_busi_predict_answers_with_sets
             continue
         members = [float(row[f"p_{n}"]) >= t - 1e-6 for n, t in zip(NAMES, thresholds, strict=True)]
         assert row["prediction_set"] == set_name(members, NAMES)
-        assert row["refer"] == ("no" if sum(members) == 1 else "yes")
+        alone = members == [n == row["label"] for n in NAMES]  # the label's class, and no other
+        assert row["refer"] == ("no" if alone else "yes")
     # the test split's coverage in the report is what these columns give on its images
     test = {r["path"]: r["label"] for r in csv.DictReader((conformal_run / "split.csv").open()) if r["split"] == "test"}
     answers = {str(Path(r["path"]).relative_to(busi_root)): r["prediction_set"].split("|") for r in rows}

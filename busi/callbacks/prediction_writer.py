@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from busi.data.files import Prediction, file_loader, image_files
-from busi.evaluation.conformal import prediction_sets, set_name
+from busi.evaluation.conformal import prediction_sets, refers, set_name
 from busi.evaluation.measurements import lesions as measured_lesions
 from busi.evaluation.operating_point import decided_class
 from busi.evaluation.plots import overlay
@@ -35,7 +35,7 @@ class CsvLayout:
     the decision rule of `label`: the most probable class, or with `malignant_threshold` malignant
     whenever p_malignant reaches it (an operating point: busi.commands.predict); with `set_thresholds`
     (a model with conformal thresholds) `prediction_set` (e.g. benign|malignant) and `refer` (the set is
-    not one class)."""
+    not the label alone: busi.evaluation.conformal.refers)."""
 
     masks: bool = False
     frames: bool = False
@@ -64,7 +64,12 @@ def csv_columns(class_names: tuple[str, ...], layout: CsvLayout = PLAIN) -> list
 def csv_row(prediction: Prediction, class_names: tuple[str, ...], layout: CsvLayout = PLAIN) -> list[str]:
     extra = []
     if layout.set_thresholds:
-        extra += set_values(prediction.probabilities, class_names, layout.set_thresholds)
+        decided = (
+            None
+            if prediction.probabilities is None
+            else decided_class(prediction.probabilities, class_names, layout.malignant_threshold)
+        )
+        extra += set_values(prediction.probabilities, class_names, layout.set_thresholds, decided)
     extra += [str(prediction.mask or ""), *measurement_values(prediction)] if layout.masks else []
     if layout.frames:
         extra += [str(prediction.frame), str(prediction.frames)] if prediction.probabilities is not None else ["", ""]
@@ -84,12 +89,13 @@ def csv_row(prediction: Prediction, class_names: tuple[str, ...], layout: CsvLay
     ]
 
 
-def set_values(probabilities: list[float] | None, class_names, thresholds) -> list[str]:
-    """The prediction_set and refer columns (empty for a file that was not answered)."""
+def set_values(probabilities: list[float] | None, class_names, thresholds, decided: int) -> list[str]:
+    """The prediction_set and refer columns for the label `decided` (empty for a file that was not answered)."""
     if probabilities is None:
         return ["", ""]
-    members = prediction_sets(torch.tensor([probabilities]), list(thresholds))[0].tolist()
-    return [set_name(members, tuple(class_names)), "yes" if sum(members) != 1 else "no"]
+    members = prediction_sets(torch.tensor([probabilities]), list(thresholds))
+    refer = bool(refers(members, torch.tensor([decided]))[0])
+    return [set_name(members[0].tolist(), tuple(class_names)), "yes" if refer else "no"]
 
 
 def lesion_mask(lesion: np.ndarray, size: tuple[int, int]) -> np.ndarray:

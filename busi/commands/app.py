@@ -22,7 +22,7 @@ from busi.callbacks.prediction_writer import CsvLayout, csv_columns, csv_row, le
 from busi.commands.options import MAX_UPLOAD_MB
 from busi.data.files import Prediction
 from busi.errors import WeightsError
-from busi.evaluation.conformal import prediction_sets, stored_thresholds
+from busi.evaluation.conformal import prediction_sets, refers, stored_thresholds
 from busi.evaluation.measurements import lesions
 from busi.evaluation.operating_point import decided_class, stored_operating_point
 from busi.evaluation.plots import HEAT_MAP, OUTLINE_COLOUR
@@ -282,7 +282,7 @@ def prediction_set(model: BusiClassifier | FoldEnsemble, path: str) -> list[floa
     thresholds, why = stored
     st.caption(
         f"Prediction sets: every class the scan may be, at the model's promised coverage ({why}); "
-        "more than one class, or none, means refer."
+        "more than one class, none, or one that is not the label means refer."
     )
     return thresholds
 
@@ -308,12 +308,12 @@ def show(
         numbers.progress(float(probability), text=f"{name}: {percent(probability)}")
     numbers.caption("Calibrated probabilities; the bars run from 0 to 1.")
     if sets:
-        members = prediction_sets(torch.tensor([probabilities]), sets)[0].tolist()
-        named = " or ".join(n for n, inside in zip(class_names, members, strict=True) if inside)
-        if sum(members) == 1:
+        members = prediction_sets(torch.tensor([probabilities]), sets)
+        named = " or ".join(n for n, inside in zip(class_names, members[0].tolist(), strict=True) if inside)
+        if not refers(members, torch.tensor([best]))[0]:
             numbers.success(f"Prediction set: **{named}** only")
         else:
-            numbers.warning(f"Prediction set: **{named or 'no class'}**: unsure, **refer**", icon="⚠️")
+            numbers.warning(f"Prediction set: **{named or 'none'}**: unsure, **refer**", icon="⚠️")
     if result.lesions is not None:
         numbers.markdown(
             "**Predicted lesion**  \n" + "  \n".join(result.lesions) if result.lesions else "No lesion predicted."

@@ -49,13 +49,21 @@ def set_name(members: list[bool], class_names: tuple[str, ...]) -> str:
     return "|".join(n for n, inside in zip(class_names, members, strict=True) if inside) or "none"
 
 
+def refers(members: torch.Tensor, decided: torch.Tensor) -> torch.Tensor:
+    """Bool (images,): the set is not the decided class alone (two or three classes, none, or one other
+    class than the label: per-class thresholds can leave the most probable class out)."""
+    alone = members.sum(dim=1) == 1
+    return ~(alone & members[torch.arange(len(decided)), decided])
+
+
 def set_report(probabilities: torch.Tensor, labels: torch.Tensor, thresholds, class_names) -> dict:
     """What the sets did on labelled images: coverage overall and per true class, mean set size, the share
-    referred (a set that is not one class), and the accuracy on the scans answered with one class."""
+    referred (busi.evaluation.conformal.refers, the label being the most probable class), and the
+    accuracy on the scans not referred."""
     sets = prediction_sets(probabilities, thresholds)
     covered = sets[torch.arange(len(labels)), labels]
     sizes = sets.sum(dim=1)
-    single = sizes == 1
+    single = ~refers(sets, probabilities.argmax(dim=1))
     answered_right = single & covered
     return {
         "images": len(labels),
@@ -67,6 +75,7 @@ def set_report(probabilities: torch.Tensor, labels: torch.Tensor, thresholds, cl
         "mean_set_size": float(sizes.double().mean()) if len(labels) else float("nan"),
         "set_sizes": {str(size): int((sizes == size).sum()) for size in range(len(class_names) + 1)},
         "referred": float((~single).double().mean()) if len(labels) else float("nan"),
+        "sets_without_the_label": int(((sizes == 1) & ~single).sum()),
         "accuracy_answered": float(answered_right.sum() / single.sum()) if bool(single.any()) else None,
     }
 
