@@ -116,7 +116,8 @@ class Node:
 
     # -- answering --------------------------------------------------------------------------------
     def answer_pending(self) -> int:
-        """One batch of the spool answered, its results written and sent; how many instances."""
+        """One batch of the spool answered, its results written and sent in one association (all of them or,
+        when the destination fails, none: the batch stays in the spool); how many instances."""
         batch = self.spool.pending()[: self.batch_size]
         if not batch:
             return 0
@@ -127,13 +128,15 @@ class Node:
         by_path: dict[Path, list] = {}
         for row in rows:
             by_path.setdefault(row.path, []).append(row)
+        results = [result for row in rows if not row.error for result in row.dicom_results or []]
+        sent = self._send(results) if results and self.send else ""
         for path in batch:
             for row in by_path.get(path, []):
-                self._finish(path, row)
+                self._log(path, row, sent)
             self.spool.finish(path, skipped=any(row.error for row in by_path.get(path, [])))
         return len(batch)
 
-    def _finish(self, path: Path, row) -> None:
+    def _log(self, path: Path, row, sent: str) -> None:
         source = pydicom.dcmread(path, stop_before_pixels=True).file_meta.get("SourceApplicationEntityTitle", "?")
         if row.error:
             log.info("%s %s: skipped (%s)", source, path.stem, row.error.split(": ", 1)[-1])
@@ -141,7 +144,7 @@ class Node:
         results = row.dicom_results or []
         names = self.model.class_names
         best = decided_class(row.probabilities, names, self.threshold)
-        sent = self._send(results) if results and self.send else ""
+        sent = sent if results else ""
         log.info(
             "%s %s: %s %.1f%% → %s%s%s", source, path.stem, names[best], 100 * row.probabilities[best],
             ", ".join(p.name for p in results) or "no results", sent, f" ({row.note})" if row.note else "",
