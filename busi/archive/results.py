@@ -63,6 +63,19 @@ def is_busi_result(dataset: Dataset) -> bool:
     return dataset.get("Manufacturer") == "busi" and dataset.get("SeriesNumber") in series
 
 
+def new_object(source: Dataset, answer: Answer, kind: str, series: int) -> dict:
+    """The identity of a result object of `kind` (SEG, SR, capture): its series in the source's study and
+    its own instance, with UIDs fixed by what it answers (derived_uid), made by busi."""
+    model = digest(answer.model)
+    return {
+        "series_instance_uid": derived_uid(source.StudyInstanceUID, model, f"{kind} series"),
+        "series_number": series,
+        "sop_instance_uid": derived_uid(source.SOPInstanceUID, answer.frame, model, kind),
+        "instance_number": answer.frame,
+        "manufacturer": "busi",
+    }
+
+
 def digest(model: dict) -> str:
     """The checkpoint's SHA-256 (a busi-cv folder's: its fold models', joined)."""
     return model["sha256"] if isinstance(model["sha256"], str) else ",".join(model["sha256"])
@@ -93,11 +106,7 @@ def segmentation(source: Dataset, answer: Answer) -> hd.seg.Segmentation:
         pixel_array=pixels if frames > 1 else pixels[0],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
-        series_instance_uid=derived_uid(source.StudyInstanceUID, digest(answer.model), "SEG series"),
-        series_number=SEG_SERIES,
-        sop_instance_uid=derived_uid(source.SOPInstanceUID, answer.frame, digest(answer.model), "SEG"),
-        instance_number=answer.frame,
-        manufacturer="busi",
+        **new_object(source, answer, "SEG", SEG_SERIES),
         manufacturer_model_name=f"DenseNet121 {answer.model.get('recipe')}",
         software_versions=name,
         device_serial_number=identity_serial(answer.model),
@@ -214,11 +223,7 @@ def structured_report(source: Dataset, answer: Answer, seg: hd.seg.Segmentation 
     sr = hd.sr.Comprehensive3DSR(
         evidence=[source, *([seg] if seg is not None else [])],
         content=report,
-        series_instance_uid=derived_uid(source.StudyInstanceUID, digest(answer.model), "SR series"),
-        series_number=SR_SERIES,
-        sop_instance_uid=derived_uid(source.SOPInstanceUID, answer.frame, digest(answer.model), "SR"),
-        instance_number=answer.frame,
-        manufacturer="busi",
+        **new_object(source, answer, "SR", SR_SERIES),
         is_complete=True,
         is_final=False,
         is_verified=False,
@@ -275,11 +280,7 @@ def secondary_capture(source: Dataset, answer: Answer) -> hd.sc.SCImage:
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         patient_orientation=("A", "F"),  # highdicom insists on one; replaced below by what the source says
-        series_instance_uid=derived_uid(source.StudyInstanceUID, digest(answer.model), "capture series"),
-        series_number=CAPTURE_SERIES,
-        sop_instance_uid=derived_uid(source.SOPInstanceUID, answer.frame, digest(answer.model), "capture"),
-        instance_number=answer.frame,
-        manufacturer="busi",
+        **new_object(source, answer, "capture", CAPTURE_SERIES),
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     capture.PatientOrientation = source.get("PatientOrientation", "")  # Type 2: an ultrasound frame has none
