@@ -208,3 +208,15 @@ def test_serving_beyond_this_machine_without_a_key_is_refused_in_one_line(ckpt, 
     assert serve_main(["--ckpt", str(ckpt), "--api_key_env", "BUSI_NO_SUCH_KEY"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "BUSI_NO_SUCH_KEY" in error
+
+
+def test_a_model_with_prediction_sets_answers_with_its_set_as_busi_predict_does(conformal_run, scans, tmp_path):
+    ckpt = conformal_run / "checkpoints" / "best.ckpt"
+    output = tmp_path / "predictions.csv"
+    pngs = scans[:6]
+    assert predict_main(["--ckpt", str(ckpt), *map(str, pngs), "--output", str(output), "--quiet"]) == 0
+    with running_service(ckpt) as service:
+        for path, row in zip(pngs, read_rows(output), strict=True):
+            answer = post(service.url, path).json()["prediction_set"]
+            assert ("|".join(answer["classes"]) or "none") == row["prediction_set"]
+            assert answer["refer"] == (row["refer"] == "yes") and "miscoverage 0.5" in answer["rule"]

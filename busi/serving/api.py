@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 from busi.callbacks.prediction_writer import lesion_mask, mask_image
 from busi.data.files import Prediction, decode_rows
 from busi.errors import ImageTooLargeError, NotAnImageError, UnreadableImageError
+from busi.evaluation.conformal import prediction_sets, refers, stored_thresholds
 from busi.evaluation.measurements import lesions
 from busi.evaluation.operating_point import decided_class
 from busi.io.dicom import DEFAULT_OPTIONS, DicomOptions
@@ -84,6 +85,7 @@ class BusiAPI(ls.LitAPI):
         self.model = load_model(self.ckpt, map_location=device).to(device).eval()
         if self.bfloat16:
             answer_in_bfloat16(self.model)
+        self.sets = stored_thresholds(self.ckpt, self.model.members[0].summary, self.model.class_names)
         self.device_name = device
         # warm-up: /health says ready only once the model has answered an image
         start, size = time.perf_counter(), self.model.image_size
@@ -154,6 +156,7 @@ class BusiAPI(ls.LitAPI):
                 "pixel_spacing_mm": list(row.spacing_mm) if row.spacing_mm else None,
             },
             "note": row.note,
+            **({"prediction_set": self.prediction_set(probabilities, best)} if self.sets else {}),
             "model": self.identity,
             "warning": WARNING,
         }
@@ -165,6 +168,18 @@ class BusiAPI(ls.LitAPI):
             mask_image(mask).save(png, format="PNG")
             answer["mask_png_base64"] = base64.b64encode(png.getvalue()).decode("ascii")
         return JSONResponse(answer)
+
+    def prediction_set(self, probabilities: list[float], best: int) -> dict:
+        """The classes the scan may be at the model's promised coverage, and whether to refer
+        (busi.evaluation.conformal), as busi-predict's prediction_set and refer columns give them."""
+        thresholds, rule = self.sets
+        members = prediction_sets(torch.tensor([probabilities]), thresholds)
+        names = self.model.class_names
+        return {
+            "classes": [n for n, inside in zip(names, members[0].tolist(), strict=True) if inside],
+            "refer": bool(refers(members, torch.tensor([best]))[0]),
+            "rule": rule,
+        }
 
 
 def threads_per_worker(workers: int) -> int:
