@@ -281,8 +281,8 @@ def prediction_set(model: BusiClassifier | FoldEnsemble, path: str) -> list[floa
         return None
     thresholds, why = stored
     st.caption(
-        f"Prediction sets: every class the scan may be, at the model's promised coverage ({why}); "
-        "more than one class, none, or one that is not the label means refer."
+        f"Prediction sets: every class the scan may be ({why}; the coverage holds for scans like those, "
+        "see docs/trust.md); more than one class, none, or one that is not the label means refer."
     )
     return thresholds
 
