@@ -4,6 +4,7 @@ app showing the set."""
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,21 @@ def test_the_app_shows_the_set_and_says_refer(conformal_run, busi_root, monkeypa
     assert len(shown) == len(scans)
     referred = [m for m in shown if "refer" in m]
     assert all("unsure" in m for m in referred) and all(" only" in m for m in shown if m not in referred)
+
+
+def test_a_calibration_split_fits_the_temperature_and_the_sets_and_never_picks_the_epoch(busi_root, tmp_path):
+    from busi.commands.train import main as train_main
+
+    from fake_busi import train_args
+
+    runs = tmp_path / "runs"
+    extra = ("--model.conformal_alpha=0.5", "--data.calibration_fraction=0.5", "--data.val_fraction=0.3")
+    assert train_main(train_args(busi_root, runs, *extra)) == 0
+    run = next(runs.glob("lightning_logs/version_*"))
+    splits = Counter(r["split"] for r in csv.DictReader((run / "split.csv").open()))
+    report = json.loads((run / "report.json").read_text())
+    assert splits["calibration"] > 0 and report["splits"]["val"]["samples"] == splits["val"]  # picks on the rest
+    sets = report["conformal"]
+    assert sum(sets["calibration_images"].values()) == splits["calibration"]
+    assert sets["fitted_on"].startswith("the calibration split")
+    assert report["calibration"]["images"] == splits["calibration"]

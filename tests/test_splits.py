@@ -3,7 +3,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from busi.data.splits import assign_groups, fold_splits
+from busi.data.splits import assign_groups, carve_calibration, fold_splits
 
 
 def test_split_is_stratified_and_keeps_groups_whole():
@@ -48,3 +48,21 @@ def test_folds_are_stratified_keep_groups_whole_and_test_and_validate_each_image
         assert abs(tested[0] - 12) <= 3 and tested[1] == 6 and tested[2] == 4  # a fifth of each class
     with pytest.raises(ValueError, match="at least 3 folds"):
         fold_splits(groups, labels, 2, 0, seed=1)
+
+
+def test_a_calibration_share_comes_out_of_the_validation_fold_only_whole_groups_and_stratified():
+    labels = [0] * 60 + [1] * 30 + [2] * 20
+    groups = [i // 3 if i < 30 else i for i in range(len(labels))]
+    roles = fold_splits(groups, labels, 5, 0, seed=1)
+    carved = carve_calibration(roles, groups, labels, 0.5, seed=1)
+    assert all(c == r for c, r in zip(carved, roles, strict=True) if r != "val")  # train and test untouched
+    moved = [i for i, (c, r) in enumerate(zip(carved, roles, strict=True)) if c != r]
+    assert all(carved[i] == "calibration" and roles[i] == "val" for i in moved)
+    by_group = defaultdict(set)
+    for image, role in enumerate(carved):
+        by_group[groups[image]].add(role)
+    assert all(len(r) == 1 for r in by_group.values())
+    for label in range(3):
+        validating = sum(1 for i, r in enumerate(roles) if r == "val" and labels[i] == label)
+        calibrating = sum(1 for i in moved if labels[i] == label)
+        assert abs(calibrating - validating / 2) <= 3  # about half of each class

@@ -26,7 +26,9 @@ def write_out_of_fold(fold: TrainingRun, run_dir: Path) -> None:
 
     model, datamodule = fold.model.eval(), fold.datamodule
     names = model.class_names
-    for split, file in (("val", "validation.csv"), ("test", "out_of_fold.csv")):
+    from busi.training.finish import calibration_split
+
+    for split, file in ((calibration_split(datamodule), "validation.csv"), ("test", "out_of_fold.csv")):
         images = datamodule.dataset(split)  # all of it: this runs on one process only
         outputs = answer(model, DataLoader(images, batch_size=datamodule.hparams.eval_batch_size))
         partial = run_dir / f"{file}.part"  # out_of_fold.csv marks the fold done: written whole or not at all

@@ -58,7 +58,8 @@ def evaluate(
     seen = seen_images(ckpt, catalog)
     indices = list(range(len(catalog.records)))
     if seen:
-        counts = {split: sum(s == split for s in seen.values()) for split in ("train", "val")}
+        counts = {split: sum(s == split for s in seen.values()) for split in ("train", "val", "calibration")}
+        counts["val"] += counts.pop("calibration")  # validation in the broad sense: chose or calibrated
         if unseen_only:
             indices = [i for i in indices if i not in seen]
             say(f"scoring the {len(indices)} images the model never saw ({len(seen)} it saw left out)", error=True)
@@ -96,7 +97,7 @@ def evaluate(
     if seen is not None:
         report["data"]["seen_by_the_model"] = {
             "train": sum(s == "train" for s in seen.values()),
-            "val": sum(s == "val" for s in seen.values()),
+            "val": sum(s in ("val", "calibration") for s in seen.values()),
             "scored": sum(i in seen for i in indices),
         }
     output.mkdir(parents=True, exist_ok=True)

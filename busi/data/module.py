@@ -18,7 +18,7 @@ from busi.data.cache import default_cache_dir
 from busi.data.catalog import Catalog, read_catalog, warn
 from busi.data.dataset import ClassBalancedSampler, ClassRepeatSampler, ImageTensors
 from busi.data.download import OFFICIAL_URL, download_busi
-from busi.data.splits import SPLIT_NAMES, assign_groups, fold_splits, read_split_csv
+from busi.data.splits import CALIBRATION, SPLIT_NAMES, assign_groups, carve_calibration, fold_splits, read_split_csv
 from busi.errors import DataError
 
 SAMPLERS = {"balanced": ClassBalancedSampler, "oversample": ClassRepeatSampler}
@@ -52,6 +52,9 @@ class BusiDataModule(L.LightningDataModule):
             round(1 / its class's share) times per epoch, so epochs are longer: ClassRepeatSampler).
         overlays: `keep` the marks sonographers draw (calipers, lines, text, colour) or `inpaint` them
             on every image before it is used (busi.io.overlays); the audit counts them either way.
+        calibration_fraction: the share of the validation split (whole duplicate groups, stratified) kept
+            apart to fit the temperature and the prediction sets only, so that the images that pick the
+            epoch do not also promise the coverage; 0: the validation split does both.
         download: fetch and unpack the dataset's archive into `root` when it is not there
             (busi.data.download; busi-download does the same on its own).
         download_url: where the archive is: the official one, or a mirror.
@@ -75,10 +78,15 @@ class BusiDataModule(L.LightningDataModule):
         fold: int = 0,
         sampling: Literal["shuffle", "balanced", "oversample"] = "shuffle",
         overlays: Literal["keep", "inpaint"] = "keep",
+        calibration_fraction: float = 0.0,
         download: bool = False,
         download_url: str = OFFICIAL_URL,
     ):
         super().__init__()
+        if not 0 <= calibration_fraction < 1:
+            raise DataError(
+                f"calibration_fraction {calibration_fraction}: give a share of the validation split in [0, 1)"
+            )
         if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise DataError(
                 f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in (0, 1) and sum below 1"
@@ -110,7 +118,17 @@ class BusiDataModule(L.LightningDataModule):
         rank_zero_info(format_audit(self.catalog.audit, counts))
 
     def _split(self, catalog: Catalog) -> tuple[Catalog, list[str]]:
-        """The catalog to train on and each image's split: from the split CSV, the fold, or the fractions."""
+        """The catalog to train on and each image's split: from the split CSV, the fold, or the fractions
+        (and the calibration share carved out of the validation split)."""
+        catalog, splits = self._splits(catalog)
+        if self.hparams.calibration_fraction and not self.hparams.split_csv:
+            labels = [r.label for r in catalog.records]
+            splits = carve_calibration(
+                splits, catalog.groups, labels, self.hparams.calibration_fraction, self.hparams.seed
+            )
+        return catalog, splits
+
+    def _splits(self, catalog: Catalog) -> tuple[Catalog, list[str]]:
         hp = self.hparams
         labels = [r.label for r in catalog.records]
         if hp.split_csv:
@@ -124,7 +142,8 @@ class BusiDataModule(L.LightningDataModule):
         return catalog, [SPLIT_NAMES[p] for p in assign_groups(catalog.groups, labels, fractions, hp.seed)]
 
     def split_counts(self) -> dict[str, dict[str, int]]:
-        counts = {split: dict.fromkeys(self.class_names, 0) for split in SPLIT_NAMES}
+        names = (*SPLIT_NAMES, CALIBRATION) if CALIBRATION in self.split_of else SPLIT_NAMES
+        counts = {split: dict.fromkeys(self.class_names, 0) for split in names}
         for record, split in zip(self.catalog.records, self.split_of, strict=True):
             counts[split][self.class_names[record.label]] += 1
         return counts

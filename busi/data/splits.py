@@ -11,6 +11,8 @@ from pathlib import Path
 from busi.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
+CALIBRATION = "calibration"  # optional: fits the temperature and the prediction sets, never trains or picks
+ALL_SPLITS = (*SPLIT_NAMES, CALIBRATION)
 SPLIT_CSV_COLUMNS = ("path", "label", "split", "group")
 
 
@@ -67,8 +69,8 @@ def read_split_csv(path: Path) -> dict[str, tuple[str, str, int]]:
             raise DataError(f"{path}: split CSV lacks columns {sorted(missing)}; expected {SPLIT_CSV_COLUMNS}")
         entries = {}
         for line, row in enumerate(reader, start=2):
-            if row["split"] not in SPLIT_NAMES:
-                raise DataError(f"{path}:{line}: split {row['split']!r} is not one of {SPLIT_NAMES}")
+            if row["split"] not in ALL_SPLITS:
+                raise DataError(f"{path}:{line}: split {row['split']!r} is not one of {ALL_SPLITS}")
             entries[row["path"]] = (row["label"], row["split"], int(row["group"]))
     return entries
 
@@ -83,3 +85,20 @@ def fold_splits(groups: Sequence[int], labels: Sequence[int], folds: int, fold: 
     parts = assign_groups(groups, labels, [1.0] * folds, seed)
     role = {fold: "test", (fold + 1) % folds: "val"}
     return [role.get(part, "train") for part in parts]
+
+
+def carve_calibration(
+    splits: Sequence[str], groups: Sequence[int], labels: Sequence[int], fraction: float, seed: int
+) -> list[str]:
+    """`fraction` of the validation images (whole duplicate groups, stratified) moved to the calibration
+    split: the rest still pick the epoch, these only fit the temperature and the prediction sets, so they
+    are as new to the chosen model as the test images."""
+    validation = [i for i, split in enumerate(splits) if split == "val"]
+    parts = assign_groups(
+        [groups[i] for i in validation], [labels[i] for i in validation], [1 - fraction, fraction], seed
+    )
+    carved = list(splits)
+    for index, part in zip(validation, parts, strict=True):
+        if part == 1:
+            carved[index] = CALIBRATION
+    return carved

@@ -10,7 +10,7 @@ from pathlib import Path
 from busi.data.catalog import Catalog
 from busi.data.splits import read_split_csv
 
-SEEN = ("train", "val")  # trained on, or chosen the epoch and the temperature with
+SEEN = ("train", "val", "calibration")  # trained on, chose the epoch, or fitted the temperature and sets
 
 
 def _content(path: Path) -> str | None:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from busi import __version__
 from busi.callbacks.split_reports import SplitReports
 from busi.data.module import BusiDataModule
+from busi.data.splits import CALIBRATION
 from busi.evaluation.calibration import Calibration, calibration
 from busi.evaluation.conformal import class_thresholds, risk_coverage, set_report
 from busi.evaluation.history import read_history, training_cost
@@ -56,6 +57,8 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
             report["overlays"] = by_overlay(outputs.probabilities, test.labels, overlaid, model.class_names)
             if validation is not None and model.hparams.get("conformal_alpha"):
                 report["conformal"] = conformal_sets(model, validation, outputs.probabilities, test.labels)
+                if calibration_split(datamodule) == CALIBRATION:
+                    report["conformal"]["fitted_on"] = "the calibration split (neither trained on nor picked the epoch)"
             if log_dir:
                 history = read_history(Path(log_dir))
                 if history and state is not None:
@@ -96,13 +99,19 @@ def calibrate(
     where the fit is not trusted; under DDP every process takes the main process's); with it, the
     malignant operating point on the same images (validation_operating_point), and the validation
     images' (calibrated probabilities, labels)."""
-    validation = datamodule.dataset("val")  # all of it, on every process (val_dataloader is sharded under DDP)
+    # all of it, on every process (val_dataloader is sharded under DDP); a calibration split where there is one
+    validation = datamodule.dataset(calibration_split(datamodule))
     outputs = answer(model.eval(), DataLoader(validation, batch_size=datamodule.hparams.eval_batch_size))
     fitted = trainer.strategy.broadcast(calibration(outputs.logits, validation.labels), src=0)
     model.temperature.fill_(fitted.temperature)
     probabilities = (outputs.logits / fitted.temperature).softmax(dim=1)
     point = validation_operating_point(probabilities, validation.labels, model.class_names)
     return fitted, point, (probabilities, validation.labels)
+
+
+def calibration_split(datamodule: BusiDataModule) -> str:
+    """Where the temperature, the operating point and the prediction sets are fitted."""
+    return CALIBRATION if CALIBRATION in datamodule.split_of else "val"
 
 
 def conformal_sets(
