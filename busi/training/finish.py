@@ -51,14 +51,7 @@ def finish(trainer: L.Trainer, model: BusiClassifier, datamodule: BusiDataModule
                 fitted.as_dict() if fitted else None,
                 localisation_scores(model, datamodule.catalog, test_images),
             )
-            test = datamodule.dataset("test")
-            outputs = answer(model.eval(), DataLoader(test, batch_size=datamodule.hparams.eval_batch_size))
-            overlaid = [datamodule.catalog.overlaid[i] for i in test.indices]
-            report["overlays"] = by_overlay(outputs.probabilities, test.labels, overlaid, model.class_names)
-            if validation is not None and model.hparams.get("conformal_alpha"):
-                report["conformal"] = conformal_sets(model, validation, outputs.probabilities, test.labels)
-                if calibration_split(datamodule) == CALIBRATION:
-                    report["conformal"]["fitted_on"] = "the calibration split (neither trained on nor picked the epoch)"
+            report.update(from_test_answers(model, datamodule, validation))
             if log_dir:
                 history = read_history(Path(log_dir))
                 if history and state is not None:
@@ -107,6 +100,20 @@ def calibrate(
     probabilities = (outputs.logits / fitted.temperature).softmax(dim=1)
     point = validation_operating_point(probabilities, validation.labels, model.class_names)
     return fitted, point, (probabilities, validation.labels)
+
+
+def from_test_answers(model: BusiClassifier, datamodule: BusiDataModule, validation) -> dict:
+    """The report's entries that need every test answer: the scores on overlaid and on clean images
+    apart and, with conformal_alpha, the prediction sets (fitted on `validation`)."""
+    test = datamodule.dataset("test")
+    outputs = answer(model.eval(), DataLoader(test, batch_size=datamodule.hparams.eval_batch_size))
+    overlaid = [datamodule.catalog.overlaid[i] for i in test.indices]
+    entries = {"overlays": by_overlay(outputs.probabilities, test.labels, overlaid, model.class_names)}
+    if validation is not None and model.hparams.get("conformal_alpha"):
+        entries["conformal"] = conformal_sets(model, validation, outputs.probabilities, test.labels)
+        if calibration_split(datamodule) == CALIBRATION:
+            entries["conformal"]["fitted_on"] = "the calibration split (neither trained on nor picked the epoch)"
+    return entries
 
 
 def calibration_split(datamodule: BusiDataModule) -> str:
