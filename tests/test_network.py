@@ -31,6 +31,30 @@ def test_forward_returns_logits_for_a_batch():
     assert not torch.allclose(logits.softmax(1).sum(1), logits.sum(1))  # logits, not probabilities
 
 
+def test_densenet_dropout_acts_while_training_only_and_per_seed():
+    torch.manual_seed(0)
+    plain = DenseNetClassifier(image_size=IMAGE_SIZE, freeze_backbone=False)
+    dropping = DenseNetClassifier(image_size=IMAGE_SIZE, freeze_backbone=False, drop_rate=0.2)
+    dropping.load_state_dict(plain.state_dict())  # no parameters of its own: the same checkpoint keys
+    images = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    plain.eval(), dropping.eval()
+    with torch.no_grad():
+        assert torch.equal(plain(images), dropping(images))  # answering: no dropout
+        plain.train(), dropping.train()
+        runs = []
+        for seed in (1, 1, 2):
+            torch.manual_seed(seed)
+            runs.append(dropping.extract(images))
+        torch.manual_seed(1)
+        undropped = plain.extract(images)
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])  # one mask per seed
+    assert not torch.equal(runs[0], undropped)
+    with pytest.raises(Exception, match="drop_rate 1"):
+        DenseNetClassifier(image_size=IMAGE_SIZE, drop_rate=1.0)
+    model = BusiClassifier(weights="none", image_size=IMAGE_SIZE, freeze_backbone=False, drop_rate=0.1)
+    assert model.hparams.drop_rate == 0.1 and model.model.features.denseblock1.denselayer1.drop_rate == 0.1
+
+
 def test_imagenet_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     state_dict = fake_imagenet_state_dict()

@@ -53,6 +53,8 @@ class BusiClassifier(Answering, L.LightningModule):
             (global average pooling first: 67 M fewer parameters at 256 px) or `lesion` (with the
             decoder: final features and dense block 3, averaged over the image and over the predicted
             lesion, so the classifier sees what the decoder found).
+        drop_rate: dropout after each of DenseNet's dense layers while training (torchvision's
+            `drop_rate`; the DenseNet paper trains without augmentation with 0.2); 0: none, the original.
         preprocessing: how uint8 pixels become the network's input: `imagenet` (÷255, then ImageNet
             mean and std: torchvision's and Keras DenseNet's `preprocess_input`) or `divide255` (÷255
             only: the original Keras project's app; set by busi-import-keras).
@@ -76,6 +78,7 @@ class BusiClassifier(Answering, L.LightningModule):
         image_size: int = 256,
         class_names: tuple[str, ...] = CLASS_NAMES,
         head: Literal["flatten", "pooled", "lesion"] = "flatten",
+        drop_rate: float = 0.0,
         preprocessing: Literal["imagenet", "divide255"] = "imagenet",
         batch_norm_eps: float | None = None,
         tta: bool = False,
@@ -96,6 +99,7 @@ class BusiClassifier(Answering, L.LightningModule):
                 "image_size": image_size,
                 "class_names": class_names,
                 "head": head,
+                "drop_rate": drop_rate,
                 "preprocessing": preprocessing,
                 "batch_norm_eps": batch_norm_eps,
                 "tta": tta,
@@ -121,7 +125,9 @@ class BusiClassifier(Answering, L.LightningModule):
     def configure_models(self) -> None:
         hp, speed = self.hparams, self.settings.speed
         segment = self.settings.loss.segmentation_weight > 0
-        self.model = DenseNetClassifier(hp.image_size, len(self.class_names), hp.freeze_backbone, hp.head, segment)
+        self.model = DenseNetClassifier(
+            hp.image_size, len(self.class_names), hp.freeze_backbone, hp.head, segment, hp.get("drop_rate", 0.0)
+        )
         weights_eps = load_backbone_weights(self.model.features, hp.weights)
         hp.batch_norm_eps = hp.batch_norm_eps or weights_eps or DEFAULT_BATCH_NORM_EPS
         set_batch_norm_eps(self.model.features, hp.batch_norm_eps)

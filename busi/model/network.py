@@ -91,6 +91,7 @@ class DenseNetClassifier(nn.Module):
         freeze_backbone: bool = True,
         head: str = "flatten",
         segment: bool = False,
+        drop_rate: float = 0.0,
     ):
         super().__init__()
         if image_size % FEATURE_STRIDE:
@@ -103,7 +104,10 @@ class DenseNetClassifier(nn.Module):
         # The channels of what the head reads that Grad-CAM sums: the feature maps, never the lesion
         # probability the lesion head also reads (counted in, it pushed the heat-maps off the lesion)
         self.cam_channels = FEATURE_CHANNELS + (SKIP_CHANNELS[-1] if self.sees_lesion else 0)
-        self.features = densenet121(weights=None).features
+        if not 0 <= drop_rate < 1:
+            raise SettingError(f"{{drop_rate}} {drop_rate}: DenseNet's dropout after each dense layer, in [0, 1)")
+        # torchvision's dropout after every dense layer (the DenseNet paper's 0.2 without augmentation)
+        self.features = densenet121(weights=None, drop_rate=drop_rate).features
         if head == "flatten":
             inputs = [nn.Flatten(), nn.Linear(FEATURE_CHANNELS * side * side, 1024)]
         elif head == "lesion":
