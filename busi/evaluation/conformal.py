@@ -11,11 +11,12 @@ training loops to a project that needs neither."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
+
+from busi.evaluation.operating_point import kept_with_model
 
 ALPHA_HELP = "miscoverage of the prediction sets, e.g. 0.1 (each class's true scans in their set ≥ 90 %); 0: off"
 
@@ -96,17 +97,12 @@ def risk_coverage(probabilities: torch.Tensor, labels: torch.Tensor) -> list[dic
 def stored_thresholds(ckpt: Path, summary: dict | None, class_names: tuple[str, ...]) -> tuple[list[float], str] | None:
     """(thresholds in class order, where they come from) kept with a model: for a busi-cv folder the fold
     ensemble's in cv_summary.json, for a checkpoint its own (trained with conformal_alpha); None without."""
-    if Path(ckpt).is_dir():
-        summary_file = Path(ckpt) / "cv_summary.json"
-        if not summary_file.is_file():
-            return None
-        sets = json.loads(summary_file.read_text(encoding="utf-8"))["out_of_fold"].get("conformal")
-        if not sets:
-            return None
+    kept = kept_with_model(ckpt, summary, "conformal")
+    if kept is None:
+        return None
+    sets, summary_file = kept
+    if summary_file is not None:
         where = f"miscoverage {sets['alpha']:g}, fitted on the pooled out-of-fold predictions in {summary_file}"
         return [sets["ensemble_thresholds"][n] for n in class_names], where
-    sets = (summary or {}).get("conformal")
-    if not sets:
-        return None
     where = f"miscoverage {sets['alpha']:g}, fitted on {sum(sets['calibration_images'].values())} validation images"
     return [sets["thresholds"][n] for n in class_names], where

@@ -49,21 +49,29 @@ def validation_operating_point(probabilities: torch.Tensor, labels: torch.Tensor
     }
 
 
+def kept_with_model(ckpt: Path, summary: dict | None, key: str) -> tuple[dict, Path | None] | None:
+    """(the entry `key`, the cv_summary.json it came from or None) kept with a model: a busi-cv folder's
+    pooled out-of-fold entry in cv_summary.json, or the summary in a checkpoint (`summary`); None without."""
+    if Path(ckpt).is_dir():
+        summary_file = Path(ckpt) / "cv_summary.json"
+        if not summary_file.is_file():
+            return None
+        entry = json.loads(summary_file.read_text(encoding="utf-8"))["out_of_fold"].get(key)
+        return (entry, summary_file) if entry else None
+    entry = (summary or {}).get(key)
+    return (entry, None) if entry else None
+
+
 def stored_operating_point(ckpt: Path, summary: dict | None) -> tuple[float, str] | None:
     """(threshold, where it comes from) kept with a model: a busi-cv folder's cv_summary.json, or the
     summary in a checkpoint (`summary`); None when there is none."""
-    summary_file = Path(ckpt) / "cv_summary.json"
-    if Path(ckpt).is_dir():
-        if not summary_file.is_file():
-            return None
-        point = json.loads(summary_file.read_text(encoding="utf-8"))["out_of_fold"].get("operating_point")
-        if not point:
-            return None
+    kept = kept_with_model(ckpt, summary, "operating_point")
+    if kept is None:
+        return None
+    point, summary_file = kept
+    if summary_file is not None:
         where = f"sensitivity {point['target_sensitivity']:.0%} on the pooled out-of-fold predictions"
         return point["threshold_at_target"], f"stored in {summary_file}: {where}"
-    point = (summary or {}).get("operating_point")
-    if not point:
-        return None
     return point[
         "threshold"
     ], f"stored in {ckpt}: sensitivity {point['target_sensitivity']:.0%} on {point['chosen_on']}"

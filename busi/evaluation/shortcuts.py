@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score, multiclass_recall
 
 from busi.io.images import as_three_channels, resize_to_tensor, without_overlays
-from busi.io.overlays import find_overlays, inpaint
+from busi.io.overlays import Overlay, find_overlays, inpaint
 from busi.model.answering import answer
 from busi.model.inference import Outputs
 
@@ -81,10 +81,9 @@ def answers(model, images: list[Image.Image], explain: bool = False, batch_size:
     return answer(model, DataLoader(batches, batch_size=None), explain="predicted" if explain else False)
 
 
-def pasted(clean: Image.Image, donor: Image.Image) -> Image.Image:
-    """`clean` with the marks of `donor` (another scan's calipers, lines and text, where busi.io.overlays
-    finds them) drawn on it at the same place relative to the image's size."""
-    found = find_overlays(donor)
+def pasted(clean: Image.Image, donor: Image.Image, found: Overlay) -> Image.Image:
+    """`clean` with the marks of `donor` (another scan's calipers, lines and text: `found`, what
+    busi.io.overlays finds on it) drawn on it at the same place relative to the image's size."""
     mask = np.asarray(Image.fromarray(found.mask).resize(clean.size, Image.Resampling.NEAREST))
     marks = np.asarray(donor.convert("L").resize(clean.size, Image.Resampling.BILINEAR))
     pixels = np.array(clean)
@@ -109,13 +108,13 @@ def changes(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor, cla
     }
 
 
-def cam_on_marks(cams: torch.Tensor, images: list[Image.Image]) -> dict:
+def cam_on_marks(cams: torch.Tensor, marks: list[Overlay]) -> dict:
     """The share of each Grad-CAM's energy on the marks of its image (busi.io.overlays' mask at the
     model's size), beside the marks' share of the image (what a uniform heat-map would put there)."""
     energy, area = [], []
-    for cam, image in zip(cams, images, strict=True):
+    for cam, found in zip(cams, marks, strict=True):
         side = cam.shape[-1]
-        mask = Image.fromarray(find_overlays(image).mask).resize((side, side), Image.Resampling.BILINEAR)
+        mask = Image.fromarray(found.mask).resize((side, side), Image.Resampling.BILINEAR)
         mask = torch.from_numpy(np.asarray(mask) > 0)  # any part of a mark in the cell
         energy.append(float(cam[mask].sum() / cam.sum().clamp_min(1e-12)))
         area.append(float(mask.double().mean()))
@@ -133,12 +132,14 @@ def probe(model, images: list[Image.Image], labels: torch.Tensor, overlaid: list
     result: dict = {"overlays": model.overlays}
     if marked:
         originals = [images[i] for i in marked]
+        found = [find_overlays(image) for image in originals]  # once each: inpainting, heat-maps, pasting
         before = answers(model, originals, explain=True)
-        after = answers(model, [inpaint(image) for image in originals])
+        after = answers(model, [inpaint(image, marks) for image, marks in zip(originals, found, strict=True)])
         result["inpainted"] = changes(before.probabilities, after.probabilities, labels[marked], names)
-        result["cam"] = cam_on_marks(before.cams, originals)
+        result["cam"] = cam_on_marks(before.cams, found)
     if marked and clean:
-        drawn = [pasted(images[c], images[marked[k % len(marked)]]) for k, c in enumerate(clean)]
+        donors = [(originals[k % len(marked)], found[k % len(marked)]) for k in range(len(clean))]
+        drawn = [pasted(images[c], *donor) for c, donor in zip(clean, donors, strict=True)]
         before = answers(model, [images[c] for c in clean])
         after = answers(model, drawn)
         result["pasted"] = changes(before.probabilities, after.probabilities, labels[clean], names)
