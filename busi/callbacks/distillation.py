@@ -42,6 +42,12 @@ class Distillation(Callback):
     def on_train_start(self, trainer, pl_module: BusiClassifier) -> None:
         # after the module's on_fit_start, which sets the class weights of its own loss
         if self.teacher:
+            if pl_module.settings.augmentation.mixing != "none":
+                raise SettingError(
+                    "a teacher's targets are per image, which mixed pairs are not: "
+                    "train with --model.augmentation.mixing none or without {teacher}",
+                    owner="distillation",
+                )
             datamodule = trainer.datamodule
             indices = datamodule.dataset("train").indices
             self.soft_targets = teacher_targets(Path(self.teacher), self.targets, datamodule, indices, pl_module.device)

@@ -17,6 +17,7 @@ from torchmetrics import MeanMetric, SumMetric
 
 from busi import CLASS_NAMES
 from busi.data.augment import augment_batch
+from busi.data.mixing import mix_batch
 from busi.errors import SettingError, WeightsError
 from busi.io.images import to_model_input
 from busi.model.answering import Answering
@@ -113,6 +114,11 @@ class BusiClassifier(Answering, L.LightningModule):
             raise SettingError(
                 f"{{conformal_alpha}} {conformal_alpha}: give a miscoverage in [0, 1), e.g. 0.1 (0: no prediction sets)"
             )
+        if self.settings.augmentation.mixing != "none" and self.settings.loss.name == "focal":
+            raise SettingError(
+                "{augmentation.mixing} gives soft targets, which {loss.name} focal does not take: "
+                "use {loss.name} cross_entropy with it"
+            )
         if head == "lesion" and not self.settings.loss.segmentation_weight:
             raise SettingError(
                 "{head} lesion reads the lesion decoder's map: turn the decoder on with "
@@ -179,7 +185,7 @@ class BusiClassifier(Answering, L.LightningModule):
         # BatchNorm, and the same input pixels every epoch (no random augmentation). The decoder
         # needs the dense blocks' outputs too, which are not kept.
         cached = self.hparams.freeze_backbone and self.settings.speed.cache_features
-        return cached and not self.settings.augmentation.enabled and not self.model.segments
+        return cached and not self.settings.augmentation.changes_pixels and not self.model.segments
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.classify(images, self._extract)
@@ -202,9 +208,14 @@ class BusiClassifier(Answering, L.LightningModule):
             images = to_model_input(augmented, self.hparams.preprocessing)
         else:
             images = to_model_input(pixels, self.hparams.preprocessing) if pixels.dtype == torch.uint8 else pixels
-        if self.settings.speed.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = self.in_layout(images)
         return images if masks is None else (images, masks)
+
+    def in_layout(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in the model's memory layout (channels-last when `speed.channels_last`)."""
+        if self.settings.speed.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def encode(self, images: torch.Tensor, keys: list[str] | None = None):
         """(final features, lesion logits or None without a decoder); with a frozen backbone and image
@@ -276,11 +287,23 @@ class BusiClassifier(Answering, L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         pixels, targets, keys, masks = batch
-        images, masks = self.prepare_inputs(pixels, masks, augment=self.settings.augmentation.enabled)
+        augmentation = self.settings.augmentation
+        images, masks = self.prepare_inputs(pixels, masks, augment=augmentation.enabled)
+        answers = targets  # what the loss learns: the labels, or mixed pairs' soft targets
+        if augmentation.mixing != "none":
+            images, answers, masks = mix_batch(
+                images,
+                targets,
+                len(self.class_names),
+                augmentation.mixing,
+                augmentation.mixing_alpha,
+                masks if self.model.segments else None,
+            )
+            images = self.in_layout(images)
         features, lesions = self.encode(images, keys)
         logits = self.model.head(features)
-        loss = self.training_loss(logits, targets, keys)
-        self.train_metrics.update(logits, targets)
+        loss = self.training_loss(logits, answers, keys)
+        self.train_metrics.update(logits, targets)  # against each image's own label, mixed or not
         self.train_loss.update(loss.detach(), weight=len(targets))
         self.train_samples.update(len(targets))
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)

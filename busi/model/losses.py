@@ -14,7 +14,9 @@ from busi.model.settings import Loss
 class ClassificationLoss(nn.Module):
     """The head's training loss: cross-entropy with the class weights and label smoothing, or the focal
     loss with the class weights. `class_weight` is set when a fit starts (`loss.class_weighting balanced`:
-    from the train split's class counts); it is not kept in checkpoints."""
+    from the train split's class counts); it is not kept in checkpoints. Targets are class indices, or
+    (N, classes) probabilities (mixed pairs, busi.data.mixing: cross-entropy only; the class weights
+    then weigh each class's term, and the batch mean is not divided by their sum)."""
 
     def __init__(self, settings: Loss, classes: int):
         super().__init__()

@@ -77,11 +77,28 @@ class Augmentation:
         long from-scratch runs).
     vertical_flip: turn half of the images upside down (no scanner does; a regulariser for long
         from-scratch runs).
+    mixing: `mixup` (each image blended with another, Zhang et al. 2018) or `cutmix` (a box of another
+        pasted in, Yun et al. 2019), with the labels and lesion masks mixed alike (busi.data.mixing),
+        after `enabled`'s augmentation when both are on; `none`: the original.
+    mixing_alpha: α of the Beta(α, α) distribution the mixing weight λ is drawn from.
     """
 
     enabled: bool = False
     rotation: float = MAX_ROTATION_DEGREES
     vertical_flip: bool = False
+    mixing: Literal["none", "mixup", "cutmix"] = "none"
+    mixing_alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mixing not in ("none", "mixup", "cutmix"):
+            raise SettingError(f"{{augmentation.mixing}} {self.mixing}: give none, mixup or cutmix")
+        if self.mixing_alpha <= 0:
+            raise SettingError(f"{{augmentation.mixing_alpha}} {self.mixing_alpha}: must be above 0 (1: λ uniform)")
+
+    @property
+    def changes_pixels(self) -> bool:
+        """Training images differ from epoch to epoch (so backbone features cannot be cached)."""
+        return self.enabled or self.mixing != "none"
 
 
 @dataclass(frozen=True)

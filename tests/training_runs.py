@@ -1,0 +1,54 @@
+"""Training runs as the resume tests start, kill and compare them."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from busi.evaluation.history import EPOCH_SECONDS
+
+from fake_busi import IMAGE_SIZE
+
+REPO = Path(__file__).resolve().parents[1]
+LAST = "lightning_logs/version_0/checkpoints/last.ckpt"
+
+
+def scratch_args(root: Path, runs: Path, epochs: int) -> list[str]:
+    """The whole network trains: dropout, BatchNorm, augmentation and the shuffle all matter to the result."""
+    return [
+        "--config", str(REPO / "configs" / "scratch.yaml"), "--model.augmentation.enabled=true",
+        f"--data.root={root}", f"--data.image_size={IMAGE_SIZE}", "--data.batch_size=4",
+        f"--trainer.max_epochs={epochs}", "--trainer.deterministic=true", "--seed_everything=7",
+        f"--trainer.default_root_dir={runs}", "--trainer.enable_progress_bar=false",
+        "--resume.keep_when_finished=true",  # compared with the interrupted runs
+    ]  # fmt: skip
+
+
+def start_training(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as handle:
+        return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], stdout=handle, stderr=handle, env=env)
+
+
+def wait_for(path: Path, process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"training exited early:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)  # also proves: tensors and plain values only
+
+
+def report(run_dir: Path) -> dict:
+    return json.loads((run_dir / "report.json").read_text())["splits"]
+
+
+def without_times(history: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if key != EPOCH_SECONDS} for row in history]
