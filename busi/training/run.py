@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 
 from busi.callbacks.checkpointing import ResumeCheckpoint, StepSeed
 from busi.callbacks.epoch_history import EpochHistory
@@ -17,8 +18,11 @@ from busi.callbacks.grad_cam_grid import GradCamGrid
 from busi.callbacks.run_files import RunFiles
 from busi.callbacks.split_reports import SplitReports
 from busi.data.module import BusiDataModule
-from busi.errors import ResumeError, SettingError
+from busi.errors import OptionError, ResumeError, SettingError
 from busi.model.classifier import BusiClassifier
+from busi.model.network import load_backbone_weights
+from busi.pretraining.run import BACKBONE_FILE, pretrain
+from busi.pretraining.settings import Pretraining
 from busi.training.checkpointing import load_starting_weights
 from busi.training.cli import DEFAULT_CONFIG, BusiCLI, current_spellings, recipe_paths
 from busi.training.finish import finish
@@ -34,6 +38,29 @@ class TrainingRun:
     @property
     def run_dir(self) -> Path | None:
         return Path(self.trainer.log_dir) if self.trainer.log_dir else None
+
+
+def pretrain_backbone(cli: BusiCLI, settings: Pretraining) -> None:
+    """`--pretraining.epochs N`: pretrain the backbone on this run's train split (busi.pretraining.run),
+    from the weights the model starts with, into RUN/backbone.pt, and start from it. A resumed run has
+    its weights in its checkpoint already; a fine-tuned one, its starting checkpoint's."""
+    if cli.config.ckpt_path:
+        if cli.start_from is not None:
+            raise OptionError(
+                "--pretraining.epochs and --ckpt_path of a checkpoint to fine-tune from: choose one start"
+            )
+        rank_zero_info("pretraining: done before this run was interrupted (its weights are in the checkpoint)")
+        return
+    model, run_dir = cli.model, Path(cli.trainer.log_dir)
+    backbone = run_dir / BACKBONE_FILE
+    start = {key: value.detach().clone() for key, value in model.model.features.state_dict().items()}
+    accelerator = cli.config.trainer.accelerator or "auto"
+    made = pretrain(cli.datamodule, settings, backbone, start, model.hparams.preprocessing, accelerator, run_dir)
+    load_backbone_weights(model.model.features, str(backbone))
+    rank_zero_info(
+        f"pretraining: {made['images']} training images, {made['images_seen']} views in {made['seconds']} s "
+        f"(final loss {made['final_loss']}) → {backbone}"
+    )
 
 
 def run(args: list[str] | None = None) -> TrainingRun:
@@ -60,6 +87,8 @@ def run(args: list[str] | None = None) -> TrainingRun:
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     if cli.start_from is not None:
         load_starting_weights(model, cli.start_from)
+    if cli.config.pretraining.epochs:
+        pretrain_backbone(cli, Pretraining(**vars(cli.config.pretraining)))
     try:
         # weights_only: a checkpoint handed over by someone else cannot run code when it is loaded
         trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)

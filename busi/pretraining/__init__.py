@@ -1,0 +1,1 @@
+"""Self-supervised pretraining of the backbone on unlabelled training scans (busi-pretrain)."""
