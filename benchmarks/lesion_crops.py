@@ -4,7 +4,7 @@ the lesion decoder (configs/scratch.yaml).
     python -m benchmarks.lesion_crops --cv runs/cv/NAME [--root BUSI_ROOT] [--epochs 30] [--margin 0.25]
 
 Per fold, on that fold's own split (split.csv: the test fold is never trained on):
-1. Crops cut from the original scans at their own resolution (busi.data.crops), resized to --image_size:
+1. Crops cut from the original scans at their own resolution (busi.evaluation.crops), resized to --image_size:
    training images around their ground-truth lesion (benign, malignant) or a random square (normal,
    seeded by the file name); validation and test images around the lesion the fold's whole-image model
    predicts (its decoder's map at 0.5), where it predicts one. The masks are cropped alike.
@@ -34,8 +34,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from benchmarks.fuzz_inputs import BUSI
-from busi.data.crops import SHAPE_FEATURES, Box, crop_region, lesion_box, lesion_shape
 from busi.data.module import BusiDataModule
+from busi.evaluation.crops import SHAPE_FEATURES, Box, crop_region, lesion_box, lesion_shape
 from busi.evaluation.cross_validation import fold_dir
 from busi.evaluation.history import EPOCH_SECONDS, read_history
 from busi.io.images import decode_image

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busi.data.crops import crop_region, lesion_box, lesion_shape
+from busi.evaluation.crops import crop_region, lesion_box, lesion_shape
 
 
 def test_the_box_is_the_lesions_square_widened_by_the_margin_in_original_pixels():

@@ -14,8 +14,8 @@ from torchvision.models import resnet18
 from busi.commands.pretrain import main as pretrain_main
 from busi.commands.train import main as train_main
 from busi.model.classifier import load_classifier
-from busi.pretraining.contrastive import nt_xent, random_crops
-from busi.pretraining.run import PRETRAINING_KEY
+from busi.model.contrastive import nt_xent, random_crops
+from busi.training.pretraining import PRETRAINING_KEY
 from busi.training.run import run
 
 from fake_busi import IMAGE_SIZE, train_args

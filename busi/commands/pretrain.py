@@ -11,7 +11,7 @@ from pathlib import Path
 
 from busi.commands.options import command_parser, parse
 from busi.errors import OptionError, SettingError, run_command
-from busi.pretraining.settings import Pretraining
+from busi.training.pretraining_settings import Pretraining
 
 SPLIT_OPTIONS = {  # BusiDataModule's options that decide which images are in the train split
     "--data.image_size": {"type": int, "default": 256, "help": "images are resized to this square side"},
@@ -54,7 +54,7 @@ def pretrain_command(args) -> None:
     import lightning as L
 
     from busi.data.module import BusiDataModule
-    from busi.pretraining.run import pretrain
+    from busi.training.pretraining import pretrain
 
     L.seed_everything(args.seed_everything)
     datamodule = BusiDataModule(**{**vars(args.data), "root": str(args.data.root)})

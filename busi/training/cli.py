@@ -25,13 +25,13 @@ from busi.data.catalog import check_data_root
 from busi.errors import OptionError, SettingError
 from busi.model.answering import cpu_has_native_bf16
 from busi.model.migration import MOVED, TO_CALLBACKS, is_old_value
-from busi.pretraining.settings import Pretraining
 from busi.training.checkpointing import (
     ARCHITECTURE,
     AtomicCheckpointIO,
     find_resume_checkpoint,
     starting_hyperparameters,
 )
+from busi.training.pretraining_settings import Pretraining
 
 warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")
 
@@ -173,7 +173,7 @@ class BusiCLI(LightningCLI):
         parser.add_lightning_class_args(Distillation, "distillation")
         parser.add_lightning_class_args(BackboneUnfreezing, "finetuning")
         parser.add_lightning_class_args(ResumeCheckpoint, "resume")  # last.ckpt: --resume.keep_when_finished
-        parser.add_class_arguments(Pretraining, "pretraining")  # --pretraining.epochs: busi.pretraining.run
+        parser.add_class_arguments(Pretraining, "pretraining")  # --pretraining.epochs: busi.training.pretraining
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/macro_f1",

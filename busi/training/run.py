@@ -21,11 +21,11 @@ from busi.data.module import BusiDataModule
 from busi.errors import OptionError, ResumeError, SettingError
 from busi.model.classifier import BusiClassifier
 from busi.model.network import load_backbone_weights
-from busi.pretraining.run import BACKBONE_FILE, pretrain
-from busi.pretraining.settings import Pretraining
 from busi.training.checkpointing import load_starting_weights
 from busi.training.cli import DEFAULT_CONFIG, BusiCLI, current_spellings, recipe_paths
 from busi.training.finish import finish
+from busi.training.pretraining import BACKBONE_FILE, pretrain
+from busi.training.pretraining_settings import Pretraining
 
 
 @dataclass
@@ -41,7 +41,7 @@ class TrainingRun:
 
 
 def pretrain_backbone(cli: BusiCLI, settings: Pretraining) -> None:
-    """`--pretraining.epochs N`: pretrain the backbone on this run's train split (busi.pretraining.run),
+    """`--pretraining.epochs N`: pretrain the backbone on this run's train split (busi.training.pretraining),
     from the weights the model starts with, into RUN/backbone.pt, and start from it. A resumed run has
     its weights in its checkpoint already; a fine-tuned one, its starting checkpoint's."""
     if cli.config.ckpt_path:

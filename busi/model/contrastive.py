@@ -7,6 +7,7 @@ brightness, contrast, gamma, speckle) after a random crop: never colour, never u
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -17,7 +18,9 @@ from torchvision.models import densenet121
 from busi.data.augment import augment_batch
 from busi.io.images import to_model_input
 from busi.model.network import FEATURE_CHANNELS
-from busi.pretraining.settings import Pretraining
+
+if TYPE_CHECKING:
+    from busi.training.pretraining_settings import Pretraining
 
 
 def random_crops(images: torch.Tensor, smallest_share: float) -> torch.Tensor:
@@ -49,7 +52,7 @@ def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> to
 class ContrastivePretraining(L.LightningModule):
     """DenseNet121 `features` (as busi's classifier builds them) → ReLU → global average pooling → a
     1024-512-128 projection, trained with NT-Xent on two views of each scan. Only `features` is kept
-    (busi.pretraining.run writes it where `--model.weights FILE` reads it)."""
+    (busi.training.pretraining writes it where `--model.weights FILE` reads it)."""
 
     def __init__(self, settings: Pretraining, total_steps: int, preprocessing: str = "imagenet"):
         super().__init__()

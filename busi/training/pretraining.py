@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader
 from busi import __version__
 from busi.data.module import BusiDataModule
 from busi.errors import OptionError
-from busi.pretraining.contrastive import ContrastivePretraining
-from busi.pretraining.settings import Pretraining
+from busi.model.contrastive import ContrastivePretraining
 from busi.training.checkpointing import AtomicCheckpointIO
 from busi.training.cli import choose_precision
+from busi.training.pretraining_settings import Pretraining
 
 BACKBONE_FILE = "backbone.pt"  # in a run directory that pretrained
 PRETRAINING_KEY = "busi_pretraining"  # in a backbone file: how it was made

@@ -1,1 +1,0 @@
-"""Self-supervised pretraining of the backbone on unlabelled training scans (busi-pretrain)."""
