@@ -34,16 +34,16 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from benchmarks.fuzz_inputs import BUSI
+from busi import CLASS_NAMES
 from busi.data.module import BusiDataModule
 from busi.evaluation.crops import SHAPE_FEATURES, Box, crop_region, lesion_box, lesion_shape
 from busi.evaluation.cross_validation import fold_dir
 from busi.evaluation.history import EPOCH_SECONDS, read_history
+from busi.evaluation.shortcuts import scores
 from busi.io.images import decode_image
 from busi.model.answering import answer
 from busi.model.classifier import load_classifier
 from busi.training.run import run
-
-MALIGNANT = 1  # busi.CLASS_NAMES: benign, malignant, normal
 
 
 def read_split(path: Path) -> list[dict]:
@@ -60,11 +60,10 @@ def normal_box(name: str, size: tuple[int, int]) -> Box:
     return left, top, left + side, top + side
 
 
-def truth_mask(root: Path, relative: str) -> np.ndarray:
-    """The union of an image's mask files at the image's own resolution."""
-    image = root / relative
+def truth_mask(mask_files: tuple[Path, ...]) -> np.ndarray | None:
+    """The union of an image's mask files (the catalog's list) at the image's own resolution."""
     union = None
-    for path in sorted(image.parent.glob(f"{image.stem}_mask*{image.suffix}")):
+    for path in mask_files:
         mask = np.asarray(decode_image(path).convert("L")) > 0
         union = mask if union is None else union | mask
     return union
@@ -76,19 +75,43 @@ def whole_image_answers(model, datamodule: BusiDataModule, split: str) -> tuple[
     return images.indices, outputs.probabilities, outputs.lesions > 0.5
 
 
-def write_crops(root: Path, out: Path, rows: list[dict], boxes: dict[str, Box], image_size: int, overlays: str) -> None:
-    """The crops, their masks, and a split.csv that keeps each original's split and duplicate group."""
+def crop_box(row: dict, size: tuple[int, int], truth: np.ndarray | None, predicted: dict, margin: float) -> Box | None:
+    """Training images: around the ground-truth lesion (normal ones, or none drawn: normal_box);
+    validation and test images: around the whole-image model's predicted lesion, None without one."""
+    if row["split"] == "train":
+        if row["label"] == "normal" or truth is None or not truth.any():
+            return normal_box(row["path"], size)
+        return lesion_box(truth, size, margin)
+    mask = predicted.get(row["path"])
+    return None if mask is None else lesion_box(mask, size, margin)
+
+
+def write_crops(
+    root: Path,
+    out: Path,
+    rows: list[dict],
+    mask_files: dict[str, tuple[Path, ...]],
+    predicted: dict[str, np.ndarray],
+    image_size: int,
+    overlays: str,
+    margin: float,
+) -> None:
+    """The crops and their masks, each original decoded once, and a split.csv that keeps each original's
+    split and duplicate group."""
     listed = []
     for row in rows:
-        box = boxes.get(row["path"])
+        if row["split"] not in ("train", "val", "test"):
+            continue
+        image = decode_image(root / row["path"], overlays=overlays).convert("RGB")
+        truth = truth_mask(mask_files.get(row["path"], ()))
+        box = crop_box(row, image.size, truth, predicted, margin)
         if box is None:
             continue
         target = out / row["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        crop_region(decode_image(root / row["path"], overlays=overlays).convert("RGB"), box, image_size).save(target)
-        mask = truth_mask(root, row["path"])
-        if mask is not None:
-            pixels = Image.fromarray(mask.astype(np.uint8) * 255)
+        crop_region(image, box, image_size).save(target)
+        if truth is not None:
+            pixels = Image.fromarray(truth.astype(np.uint8) * 255)
             crop_region(pixels, box, image_size).point(lambda v: 255 if v >= 128 else 0).save(
                 target.with_name(f"{target.stem}_mask{target.suffix}")
             )
@@ -117,22 +140,6 @@ def fit_combiner(features: torch.Tensor, labels: torch.Tensor, classes: int, l2:
     return lambda f: (((f - mean) / std) @ weight.detach() + bias.detach()).softmax(dim=1)
 
 
-def scores(probabilities: torch.Tensor, labels: torch.Tensor, classes: int = 3) -> dict:
-    predicted = probabilities.argmax(dim=1)
-    recalls, f1s = [], []
-    for c in range(classes):
-        tp = ((predicted == c) & (labels == c)).sum().item()
-        fp, fn = ((predicted == c) & (labels != c)).sum().item(), ((predicted != c) & (labels == c)).sum().item()
-        recalls.append(tp / max(1, tp + fn))
-        f1s.append(2 * tp / max(1, 2 * tp + fp + fn))
-    return {
-        "accuracy": (predicted == labels).float().mean().item(),
-        "macro_f1": float(np.mean(f1s)),
-        "malignant_recall": recalls[MALIGNANT],
-        "images": len(labels),
-    }
-
-
 def training_seconds(run_dir: Path) -> tuple[int, float]:
     history = read_history(run_dir)
     return len(history), sum(float(row[EPOCH_SECONDS]) for row in history)
@@ -148,32 +155,22 @@ def run_fold(cv: Path, fold: int, root: Path, out: Path, epochs: int, margin: fl
         root=str(root), image_size=model.image_size, split_csv=str(source / "split.csv"), overlays=model.overlays
     )
     datamodule.setup("fit")
-    relative = [datamodule.catalog.relative(i) for i in range(len(datamodule.catalog.records))]
-    boxes: dict[str, Box] = {}
+    catalog = datamodule.catalog
+    relative = [catalog.relative(i) for i in range(len(catalog.records))]
+    mask_files = {path: record.masks for path, record in zip(relative, catalog.records, strict=True)}
     whole: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[float]] = {}
+    predicted: dict[str, np.ndarray] = {}
     for split in ("val", "test"):
         indices, probabilities, masks = whole_image_answers(model, datamodule, split)
         for index, p, mask in zip(indices, probabilities, masks, strict=True):
             path = relative[index]
             whole[path] = p
-            size = decode_image(root / path).size
-            predicted = mask.numpy()
-            shapes[path] = lesion_shape(predicted).as_list()
-            box = lesion_box(predicted, size, margin)
-            if box is not None:
-                boxes[path] = box
-    for row in rows:
-        if row["split"] != "train":
-            continue
-        size = decode_image(root / row["path"]).size
-        mask = truth_mask(root, row["path"])
-        if row["label"] == "normal" or mask is None or not mask.any():
-            boxes[row["path"]] = normal_box(row["path"], size)
-        else:
-            boxes[row["path"]] = lesion_box(mask, size, margin)
+            shapes[path] = lesion_shape(mask.numpy()).as_list()
+            if mask.any():
+                predicted[path] = mask.numpy()
     crops = out / f"fold_{fold}" / "crops"
-    write_crops(root, crops, rows, boxes, image_size, model.overlays)
+    write_crops(root, crops, rows, mask_files, predicted, image_size, model.overlays, margin)
     runs = out / f"fold_{fold}" / "runs"
     started = time.monotonic()
     trained = run(
@@ -254,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"protocol": vars(args) | {"cv": str(args.cv), "root": str(args.root), "out": str(out)}}
     for key in ("whole", "crop", "combined"):
         pooled = torch.tensor([p for r in results for p in r["answers"][key]])
-        per_fold = [scores(torch.tensor(r["answers"][key]), torch.tensor(r["labels"])) for r in results]
+        per_fold = [scores(torch.tensor(r["answers"][key]), torch.tensor(r["labels"]), CLASS_NAMES) for r in results]
         summary[key] = {
-            "pooled": scores(pooled, labels),
+            "pooled": scores(pooled, labels, CLASS_NAMES),
             **{
                 f"{m}_mean": float(np.mean([f[m] for f in per_fold]))
                 for m in ("accuracy", "macro_f1", "malignant_recall")
