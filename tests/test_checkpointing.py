@@ -49,6 +49,35 @@ def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_result(uninterru
             assert torch.equal(resumed["state_dict"][key], value), (name, key)
 
 
+def test_a_run_stopped_during_validation_resumes_to_the_uninterrupted_result(uninterrupted, busi_root, tmp_path):
+    args = scratch_args(busi_root, tmp_path, 3)
+    log = tmp_path / "terminated.log"
+    lightnings = tmp_path / "lightnings"  # Lightning's own checkpoint of the moment it stopped
+    process = start_training(
+        [
+            *args, "--trainer.callbacks+=training_runs.TerminateDuringValidation",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.OnExceptionCheckpoint",
+            f"--trainer.callbacks.dirpath={lightnings}",
+        ],
+        log,
+    )  # fmt: skip
+    assert process.wait(timeout=300) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    assert load(tmp_path / LAST)["epoch"] == 0  # the end of epoch 0 kept, not the middle of epoch 1's validation
+    stopped = lightnings / "on_exception.ckpt"
+    validation = load(stopped)["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    assert validation["current"]["completed"] == 1 and not validation["is_last_batch"]  # between two batches
+
+    assert main([*args, "--ckpt_path=last"]) == 0
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    assert report(run_dir) == report(uninterrupted)
+    assert without_times(read_history(run_dir)) == without_times(read_history(uninterrupted))
+
+    # Resumed from the middle of the validation, that validation runs again; the training state was complete.
+    elsewhere = tmp_path / "from_lightnings"
+    assert main([*scratch_args(busi_root, elsewhere, 3), f"--ckpt_path={stopped}"]) == 0
+    assert report(elsewhere / "lightning_logs" / "version_0") == report(uninterrupted)
+
+
 def test_two_runs_with_the_same_seed_give_identical_metrics_and_predictions(uninterrupted, busi_root, tmp_path):
     assert main(scratch_args(busi_root, tmp_path, 3)) == 0
     again = tmp_path / "lightning_logs" / "version_0"

@@ -17,7 +17,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class ResumeCheckpoint(ModelCheckpoint):
-    """Only `last.ckpt`, the resume point: rewritten after every epoch and when the run is interrupted,
+    """Only `last.ckpt`, the resume point: rewritten after every epoch and when training is interrupted
+    (interrupted during validation, it keeps the end of the epoch before, the point an exact resume needs),
     and removed once the run has finished (`finished`), since it holds the optimiser's state too and is
     several times the size of best.ckpt.
 
@@ -48,15 +49,47 @@ class ResumeCheckpoint(ModelCheckpoint):
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        restart_interrupted_validation(checkpoint)
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException | KeyboardInterrupt) or trainer.sanity_checking:
             return
+        stopped = f"Stopped by {type(exception).__name__}"
+        if trainer.validating:
+            # The epoch's training metrics are not in a checkpoint, so its end is resumed from exactly
+            # only by training the epoch again: the file of the previous epoch's end is kept.
+            if not self.last_model_path:
+                rank_zero_info(f"{stopped} in the first epoch: no training state saved yet")
+                return
+            rank_zero_info(
+                f"{stopped} during validation: {self.last_model_path} keeps the end of epoch "
+                f"{trainer.current_epoch - 1}; continue with --ckpt_path last"
+            )
+            return
         if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        rank_zero_info(
-            f"Stopped by {type(exception).__name__}: training state saved to {self.last_model_path}; "
-            "continue with --ckpt_path last"
-        )
+        rank_zero_info(f"{stopped}: training state saved to {self.last_model_path}; continue with --ckpt_path last")
+
+
+def restart_interrupted_validation(checkpoint: dict) -> None:
+    """A checkpoint written between two validation batches (by earlier busi versions, or by Lightning's
+    OnExceptionCheckpoint: SIGTERM and Ctrl-C are honoured there) resumes with that validation run again
+    from its first batch: its metrics are not in the checkpoint, and Lightning,
+    finding the epoch's training batches all done and the validation's completed ones consistent, would
+    skip to the end of the epoch without them (EarlyStopping then fails on a missing `val/` metric). The
+    validation's progress is rewound to the state Lightning writes when stopped inside its first batch,
+    which it restarts."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = loop.get("epoch_loop.val_loop.batch_progress")
+    if not progress or progress.get("is_last_batch", True):
+        return
+    done = progress["current"]["completed"]
+    if done == 0 or any(progress["current"][key] != done for key in ("ready", "started", "processed")):
+        return
+    for counts in (progress["total"], progress["current"]):
+        counts["completed"] = counts["processed"] = counts["completed"] - done
+        counts["ready"] = counts["started"] = counts["completed"] + 1
 
 
 def step_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
