@@ -33,7 +33,8 @@ def scratch_args(root: Path, runs: Path, epochs: int) -> list[str]:
 
 def start_training(args: list[str], log: Path) -> subprocess.Popen:
     """train.py in its own process; it can load callbacks from this folder (`training_runs.…`)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
+    path = os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     with log.open("w") as handle:
         return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], stdout=handle, stderr=handle, env=env)
 

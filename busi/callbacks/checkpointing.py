@@ -60,7 +60,7 @@ class ResumeCheckpoint(ModelCheckpoint):
             # The epoch's training metrics are not in a checkpoint, so its end is resumed from exactly
             # only by training the epoch again: the file of the previous epoch's end is kept.
             if not self.last_model_path:
-                rank_zero_info(f"{stopped} in the first epoch: no training state saved yet")
+                rank_zero_info(f"{stopped} in the first epoch's validation: no training state saved yet; start again")
                 return
             rank_zero_info(
                 f"{stopped} during validation: {self.last_model_path} keeps the end of epoch "
@@ -75,11 +75,11 @@ class ResumeCheckpoint(ModelCheckpoint):
 def restart_interrupted_validation(checkpoint: dict) -> None:
     """A checkpoint written between two validation batches (by earlier busi versions, or by Lightning's
     OnExceptionCheckpoint: SIGTERM and Ctrl-C are honoured there) resumes with that validation run again
-    from its first batch: its metrics are not in the checkpoint, and Lightning,
-    finding the epoch's training batches all done and the validation's completed ones consistent, would
-    skip to the end of the epoch without them (EarlyStopping then fails on a missing `val/` metric). The
-    validation's progress is rewound to the state Lightning writes when stopped inside its first batch,
-    which it restarts."""
+    from its first batch. Its metrics are not in the checkpoint, and Lightning, finding the epoch's
+    training batches all done and the validation's completed ones consistent, would skip to the end of
+    the epoch without them (EarlyStopping then fails on a missing `val/` metric). The validation's
+    progress is rewound to the state Lightning writes when stopped inside its first batch, which it
+    restarts."""
     loop = checkpoint.get("loops", {}).get("fit_loop", {})
     progress = loop.get("epoch_loop.val_loop.batch_progress")
     if not progress or progress.get("is_last_batch", True):
