@@ -2,7 +2,8 @@
 
 Parts: `frozen` (data path, the frozen recipe, prediction), `training` (full-network training steps in
 each precision, memory layout and compilation, at 128 and 256 px) and `epoch` (whole full-network
-epochs on DATA at 128 px in fp32 and in the default precision, and the cost of writing last.ckpt).
+epochs on DATA at 128 px: fp32, the default precision, compiled, other evaluation batches, each split into
+its steps, data fetching, validation and checkpoints, and the cost of writing last.ckpt).
 Every figure is measured in this process; the protocol is printed with each table.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import io
 import itertools
 import json
@@ -270,14 +272,36 @@ def training_rates(image_sizes: tuple[int, ...] = (128, 256)) -> dict:
 
 
 class EpochClock(Callback):
-    """Wall time of each training epoch, from its start to the next one's: training steps,
-    validation, checkpoint writing and logging."""
+    """Wall time of each training epoch, from its start to the next one's, and where it went: the
+    training steps (forward, backward, optimiser), fetching their batches (the data path), the
+    validation pass, and the rest (checkpoint writes, logging)."""
 
     def __init__(self):
         self.marks: list[float] = []
+        self.phases: list[dict[str, float]] = []
+        self._last = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.marks.append(time.perf_counter())
+        self._last = time.perf_counter()
+        self.marks.append(self._last)
+        self.phases.append(dict.fromkeys(("fetch", "steps", "validation"), 0.0))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self.phases[-1]["fetch"] += now - self._last
+        self._last = now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self.phases[-1]["steps"] += now - self._last
+        self._last = now
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._last = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.phases:  # not the sanity check
+            self.phases[-1]["validation"] += time.perf_counter() - self._last
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.marks.append(time.perf_counter())
@@ -287,25 +311,49 @@ class EpochClock(Callback):
         return [end - start for start, end in itertools.pairwise(self.marks)]
 
 
-def full_network_epochs(root: Path, out: Path, cache_dir: Path, precision: str, epochs: int = 3) -> dict:
-    """`train.py --config configs/scratch.yaml` at 128 px on all of `root`: seconds per epoch."""
+# Full-network epochs of configs/scratch.yaml at 128 px: (label, extra options); the first is the
+# baseline (fp32), the second the CPU default (bf16-mixed where the CPU computes it natively).
+EPOCH_SETTINGS = (
+    ("fp32", ("--trainer.precision=32-true",)),
+    ("default", ()),
+    ("default, compiled", ("--model.speed.compile=true",)),
+    ("default, eval batch 128", ("--data.eval_batch_size=128",)),
+    ("default, eval batch 16", ("--data.eval_batch_size=16",)),
+)
+
+
+def full_network_epochs(root: Path, out: Path, cache_dir: Path, options: tuple[str, ...], epochs: int = 4) -> dict:
+    """`train.py --config configs/scratch.yaml` at 128 px on all of `root` with `options`: seconds per
+    epoch (the median of all but the first, which compiles where compilation is on) and their parts."""
     args = [
         f"--config={DEFAULT_CONFIG.parent / 'scratch.yaml'}",  # first: the options below override it
         *recipe_args(root, out, epochs, False, cache_dir),
         "--data.image_size=128",
         f"--trainer.callbacks+={EpochClock.__module__}.EpochClock",  # __main__ under python -m
-        *([f"--trainer.precision={precision}"] if precision != "default" else []),
+        *options,
     ]
     wall, cli = timed_run(args)
     epoch_clock = next(c for c in cli.trainer.callbacks if isinstance(c, EpochClock))
-    seconds = epoch_clock.seconds
+    seconds, phases = epoch_clock.seconds, epoch_clock.phases
+    later = range(1, len(seconds))
+    parts = {name: statistics.median(phases[i][name] for i in later) for name in ("fetch", "steps", "validation")}
+    parts["rest"] = statistics.median(seconds[i] - sum(phases[i].values()) for i in later)
     return {
         "precision": str(cli.trainer.precision),
         "first_epoch_s": seconds[0],
-        "epoch_s": statistics.median(seconds[1:]),
+        "epoch_s": statistics.median(seconds[i] for i in later),
+        "parts_s": parts,
         "run_s": wall,
         "train_images": len(cli.datamodule.dataset("train")),
+        "losses": losses_by_epoch(Path(cli.trainer.log_dir) / "history.csv"),
     }
+
+
+def losses_by_epoch(history: Path) -> dict[str, list[float]]:
+    """train/loss and val/loss of each epoch: how far a faster setting moves what is computed."""
+    with history.open() as handle:
+        rows = list(csv.DictReader(handle))
+    return {name: [float(r[name]) for r in rows] for name in ("train/loss", "val/loss")}
 
 
 def checkpoint_write(image_size: int, out: Path) -> dict:
@@ -362,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         if "epoch" in parts:
             read_catalog(args.root, 128, -1, cache_dir=cache_dir)  # decoded once, before the clocks run
             results["epochs"] = {
-                precision: full_network_epochs(args.root, scratch / f"epochs_{precision}", cache_dir, precision)
-                for precision in ("32-true", "default")
+                label: full_network_epochs(args.root, scratch / f"epochs_{n}", cache_dir, options)
+                for n, (label, options) in enumerate(EPOCH_SETTINGS)
             }
             results["checkpoint_write"] = {str(size): checkpoint_write(size, scratch) for size in (128, 256)}
             print("\n".join(epoch_table(results, args)), flush=True)
@@ -483,20 +531,34 @@ def training_table(training: dict) -> list[str]:
 
 def epoch_table(results: dict, args) -> list[str]:
     epochs = results["epochs"]
-    fp32, default = epochs["32-true"], epochs["default"]
+    baseline, default = epochs["fp32"], epochs["default"]
+    first = next(iter(epochs.values()))
     lines = [
         "",
         f"full-network epochs: train.py --config configs/scratch.yaml --data.root {args.root} --data.image_size 128, "
-        f"3 epochs, {fp32['train_images']} training images (split seed 42); an epoch is training, validation, "
-        "checkpoints, from its start to the next one's",
+        f"{len(first['losses']['val/loss'])} epochs, {first['train_images']} training images (split seed 42); an epoch is "
+        "training, validation, checkpoints, from its start to the next one's; median of all but the first; "
+        "settings: " + "; ".join(f"{label}: {' '.join(options) or 'no options'}" for label, options in EPOCH_SETTINGS),
         "",
         HEADER,
     ]
-    for name, measured in (("--trainer.precision 32-true", fp32), (f"default ({default['precision']})", default)):
+    for name, measured in epochs.items():
+        name = f"{name} ({measured['precision']})"
+        parts = measured["parts_s"]
+        moved = max(
+            abs(a - b)
+            for key in ("train/loss", "val/loss")
+            for a, b in zip(measured["losses"][key], default["losses"][key], strict=True)
+        )
         lines += [
-            row(f"{name}: one epoch, 2nd and 3rd median (s)", measured["epoch_s"], fp32["epoch_s"]),
+            row(f"{name}: one epoch (s)", measured["epoch_s"], baseline["epoch_s"]),
             row(f"{name}: first epoch (s)", measured["first_epoch_s"]),
-            row(f"{name}: whole run incl. start-up and test report (s)", measured["run_s"], fp32["run_s"]),
+            row(f"{name}: training steps / data fetch (s)", parts["steps"], value_format="12.2f")
+            + f" / {parts['fetch']:.2f}",
+            row(f"{name}: validation / checkpoints and rest (s)", parts["validation"], value_format="12.2f")
+            + f" / {parts['rest']:.2f}",
+            row(f"{name}: whole run incl. start-up and test report (s)", measured["run_s"], baseline["run_s"]),
+            row(f"{name}: largest loss change against default", moved, value_format="12.2e"),
         ]
     for size, write in results["checkpoint_write"].items():
         lines += [

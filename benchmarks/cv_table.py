@@ -8,7 +8,9 @@ kept) and the training wall time; with --against, each fold's accuracy differenc
 same fold. With --screen, folders of `busi-cv --only_folds` (no summary yet) are compared on the folds
 they trained, each fold's test scores from its report, against the control's same folds:
 
-python -m benchmarks.cv_table --screen runs/SCREEN [runs/OTHER …] --against runs/CONTROL Folds trained before busi recorded the cost (report.json without "training") get it from
+python -m benchmarks.cv_table --screen runs/SCREEN [runs/OTHER …] --against runs/CONTROL
+
+Folds trained before busi recorded the cost (report.json without "training") get it from
 their checkpoints: epochs × training images, which holds for plain (not oversampled) epochs only.
 """
 
